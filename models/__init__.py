@@ -1,0 +1,1 @@
+"""Model-side building blocks: audio I/O, the log-mel frontend, encoders, heads, config."""

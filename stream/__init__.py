@@ -1,0 +1,1 @@
+"""Online half: sources, windowing, ONNX inference, cluster assignment, sinks, metrics."""

@@ -1,0 +1,1 @@
+"""Offline half: datasets, features, self-supervised encoders, clustering heads, evaluation."""

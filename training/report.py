@@ -1,0 +1,87 @@
+"""Pictures and tables for evaluation reports: confusion matrices, 2-D cluster maps, tables."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # reports are files; never open a window
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from audioclust.training.metrics import contingency, hungarian_mapping  # noqa: E402
+
+__all__ = ["markdown_table", "plot_cluster_map", "plot_confusion"]
+
+
+def markdown_table(rows: Sequence[dict], columns: Sequence[str]) -> str:
+    """A GitHub-flavoured markdown table of ``rows`` restricted to ``columns``."""
+
+    def fmt(v) -> str:
+        return f"{v:.3f}" if isinstance(v, float) else str(v)
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(fmt(r[c]) for c in columns) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def plot_confusion(
+    labels_true: np.ndarray,
+    labels_pred: np.ndarray,
+    class_names: Sequence[str],
+    path: str | os.PathLike,
+    title: str = "",
+) -> Path:
+    """Classes x clusters counts, clusters ordered by their Hungarian-matched class."""
+    n = contingency(labels_true, labels_pred)
+    clusters = np.unique(labels_pred)
+    mapping = hungarian_mapping(labels_true, labels_pred)
+    classes = np.unique(labels_true)
+    class_pos = {c: i for i, c in enumerate(classes)}
+    order = sorted(
+        range(len(clusters)),
+        key=lambda j: (class_pos.get(mapping.get(clusters[j].item()), len(classes)), j),
+    )
+    n = n[:, order]
+    fig, ax = plt.subplots(figsize=(1.2 + 0.45 * n.shape[1], 1.2 + 0.45 * n.shape[0]))
+    ax.imshow(n, cmap="Blues")
+    for (i, j), v in np.ndenumerate(n):
+        if v:
+            ax.text(j, i, str(v), ha="center", va="center", fontsize=7,
+                    color="white" if v > n.max() / 2 else "black")
+    ax.set_xticks(range(n.shape[1]), [str(clusters[j]) for j in order], fontsize=7)
+    ax.set_yticks(range(n.shape[0]), [class_names[int(c)] for c in classes], fontsize=7)
+    ax.set_xlabel("cluster (ordered by matched class)")
+    ax.set_ylabel("class")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    out = Path(path)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
+def plot_cluster_map(
+    xy: np.ndarray,
+    labels_pred: np.ndarray,
+    labels_true: np.ndarray | None,
+    path: str | os.PathLike,
+    title: str = "",
+) -> Path:
+    """2-D scatter of clips coloured by cluster (and, beside it, by true class)."""
+    panels = [("clusters", labels_pred)] + ([("classes", labels_true)] if labels_true is not None
+                                            else [])
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 5), squeeze=False)
+    for ax, (name, lab) in zip(axes[0], panels, strict=True):
+        ax.scatter(xy[:, 0], xy[:, 1], c=lab, cmap="tab20", s=4, linewidths=0)
+        ax.set_title(f"{title} — coloured by {name}" if title else name, fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.tight_layout()
+    out = Path(path)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out

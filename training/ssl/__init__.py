@@ -1,0 +1,1 @@
+"""Self-supervised trainers for the encoders (BYOL-A, MSN, SLICER)."""
