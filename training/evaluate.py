@@ -16,8 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
-
 from audioclust.models.cli import UserError, comma_list, run_command
 from audioclust.models.config import build_config
 from audioclust.training.baselines import (
@@ -31,6 +29,7 @@ from audioclust.training.baselines import (
 from audioclust.training.datasets import AudioFolder
 from audioclust.training.features import FEATURE_KINDS, extract
 from audioclust.training.report import markdown_table, plot_cluster_map, plot_confusion
+from tqdm.auto import tqdm
 
 PROG = "audioclust-eval"
 ROW_KEYS = ("features", "reducer", "clusterer", "n_clusters", "nmi", "ari", "acc", "seconds")
@@ -142,7 +141,8 @@ def _baselines(args: argparse.Namespace) -> int:
     )
     # Accuracy picks the best row: NMI rewards over-clustering (DBSCAN's dozens of clusters).
     best = max(rows, key=lambda r: (r.acc, r.nmi))
-    title = f"{best.features}/{best.reducer}/{best.clusterer}: NMI {best.nmi:.2f} ACC {best.acc:.2f}"
+    title = (f"{best.features}/{best.reducer}/{best.clusterer}: "
+             f"NMI {best.nmi:.2f} ACC {best.acc:.2f}")
     plot_confusion(y, best.labels, dataset.class_names, out / "confusion.png", title)
     xy = reduced.get((best.features, "tsne"))
     if xy is None:

@@ -21,11 +21,10 @@ from typing import Literal
 
 import numpy as np
 import torch
-from scipy.fft import dct
-from tqdm.auto import tqdm
-
 from audioclust.models.frontend import FrontendConfig, LogMelFrontend
 from audioclust.training.datasets import AudioFolder
+from scipy.fft import dct
+from tqdm.auto import tqdm
 
 __all__ = ["FEATURE_KINDS", "FEATURE_VERSION", "clip_features", "default_cache_dir", "extract"]
 
@@ -70,8 +69,8 @@ def extract(
 ) -> dict[str, np.ndarray]:
     """Features of every clip, one (n_clips, dim) array per kind; loads from cache if it can.
 
-    ``cache_dir=None`` uses :func:`default_cache_dir`; pass ``False``-like ``""`` to skip
-    caching. ``on_cache(path, hit)`` is told where the cache file is and whether it was used.
+    ``cache_dir=None`` uses :func:`default_cache_dir`; an empty string turns caching off.
+    ``on_cache(path, hit)`` is told where the cache file is and whether it was used.
     """
     frontend = frontend or FrontendConfig(sample_rate=dataset.sample_rate)
     if frontend.sample_rate != dataset.sample_rate:

@@ -9,10 +9,9 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")  # reports are files; never open a window
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from audioclust.training.metrics import contingency, hungarian_mapping  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+from audioclust.training.metrics import contingency, hungarian_mapping
 
 __all__ = ["markdown_table", "plot_cluster_map", "plot_confusion"]
 
@@ -46,7 +45,8 @@ def plot_confusion(
         key=lambda j: (class_pos.get(mapping.get(clusters[j].item()), len(classes)), j),
     )
     n = n[:, order]
-    fig, ax = plt.subplots(figsize=(1.2 + 0.45 * n.shape[1], 1.2 + 0.45 * n.shape[0]))
+    size = (max(4.5, 1.2 + 0.45 * n.shape[1]), max(3.5, 1.2 + 0.45 * n.shape[0]))
+    fig, ax = plt.subplots(figsize=size)
     ax.imshow(n, cmap="Blues")
     for (i, j), v in np.ndenumerate(n):
         if v:

@@ -1,0 +1,48 @@
+# One set-up path for a fresh machine: Debian packages, .venv, torch (CPU, pinned) first,
+# then the project with its extras. `make run` and `make test` set up on first use.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# The CPU build of torch 2.13.0; an unpinned torch would pull GBs of CUDA packages.
+TORCH := torch==2.13.0
+EXTRAS ?= cpu,test,dev
+APT_PACKAGES := libsndfile1 libportaudio2
+FSDD ?= ../shared/datasets/fsdd/recordings
+STAMP := $(VENV)/.setup-done
+
+.PHONY: setup run test lint bench clean help
+
+help:
+	@echo "make run    - set up if needed, then run the main job (baseline benchmark on FSDD)"
+	@echo "make test   - set up if needed, then ruff and the whole test suite"
+	@echo "make setup  - Debian packages, .venv, torch==2.13.0 (CPU), audioclust[$(EXTRAS)]"
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	@missing=""; for p in $(APT_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  echo "installing Debian packages:$$missing"; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
+	fi
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q $(TORCH)
+	$(BIN)/python -m pip install -q -e ".[$(EXTRAS)]"
+	@$(BIN)/python -c "import torch, onnxruntime, audioclust.models.frontend; \
+	  print('audioclust ready: torch', torch.__version__, '| onnxruntime', onnxruntime.__version__)"
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/audioclust-eval baselines --data $(FSDD) --labels digit --out runs/baselines-digit
+
+test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf $(VENV) runs build *.egg-info

@@ -1,0 +1,52 @@
+"""Shared fixtures: the FSDD recordings beside the checkout and small audio files on disk."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def fsdd_root() -> Path:
+    """FSDD's recordings: $AUDIOCLUST_FSDD, or ../shared/datasets/fsdd/recordings."""
+    env = os.environ.get("AUDIOCLUST_FSDD")
+    return Path(env) if env else REPO.parent / "shared" / "datasets" / "fsdd" / "recordings"
+
+
+@pytest.fixture(scope="session")
+def fsdd_dir() -> Path:
+    root = fsdd_root()
+    if not root.is_dir():
+        pytest.fail(f"FSDD not found at {root}: CI and developers keep ../shared beside the repo "
+                    "(or set AUDIOCLUST_FSDD)")
+    return root
+
+
+@pytest.fixture(scope="session")
+def fsdd_subset(tmp_path_factory, fsdd_dir) -> Path:
+    """120 FSDD clips (digits 0-3, speakers george/jackson/lucas, 10 takes each), copied."""
+    out = tmp_path_factory.mktemp("fsdd_subset")
+    for digit in range(4):
+        for speaker in ("george", "jackson", "lucas"):
+            for take in range(10):
+                name = f"{digit}_{speaker}_{take}.wav"
+                shutil.copy(fsdd_dir / name, out / name)
+    return out
+
+
+@pytest.fixture
+def tone() -> np.ndarray:
+    """One second of a 440 Hz tone at 16 kHz, amplitude 0.5."""
+    t = np.arange(16000) / 16000
+    return (0.5 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+
+
+def write(path: Path, data: np.ndarray, sr: int, **kwargs) -> Path:
+    sf.write(path, data, sr, **kwargs)
+    return path
