@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import soundfile as sf
-from audioclust.models.audio import AudioError, decode_audio, find_audio_files, load_audio
 from conftest import write
+
+from audioclust.models.audio import AudioError, decode_audio, find_audio_files, load_audio
 
 
 def _peak_hz(x: np.ndarray, sr: int) -> float:

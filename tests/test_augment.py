@@ -6,6 +6,8 @@ import math
 
 import pytest
 import torch
+from torch.nn import functional as F
+
 from audioclust.training.augment import (
     SPEC_AUGMENT_PRESETS,
     KMix,
@@ -16,7 +18,6 @@ from audioclust.training.augment import (
     RunningNorm,
     SpecAugment,
 )
-from torch.nn import functional as F
 
 
 def batch(b: int = 8, f: int = 64, t: int = 96, seed: int = 0) -> torch.Tensor:

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import pytest
+
 from audioclust.models.config import ConfigError, build_config
 
 

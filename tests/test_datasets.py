@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from audioclust.training.datasets import AudioFolder, fix_length, parse_label_spec
 from conftest import write
+
+from audioclust.training.datasets import AudioFolder, fix_length, parse_label_spec
 
 
 def test_fsdd_digit_and_speaker_labels(fsdd_subset):

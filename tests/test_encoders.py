@@ -6,6 +6,8 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
+from safetensors.torch import save_file
+
 from audioclust.models.config import ConfigError
 from audioclust.models.encoders import (
     CHECKPOINT_FORMAT,
@@ -19,7 +21,6 @@ from audioclust.models.encoders import (
     save_encoder,
 )
 from audioclust.models.onnx_export import export_onnx
-from safetensors.torch import save_file
 
 NAMES = ["audiontt", "vit"]
 

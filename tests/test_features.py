@@ -7,6 +7,7 @@ import os
 import numpy as np
 import pytest
 import torch
+
 from audioclust.models.frontend import LogMelFrontend
 from audioclust.training.datasets import AudioFolder
 from audioclust.training.features import clip_features, extract

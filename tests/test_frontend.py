@@ -12,6 +12,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
+
 from audioclust.models.audio import load_audio
 from audioclust.models.frontend import FrontendConfig, LogMelFrontend, mel_filterbank
 from audioclust.models.onnx_export import export_onnx

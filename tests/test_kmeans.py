@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from audioclust.training.kmeans import KMeans
 from audioclust.training.metrics import accuracy
 

@@ -6,6 +6,10 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+
 from audioclust.training.metrics import (
     accuracy,
     adjusted_rand_index,
@@ -15,9 +19,6 @@ from audioclust.training.metrics import (
     purity,
     score_all,
 )
-from hypothesis import given, settings
-from hypothesis import strategies as st
-from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
 
 def test_hand_computed_two_by_two():

@@ -26,13 +26,14 @@ from dataclasses import asdict, dataclass, field
 from typing import Literal
 
 import numpy as np
-from audioclust.training.kmeans import KMeans
-from audioclust.training.metrics import score_all
 from sklearn.cluster import DBSCAN, AgglomerativeClustering, MeanShift, estimate_bandwidth
 from sklearn.decomposition import PCA
 from sklearn.manifold import TSNE
 from sklearn.neighbors import NearestNeighbors
 from sklearn.preprocessing import StandardScaler
+
+from audioclust.training.kmeans import KMeans
+from audioclust.training.metrics import score_all
 
 __all__ = [
     "CLUSTERERS",

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
+
 from audioclust.models.audio import find_audio_files, load_audio
 
 __all__ = ["AudioFolder", "Clip", "fix_length", "parse_label_spec"]

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from tqdm.auto import tqdm
+
 from audioclust.models.cli import UserError, comma_list, run_command
 from audioclust.models.config import build_config
 from audioclust.training.baselines import (
@@ -29,7 +31,6 @@ from audioclust.training.baselines import (
 from audioclust.training.datasets import AudioFolder
 from audioclust.training.features import FEATURE_KINDS, extract
 from audioclust.training.report import markdown_table, plot_cluster_map, plot_confusion
-from tqdm.auto import tqdm
 
 PROG = "audioclust-eval"
 ROW_KEYS = ("features", "reducer", "clusterer", "n_clusters", "nmi", "ari", "acc", "seconds")

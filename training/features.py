@@ -16,17 +16,27 @@ import hashlib
 import json
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import torch
-from audioclust.models.frontend import FrontendConfig, LogMelFrontend
-from audioclust.training.datasets import AudioFolder
 from scipy.fft import dct
 from tqdm.auto import tqdm
 
-__all__ = ["FEATURE_KINDS", "FEATURE_VERSION", "clip_features", "default_cache_dir", "extract"]
+from audioclust.models.frontend import FrontendConfig, LogMelFrontend
+from audioclust.training.datasets import AudioFolder
+
+__all__ = [
+    "FEATURE_KINDS",
+    "FEATURE_VERSION",
+    "LogMelBank",
+    "clip_features",
+    "default_cache_dir",
+    "extract",
+    "logmel_bank",
+]
 
 FEATURE_VERSION = 1
 FEATURE_KINDS = ("logmel", "mfcc")
@@ -59,6 +69,56 @@ def _cache_key(dataset: AudioFolder, frontend: FrontendConfig, kinds: tuple[str,
     return h.hexdigest()[:24]
 
 
+def _cached(
+    dataset: AudioFolder,
+    frontend: FrontendConfig,
+    tag: tuple[str, ...],
+    compute: Callable[[], dict[str, np.ndarray]],
+    cache_dir: str | os.PathLike | None,
+    on_cache: Callable[[Path, bool], None] | None = None,
+) -> dict[str, np.ndarray]:
+    """``compute()``'s arrays, from the on-disk cache when the key matches.
+
+    ``cache_dir=None`` uses :func:`default_cache_dir`; an empty string turns caching off.
+    """
+    if cache_dir == "":
+        return compute()
+    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    cache_file = root / "features" / f"{_cache_key(dataset, frontend, tag)}.npz"
+    if cache_file.is_file():
+        with np.load(cache_file, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+        if on_cache:
+            on_cache(cache_file, True)
+        return arrays
+    arrays = compute()
+    cache_file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache_file.with_suffix(".tmp.npz")
+    np.savez(tmp, **arrays)
+    os.replace(tmp, cache_file)  # atomic: a killed run never leaves a half-written cache
+    if on_cache:
+        on_cache(cache_file, False)
+    return arrays
+
+
+def _frontend_for(dataset: AudioFolder, frontend: FrontendConfig | None) -> FrontendConfig:
+    frontend = frontend or FrontendConfig(sample_rate=dataset.sample_rate)
+    if frontend.sample_rate != dataset.sample_rate:
+        raise ValueError(
+            f"frontend expects {frontend.sample_rate} Hz, dataset yields {dataset.sample_rate} Hz"
+        )
+    return frontend
+
+
+def _logmels(dataset: AudioFolder, frontend: FrontendConfig, progress: bool):
+    """Yield each clip's log-mel (n_mels, frames) at the clip's own length."""
+    module = LogMelFrontend(frontend).eval()
+    with torch.inference_mode():
+        for i in tqdm(range(len(dataset)), desc="log-mel", disable=not progress, unit="clip"):
+            wave, n_real = dataset.load(i)
+            yield module(torch.from_numpy(wave[:n_real])[None])[0, 0].numpy()
+
+
 def extract(
     dataset: AudioFolder,
     kinds: tuple[FeatureKind, ...] = FEATURE_KINDS,
@@ -72,36 +132,55 @@ def extract(
     ``cache_dir=None`` uses :func:`default_cache_dir`; an empty string turns caching off.
     ``on_cache(path, hit)`` is told where the cache file is and whether it was used.
     """
-    frontend = frontend or FrontendConfig(sample_rate=dataset.sample_rate)
-    if frontend.sample_rate != dataset.sample_rate:
-        raise ValueError(
-            f"frontend expects {frontend.sample_rate} Hz, dataset yields {dataset.sample_rate} Hz"
-        )
-    cache_file = None
-    if cache_dir != "":
-        root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-        cache_file = root / "features" / f"{_cache_key(dataset, frontend, kinds)}.npz"
-        if cache_file.is_file():
-            with np.load(cache_file, allow_pickle=False) as z:
-                out = {k: z[k] for k in kinds}
-            if on_cache:
-                on_cache(cache_file, True)
-            return out
+    frontend = _frontend_for(dataset, frontend)
 
-    module = LogMelFrontend(frontend).eval()
-    rows: dict[str, list[np.ndarray]] = {k: [] for k in kinds}
-    with torch.inference_mode():
-        for i in tqdm(range(len(dataset)), desc="features", disable=not progress, unit="clip"):
-            wave, n_real = dataset.load(i)
-            lm = module(torch.from_numpy(wave[:n_real])[None])[0, 0].numpy()
+    def compute() -> dict[str, np.ndarray]:
+        rows: dict[str, list[np.ndarray]] = {k: [] for k in kinds}
+        for lm in _logmels(dataset, frontend, progress):
             for k in kinds:
                 rows[k].append(clip_features(lm, k))
-    out = {k: np.stack(v) for k, v in rows.items()}
-    if cache_file is not None:
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache_file.with_suffix(".tmp.npz")
-        np.savez(tmp, **out)
-        os.replace(tmp, cache_file)  # atomic: a killed run never leaves a half-written cache
-        if on_cache:
-            on_cache(cache_file, False)
-    return out
+        return {k: np.stack(v) for k, v in rows.items()}
+
+    return _cached(dataset, frontend, kinds, compute, cache_dir, on_cache)
+
+
+@dataclass(frozen=True)
+class LogMelBank:
+    """Every clip's log-mel, concatenated along time: clip i is ``data[:, offsets[i]:
+    offsets[i + 1]]``. Training crops come from here, so audio is decoded only once."""
+
+    data: np.ndarray  # (n_mels, total_frames) float32
+    offsets: np.ndarray  # (n_clips + 1,) int64
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def clip(self, i: int) -> np.ndarray:
+        return self.data[:, self.offsets[i] : self.offsets[i + 1]]
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    def stats(self) -> tuple[float, float]:
+        """Mean and standard deviation over all frames and bands (scalar, as BYOL-A)."""
+        return float(self.data.mean(dtype=np.float64)), float(self.data.std(dtype=np.float64))
+
+
+def logmel_bank(
+    dataset: AudioFolder,
+    frontend: FrontendConfig | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> LogMelBank:
+    """Log-mels of every clip of ``dataset`` at its own length, cached like :func:`extract`."""
+    frontend = _frontend_for(dataset, frontend)
+
+    def compute() -> dict[str, np.ndarray]:
+        parts = list(_logmels(dataset, frontend, progress))
+        lengths = [p.shape[1] for p in parts]
+        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        return {"data": np.concatenate(parts, axis=1), "offsets": offsets}
+
+    arrays = _cached(dataset, frontend, ("bank",), compute, cache_dir)
+    return LogMelBank(arrays["data"], arrays["offsets"])

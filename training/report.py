@@ -11,9 +11,10 @@ import matplotlib
 matplotlib.use("Agg")  # reports are files; never open a window
 import matplotlib.pyplot as plt
 import numpy as np
+
 from audioclust.training.metrics import contingency, hungarian_mapping
 
-__all__ = ["markdown_table", "plot_cluster_map", "plot_confusion"]
+__all__ = ["markdown_table", "plot_cluster_map", "plot_confusion", "plot_curves"]
 
 
 def markdown_table(rows: Sequence[dict], columns: Sequence[str]) -> str:
@@ -83,5 +84,36 @@ def plot_cluster_map(
     fig.tight_layout()
     out = Path(path)
     fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
+def plot_curves(
+    curves: dict[str, Sequence[float]],
+    path: str | os.PathLike,
+    title: str = "",
+    xlabel: str = "step",
+    smooth: int = 1,
+) -> Path:
+    """Training curves, raw (faint) and as a moving average over ``smooth`` points."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for i, (name, values) in enumerate(curves.items()):
+        y = np.asarray(values, dtype=np.float64)
+        if y.size == 0:
+            continue
+        colour = f"C{i}"
+        ax.plot(np.arange(1, y.size + 1), y, color=colour, alpha=0.25, linewidth=0.8)
+        if smooth > 1 and y.size >= smooth:
+            avg = np.convolve(y, np.ones(smooth) / smooth, mode="valid")
+            ax.plot(np.arange(smooth, y.size + 1), avg, color=colour, label=name)
+        else:
+            ax.plot([], [], color=colour, label=name)
+    ax.set_xlabel(xlabel)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    out = Path(path)
+    fig.savefig(out, dpi=110)
     plt.close(fig)
     return out

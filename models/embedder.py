@@ -1,0 +1,187 @@
+"""The embedding model: 16 kHz waveform -> log-mel -> normalisation -> encoder -> (B, d).
+
+This is what a trained encoder is used as everywhere downstream (evaluation, clustering
+heads, ONNX export), so the normalisation statistics the encoder was trained with travel
+with it. Its checkpoint is one ``.safetensors`` file: the encoder's weights under
+``encoder.``, the statistics under ``norm.``, and in the string metadata the encoder name
+and config, the frontend config and a free-form ``info`` (how it was trained). No pickle.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Mapping
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .encoders import build_encoder, encoder_name
+from .frontend import FrontendConfig, LogMelFrontend
+
+__all__ = ["EMBEDDER_FORMAT", "Embedder", "embed_clips", "load_embedder", "save_embedder"]
+
+EMBEDDER_FORMAT = "audioclust-embedder"
+_FORMAT_VERSION = "1"
+
+
+class Embedder(nn.Module):
+    """Waveform (B, T) -> clip embedding (B, d).
+
+    ``lengths`` (B,) gives each row's real samples when rows are zero-padded to a common T;
+    the encoder then ignores the padded frames.
+    """
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        frontend: FrontendConfig | None = None,
+        mean: float = 0.0,
+        std: float = 1.0,
+    ):
+        super().__init__()
+        if not std > 0:
+            raise ValueError(f"normalisation std must be positive, got {std}")
+        self.frontend = LogMelFrontend(frontend)
+        self.encoder = encoder
+        self.register_buffer("norm_mean", torch.tensor(float(mean)))
+        self.register_buffer("norm_std", torch.tensor(float(std)))
+
+    @property
+    def embed_dim(self) -> int:
+        return int(self.encoder.embed_dim)
+
+    @property
+    def min_samples(self) -> int:
+        """Shortest waveform that yields the encoder's minimum number of frames."""
+        return (int(self.encoder.min_frames) - 1) * self.frontend.config.hop_length
+
+    def normalise(self, logmel: torch.Tensor) -> torch.Tensor:
+        return (logmel - self.norm_mean) / self.norm_std
+
+    def forward(self, waveform: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        x = self.normalise(self.frontend(waveform))
+        if lengths is None:
+            return self.encoder(x)
+        frames = 1 + torch.div(lengths, self.frontend.config.hop_length, rounding_mode="floor")
+        return self.encoder(x, frames)
+
+
+def save_embedder(
+    embedder: Embedder, path: str | os.PathLike, info: Mapping[str, Any] | None = None
+) -> Path:
+    """Write ``embedder`` as one self-describing ``.safetensors`` file, atomically."""
+    name = encoder_name(embedder.encoder)
+    tensors = {f"encoder.{k}": v for k, v in embedder.encoder.state_dict().items()}
+    tensors["norm.mean"] = embedder.norm_mean
+    tensors["norm.std"] = embedder.norm_std
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    metadata = {
+        "format": EMBEDDER_FORMAT,
+        "format_version": _FORMAT_VERSION,
+        "encoder": name,
+        "encoder_config": json.dumps(asdict(embedder.encoder.config), sort_keys=True),
+        "frontend": json.dumps(embedder.frontend.config.to_dict(), sort_keys=True),
+        "info": json.dumps(dict(info or {}), sort_keys=True, default=str),
+    }
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=metadata)
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return out
+
+
+def read_embedder_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """The decoded metadata of an embedder checkpoint; clear errors for anything else."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"{p}: no such checkpoint")
+    try:
+        with safe_open(str(p), framework="pt") as f:
+            meta = f.metadata() or {}
+    except (SafetensorError, OSError) as exc:
+        raise ValueError(f"{p}: not a safetensors checkpoint ({exc})") from exc
+    if meta.get("format") != EMBEDDER_FORMAT:
+        raise ValueError(f"{p}: not an audioclust embedder checkpoint (format "
+                         f"{meta.get('format')!r})")
+    if meta.get("format_version") != _FORMAT_VERSION:
+        raise ValueError(f"{p}: checkpoint format version {meta.get('format_version')!r}, "
+                         f"this code reads {_FORMAT_VERSION!r}")
+    return {
+        "encoder": meta["encoder"],
+        "encoder_config": json.loads(meta["encoder_config"]),
+        "frontend": json.loads(meta["frontend"]),
+        "info": json.loads(meta["info"]),
+    }
+
+
+def load_embedder(
+    path: str | os.PathLike, device: str | torch.device = "cpu", random_init: int | None = None
+) -> Embedder:
+    """Rebuild the embedder saved at ``path`` in eval mode.
+
+    ``random_init=SEED`` instead gives a randomly initialised encoder of the same
+    architecture, with the same frontend and normalisation: the "untrained" control.
+    """
+    meta = read_embedder_metadata(path)
+    tensors = load_file(str(path), device=str(device))
+    if random_init is not None:
+        torch.manual_seed(random_init)
+    encoder = build_encoder(meta["encoder"], meta["encoder_config"])
+    if random_init is None:
+        state = {k[len("encoder."):]: v for k, v in tensors.items() if k.startswith("encoder.")}
+        encoder.load_state_dict(state, strict=True)
+    embedder = Embedder(
+        encoder,
+        FrontendConfig(**meta["frontend"]),
+        mean=float(tensors["norm.mean"]),
+        std=float(tensors["norm.std"]),
+    )
+    return embedder.to(device).eval()
+
+
+@torch.inference_mode()
+def embed_clips(
+    embedder: Embedder,
+    clips: list[np.ndarray],
+    batch_size: int = 64,
+    progress: bool = False,
+) -> np.ndarray:
+    """Embed waveforms of any lengths; (n, d) float32.
+
+    Clips are sorted by length and batched with zero padding plus their lengths, so
+    padding never changes an embedding; clips shorter than the encoder's minimum are
+    zero-padded up to it (and counted as that long).
+    """
+    from tqdm.auto import tqdm
+
+    embedder.eval()
+    device = embedder.norm_mean.device
+    min_len = max(embedder.min_samples, 1)
+    order = np.argsort([len(c) for c in clips], kind="stable")
+    out = np.zeros((len(clips), embedder.embed_dim), dtype=np.float32)
+    starts = range(0, len(clips), batch_size)
+    for s in tqdm(starts, desc="embed", unit="batch", disable=not progress):
+        idx = order[s : s + batch_size]
+        lengths = [max(len(clips[i]), min_len) for i in idx]
+        batch = np.zeros((len(idx), max(lengths)), dtype=np.float32)
+        for row, i in enumerate(idx):
+            batch[row, : len(clips[i])] = clips[i]
+        emb = embedder(
+            torch.from_numpy(batch).to(device), torch.tensor(lengths, device=device)
+        )
+        out[idx] = emb.float().cpu().numpy()
+    return out
