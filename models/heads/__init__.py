@@ -1,0 +1,182 @@
+"""Clustering heads: clip embedding (B, d) -> cluster posterior (B, K).
+
+A :class:`ClusterHead` holds ``n_heads`` independent MLP heads (TEMI, SPICE and
+DeepCluster all train several and keep the best), the input standardisation they were
+trained with, the index of the head to use, a softmax temperature and the learned cluster
+prior (TEMI's EMA prior; the empirical cluster frequencies for the others), which the
+streaming service starts its own prior from.
+
+Checkpoint: one ``.safetensors`` file, weights and buffers as tensors, and in the string
+metadata ``format`` = "audioclust-head", the config as JSON, ``method``, the SHA-256 of the
+encoder checkpoint the head was trained on, and a free-form ``info``. No pickle.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
+from torch import nn
+from torch.nn import functional as F
+
+__all__ = [
+    "HEAD_FORMAT",
+    "ClusterHead",
+    "HeadConfig",
+    "file_sha256",
+    "load_head",
+    "read_head_metadata",
+    "save_head",
+]
+
+HEAD_FORMAT = "audioclust-head"
+_FORMAT_VERSION = "1"
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    """Shape of a clustering head."""
+
+    in_dim: int
+    n_clusters: int
+    n_heads: int = 1
+    hidden_dim: int = 512
+    n_layers: int = 2  # hidden layers; 0 = a linear head
+    l2_normalize: bool = True  # L2-normalise (after standardising) before the MLP
+
+    def __post_init__(self) -> None:
+        if min(self.in_dim, self.n_clusters, self.n_heads, self.hidden_dim) < 1:
+            raise ValueError(f"in_dim, n_clusters, n_heads, hidden_dim must be >= 1: {self}")
+        if self.n_clusters < 2:
+            raise ValueError(f"need at least 2 clusters, got {self.n_clusters}")
+        if self.n_layers < 0:
+            raise ValueError(f"n_layers must be >= 0, got {self.n_layers}")
+
+
+def _mlp(c: HeadConfig) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    dim = c.in_dim
+    for _ in range(c.n_layers):
+        layers += [nn.Linear(dim, c.hidden_dim), nn.GELU()]
+        dim = c.hidden_dim
+    layers.append(nn.Linear(dim, c.n_clusters))
+    return nn.Sequential(*layers)
+
+
+class ClusterHead(nn.Module):
+    """``n_heads`` MLP heads over standardised embeddings.
+
+    ``all_logits(z)`` gives (n_heads, B, K) for training; ``forward(z)`` gives the selected
+    head's posterior (B, K) = softmax(logits / temperature), which is what is exported.
+    """
+
+    def __init__(self, config: HeadConfig):
+        super().__init__()
+        self.config = config
+        self.heads = nn.ModuleList(_mlp(config) for _ in range(config.n_heads))
+        self.register_buffer("input_mean", torch.zeros(config.in_dim))
+        self.register_buffer("input_std", torch.ones(config.in_dim))
+        self.register_buffer("prior", torch.full((config.n_clusters,), 1.0 / config.n_clusters))
+        self.register_buffer("temperature", torch.tensor(1.0))
+        self.register_buffer("selected", torch.tensor(0, dtype=torch.long))
+
+    def set_input_stats(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        """Standardisation statistics of the training embeddings (std floored)."""
+        self.input_mean.copy_(mean)
+        self.input_std.copy_(torch.clamp(std, min=1e-6))
+
+    def prepare(self, z: torch.Tensor) -> torch.Tensor:
+        x = (z - self.input_mean) / self.input_std
+        return F.normalize(x, dim=-1) if self.config.l2_normalize else x
+
+    def all_logits(self, z: torch.Tensor) -> torch.Tensor:
+        x = self.prepare(z)
+        return torch.stack([head(x) for head in self.heads])
+
+    def select(self, index: int) -> None:
+        if not 0 <= index < self.config.n_heads:
+            raise ValueError(f"head {index} out of range 0..{self.config.n_heads - 1}")
+        self.selected.fill_(index)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        x = self.prepare(z)
+        # Indexing the ModuleList needs a Python int; export sees the selected head only.
+        logits = self.heads[int(self.selected)](x)
+        return torch.softmax(logits / self.temperature, dim=-1)
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def save_head(
+    head: ClusterHead,
+    path: str | os.PathLike,
+    method: str,
+    encoder_sha256: str = "",
+    info: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write ``head`` as one self-describing ``.safetensors`` file, atomically."""
+    tensors = {k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}
+    metadata = {
+        "format": HEAD_FORMAT,
+        "format_version": _FORMAT_VERSION,
+        "config": json.dumps(asdict(head.config), sort_keys=True),
+        "method": method,
+        "encoder_sha256": encoder_sha256,
+        "info": json.dumps(dict(info or {}), sort_keys=True, default=str),
+    }
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=metadata)
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return out
+
+
+def read_head_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"{p}: no such head checkpoint")
+    try:
+        with safe_open(str(p), framework="pt") as f:
+            meta = f.metadata() or {}
+    except (SafetensorError, OSError) as exc:
+        raise ValueError(f"{p}: not a safetensors checkpoint ({exc})") from exc
+    if meta.get("format") != HEAD_FORMAT:
+        raise ValueError(f"{p}: not an audioclust head checkpoint (format {meta.get('format')!r})")
+    if meta.get("format_version") != _FORMAT_VERSION:
+        raise ValueError(f"{p}: head format version {meta.get('format_version')!r}, this code "
+                         f"reads {_FORMAT_VERSION!r}")
+    return {
+        "config": json.loads(meta["config"]),
+        "method": meta["method"],
+        "encoder_sha256": meta["encoder_sha256"],
+        "info": json.loads(meta["info"]),
+    }
+
+
+def load_head(path: str | os.PathLike, device: str | torch.device = "cpu") -> ClusterHead:
+    """Rebuild the head saved at ``path`` in eval mode."""
+    meta = read_head_metadata(path)
+    head = ClusterHead(HeadConfig(**meta["config"]))
+    head.load_state_dict(load_file(str(path), device=str(device)), strict=True)
+    return head.to(device).eval()

@@ -1,0 +1,1 @@
+"""Trainers of clustering heads on frozen embeddings: TEMI, SPICE, DeepCluster."""
