@@ -88,6 +88,14 @@ class ClusterHead(nn.Module):
         self.register_buffer("prior", torch.full((config.n_clusters,), 1.0 / config.n_clusters))
         self.register_buffer("temperature", torch.tensor(1.0))
         self.register_buffer("selected", torch.tensor(0, dtype=torch.long))
+        # The buffer stores the choice in checkpoints; the int mirrors it so forward (and
+        # the exported graph) index the ModuleList with a constant, not a tensor.
+        self._selected_index = 0
+        self.register_load_state_dict_post_hook(ClusterHead._sync_selected)
+
+    @staticmethod
+    def _sync_selected(module: nn.Module, incompatible_keys) -> None:
+        module._selected_index = int(module.selected)
 
     def set_input_stats(self, mean: torch.Tensor, std: torch.Tensor) -> None:
         """Standardisation statistics of the training embeddings (std floored)."""
@@ -106,11 +114,11 @@ class ClusterHead(nn.Module):
         if not 0 <= index < self.config.n_heads:
             raise ValueError(f"head {index} out of range 0..{self.config.n_heads - 1}")
         self.selected.fill_(index)
+        self._selected_index = index
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         x = self.prepare(z)
-        # Indexing the ModuleList needs a Python int; export sees the selected head only.
-        logits = self.heads[int(self.selected)](x)
+        logits = self.heads[self._selected_index](x)
         return torch.softmax(logits / self.temperature, dim=-1)
 
 

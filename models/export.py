@@ -1,0 +1,170 @@
+"""One ONNX graph from a 16 kHz waveform to the clip embedding and the cluster posterior.
+
+Inputs: ``waveform`` (B, T) float32 and ``lengths`` (B,) int64 (real samples per row, so
+rows of a batch may be zero-padded to a common T). Outputs: ``embedding`` (B, d) and
+``posterior`` (B, K). Batch and length are dynamic. The metadata properties carry what a
+runtime needs to use the model without any training code: see :data:`METADATA_KEYS`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+from typing import Any
+
+import onnx
+import torch
+from torch import nn
+
+from .embedder import Embedder, load_embedder, read_embedder_metadata
+from .heads import ClusterHead, load_head, read_head_metadata
+from .onnx_export import export_onnx, set_metadata
+
+__all__ = ["METADATA_KEYS", "MODEL_FORMAT", "ExportResult", "FullModel", "export_model"]
+
+MODEL_FORMAT = "audioclust-model"
+#: Metadata every exported model carries (all strings; JSON where structured).
+METADATA_KEYS = (
+    "format", "format_version", "audioclust_version", "sample_rate", "window_seconds",
+    "hop_seconds", "min_samples", "frontend", "embedding_dim", "n_clusters", "prior",
+    "encoder", "encoder_method", "head_method", "training_data", "weights_sha256",
+    "quantization", "description",
+)
+FORMAT_VERSION = "1"
+
+
+class FullModel(nn.Module):
+    """Waveform (B, T) + lengths (B,) -> (embedding (B, d), posterior (B, K))."""
+
+    def __init__(self, embedder: Embedder, head: ClusterHead):
+        super().__init__()
+        if head.config.in_dim != embedder.embed_dim:
+            raise ValueError(f"head expects {head.config.in_dim}-d embeddings, encoder gives "
+                             f"{embedder.embed_dim}")
+        self.embedder = embedder
+        self.head = head
+
+    def forward(
+        self, waveform: torch.Tensor, lengths: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        z = self.embedder(waveform, lengths)
+        return z, self.head(z)
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    metadata: dict[str, str]
+
+
+def _version() -> str:
+    try:
+        return importlib_metadata.version("audioclust")
+    except importlib_metadata.PackageNotFoundError:  # running from a bare checkout
+        return "0+unknown"
+
+
+def _weights_sha256(model: onnx.ModelProto) -> str:
+    h = hashlib.sha256()
+    for init in sorted(model.graph.initializer, key=lambda t: t.name):
+        h.update(init.name.encode())
+        h.update(init.SerializeToString())
+    return h.hexdigest()
+
+
+def export_model(
+    encoder_path: str | os.PathLike,
+    head_path: str | os.PathLike,
+    out: str | os.PathLike,
+    window_seconds: float = 1.0,
+    hop_seconds: float = 0.5,
+    quantize: str | None = None,
+    description: str = "",
+) -> ExportResult:
+    """Export encoder checkpoint + head checkpoint to one ONNX file at ``out``.
+
+    ``window_seconds``/``hop_seconds`` are the streaming window the model is meant for
+    (recorded in the metadata; the graph itself takes any length above ``min_samples``).
+    ``quantize="int8"`` applies ONNX Runtime's dynamic quantisation to the encoder and
+    head weights (the frontend's DFT stays float: it sets the spectrum's precision).
+    """
+    if quantize not in (None, "int8"):
+        raise ValueError(f"unknown quantisation {quantize!r}; use int8 or none")
+    if not 0 < hop_seconds <= window_seconds:
+        raise ValueError(f"need 0 < hop <= window, got hop {hop_seconds}, window "
+                         f"{window_seconds}")
+    enc_meta = read_embedder_metadata(encoder_path)
+    head_meta = read_head_metadata(head_path)
+    embedder = load_embedder(encoder_path)
+    head = load_head(head_path)
+    model = FullModel(embedder, head).eval()
+    sr = embedder.frontend.config.sample_rate
+    min_samples = max(embedder.min_samples, embedder.frontend.config.n_fft)
+    if window_seconds * sr < min_samples:
+        raise ValueError(f"window {window_seconds} s is shorter than the model's minimum "
+                         f"{min_samples / sr:.3f} s")
+
+    meta: dict[str, Any] = {
+        "format": MODEL_FORMAT,
+        "format_version": FORMAT_VERSION,
+        "audioclust_version": _version(),
+        "sample_rate": sr,
+        "window_seconds": window_seconds,
+        "hop_seconds": hop_seconds,
+        "min_samples": min_samples,
+        "frontend": json.dumps(embedder.frontend.config.to_dict(), sort_keys=True),
+        "embedding_dim": embedder.embed_dim,
+        "n_clusters": head.config.n_clusters,
+        "prior": json.dumps([round(float(p), 8) for p in head.prior]),
+        "encoder": json.dumps({"name": enc_meta["encoder"], "config": enc_meta["encoder_config"]},
+                              sort_keys=True),
+        "encoder_method": str(enc_meta["info"].get("method", "unknown")),
+        "head_method": head_meta["method"],
+        "training_data": json.dumps({"encoder": enc_meta["info"].get("data", ""),
+                                     "encoder_clips": enc_meta["info"].get("clips"),
+                                     "head": head_meta["info"].get("data", "")}),
+        "quantization": quantize or "none",
+        "description": description,
+    }
+    out = Path(out)
+    example = (torch.zeros(2, int(window_seconds * sr)), torch.full((2,), int(window_seconds * sr)))
+    float_path = out if quantize is None else out.with_suffix(".fp32.onnx")
+    export_onnx(
+        model, example, float_path, ["waveform", "lengths"], ["embedding", "posterior"],
+        {"waveform": {0: "batch", 1: "samples"}, "lengths": {0: "batch"}},
+        min_sizes={"samples": min_samples},
+    )
+    if quantize == "int8":
+        _quantize_int8(float_path, out)
+        float_path.unlink()
+    onnx_model = onnx.load(out)
+    meta["weights_sha256"] = _weights_sha256(onnx_model)
+    strings = {k: str(v) for k, v in meta.items()}
+    set_metadata(onnx_model, strings)
+    onnx.save(onnx_model, out)
+    return ExportResult(out, strings)
+
+
+def _quantize_int8(src: Path, dst: Path) -> None:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    model = onnx.load(src)
+    # The frontend's DFT convolution and mel matmul stay float: quantising the spectrum
+    # costs far more accuracy than it saves time.
+    keep_float = [n.name for n in model.graph.node
+                  if any(i.startswith("embedder.frontend.") for i in n.input)]
+    # The exporter's shape annotations trip the quantiser's own shape inference on
+    # Gemm nodes; it re-derives them anyway.
+    del model.graph.value_info[:]
+    plain = src.with_suffix(".noshape.onnx")
+    onnx.save(model, plain)
+    try:
+        quantize_dynamic(str(plain), str(dst), weight_type=QuantType.QInt8,
+                         nodes_to_exclude=keep_float,
+                         op_types_to_quantize=["MatMul", "Gemm", "Conv"])
+    finally:
+        plain.unlink(missing_ok=True)
