@@ -3,19 +3,31 @@
 Subcommands:
 
 - ``baselines``: the research notes' grid (features x reducer x clusterer) on fixed-size
-  clip features; writes a markdown table, JSON rows, a confusion matrix and a 2-D map.
+  clip features, optionally with encoder embeddings as extra features (``--encoder``);
+  writes a markdown table, JSON rows, a confusion matrix and a 2-D map.
+- ``encoder``: a trained encoder beside a randomly initialised one of the same
+  architecture: k-means/agglomerative clustering of the embeddings (raw and PCA) and a
+  linear probe (logistic regression, stratified k-fold); same report files.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
+import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import StratifiedKFold
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 from tqdm.auto import tqdm
 
 from audioclust.models.cli import UserError, comma_list, run_command
@@ -29,11 +41,20 @@ from audioclust.training.baselines import (
     run_grid,
 )
 from audioclust.training.datasets import AudioFolder
-from audioclust.training.features import FEATURE_KINDS, extract
+from audioclust.training.features import (
+    FEATURE_KINDS,
+    embed_dataset,
+    embedder_checkpoint,
+    extract,
+)
 from audioclust.training.report import markdown_table, plot_cluster_map, plot_confusion
 
 PROG = "audioclust-eval"
 ROW_KEYS = ("features", "reducer", "clusterer", "n_clusters", "nmi", "ari", "acc", "seconds")
+# Encoder evaluation clusters with the methods that take k, on raw and PCA-reduced
+# embeddings: t-SNE, DBSCAN and mean-shift add their own failure modes, not encoder signal.
+ENCODER_GRID = BaselineConfig(reducers=("none", "pca"), clusterers=("kmeans", "agglomerative"))
+PROBE_MAX_ITER = 1000  # lbfgs on standardised features converges well within this
 
 
 @dataclass(frozen=True)
@@ -41,9 +62,49 @@ class BaselinesRun:
     """What ``audioclust-eval baselines`` runs; the ``[baselines]`` table of ``--config``."""
 
     features: tuple[str, ...] = FEATURE_KINDS
+    encoders: tuple[str, ...] = ()  # embedder checkpoints whose embeddings join the grid
     grid: BaselineConfig = field(default_factory=BaselineConfig)
     sample_rate: int = 16000
     cache_dir: str | None = None
+
+
+def checkpoint_name(path: str | Path) -> str:
+    """A short name for a checkpoint: the file's stem, or its folder's name when the stem
+    is the trainer's generic ``encoder`` (runs/byola-1/encoder.safetensors -> byola-1)."""
+    p = Path(path)
+    if p.stem == "encoder":
+        return p.resolve().parent.name or p.stem
+    return p.stem
+
+
+def encoder_feature_names(paths: Sequence[str | Path]) -> list[str]:
+    """Feature names ``encoder:<checkpoint name>``, made unique within ``paths``."""
+    names: list[str] = []
+    for p in paths:
+        base, i = f"encoder:{checkpoint_name(p)}", 2
+        unique = base
+        while unique in names:
+            unique, i = f"{base}-{i}", i + 1
+        names.append(unique)
+    return names
+
+
+def _logger(args: argparse.Namespace) -> Callable[..., None]:
+    """Progress lines go to stderr; only ``--json --quiet`` silences them."""
+    if args.json and args.quiet:
+        return lambda *a: None
+    return lambda *a: print(*a, file=sys.stderr)
+
+
+def _labelled_dataset(args: argparse.Namespace, sample_rate: int) -> AudioFolder:
+    if args.labels == "none":
+        raise UserError(f"{args.command}: scoring needs labels; give --labels "
+                        "folder|digit|speaker|csv:FILE")
+    dataset = AudioFolder(args.data, labels=args.labels, sample_rate=sample_rate)
+    if len(dataset.class_names) < 2:
+        raise UserError(f"{args.data}: need at least 2 classes to score, found "
+                        f"{len(dataset.class_names)}")
+    return dataset
 
 
 def _add_baselines(sub: argparse._SubParsersAction) -> None:
@@ -69,6 +130,9 @@ def _add_baselines(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print the rows as JSON on stdout")
     p.add_argument("--config", type=Path, help="TOML/YAML file with a [baselines] table")
     p.add_argument("--features", type=comma_list(FEATURE_KINDS), help="feature kinds to run")
+    p.add_argument("--encoder", action="append", type=Path, metavar="CKPT",
+                   help="also cluster this embedder checkpoint's embeddings (repeatable); "
+                   "rows are named encoder:<file stem, or folder for encoder.safetensors>")
     p.add_argument("--reducers", type=comma_list(REDUCERS), help="reducers to run")
     p.add_argument("--clusterers", type=comma_list(CLUSTERERS), help="clusterers to run")
     p.add_argument("--seed", type=int, help="random seed for k-means, PCA and t-SNE")
@@ -85,6 +149,7 @@ def _baselines(args: argparse.Namespace) -> int:
         args.config,
         {
             "features": args.features,
+            "encoders": tuple(map(str, args.encoder)) if args.encoder else None,
             "cache_dir": "" if args.no_cache else args.cache_dir,
             "grid": {k: v for k, v in grid_over.items() if v is not None},
         },
@@ -93,17 +158,25 @@ def _baselines(args: argparse.Namespace) -> int:
     bad = [f for f in run.features if f not in FEATURE_KINDS]
     if bad:
         raise UserError(f"unknown features {bad}; known: {', '.join(FEATURE_KINDS)}")
-    if args.labels == "none":
-        raise UserError("baselines are scored against labels: give --labels")
-    dataset = AudioFolder(args.data, labels=args.labels, sample_rate=run.sample_rate)
-    if len(dataset.class_names) < 2:
-        raise UserError(f"{args.data}: need at least 2 classes to score, found "
-                        f"{len(dataset.class_names)}")
-    log = (lambda *a: None) if args.json and args.quiet else (
-        lambda *a: print(*a, file=sys.stderr))
+    for ckpt in run.encoders:
+        embedder_checkpoint(ckpt)  # a bad checkpoint fails now, not after feature extraction
+    dataset = _labelled_dataset(args, run.sample_rate)
+    log = _logger(args)
     log(f"{len(dataset)} clips, {len(dataset.class_names)} classes ({args.labels})")
 
     t0 = time.perf_counter()
+    # Encoders first: a checkpoint that cannot be loaded fails before the log-mel pass.
+    embedded = {
+        name: embed_dataset(
+            dataset,
+            ckpt,
+            cache_dir=run.cache_dir,
+            progress=not args.quiet,
+            on_cache=lambda p, hit, n=name: log(
+                f"{n}: embeddings " + ("from cache " if hit else "cached in ") + str(p)),
+        )
+        for name, ckpt in zip(encoder_feature_names(run.encoders), run.encoders, strict=True)
+    }
     feats = extract(
         dataset,
         kinds=run.features,  # type: ignore[arg-type]
@@ -112,11 +185,12 @@ def _baselines(args: argparse.Namespace) -> int:
         on_cache=lambda p, hit: log(("features from cache " if hit else "features cached in ")
                                     + str(p)),
     )
+    feats.update(embedded)  # rows: log-mel/MFCC first, then encoders in command-line order
     log(f"features ready in {time.perf_counter() - t0:.1f} s")
 
     y = dataset.targets
     g = run.grid
-    total = len(run.features) * len(g.reducers) * len(g.clusterers)
+    total = len(feats) * len(g.reducers) * len(g.clusterers)
     rows: list[BaselineRow] = []
     reduced: dict[tuple[str, str], np.ndarray] = {}
     with tqdm(total=total, desc="grid", unit="row", disable=args.quiet, file=sys.stderr) as bar:
@@ -133,7 +207,8 @@ def _baselines(args: argparse.Namespace) -> int:
         "labels": args.labels,
         "clips": len(dataset),
         "classes": dataset.class_names,
-        "config": {"features": list(run.features), "grid": g.__dict__},
+        "config": {"features": list(run.features), "encoders": list(run.encoders),
+                   "grid": g.__dict__},
     }
     (out / "baselines.json").write_text(json.dumps({"meta": meta, "rows": dicts}, indent=2))
     table = markdown_table(dicts, (*ROW_KEYS[:7], "purity", "seconds"))
@@ -159,6 +234,217 @@ def _baselines(args: argparse.Namespace) -> int:
     return 0
 
 
+@dataclass(frozen=True)
+class ProbeResult:
+    """Linear-probe accuracy per fold, with its mean and (population) std over folds."""
+
+    folds: tuple[float, ...]
+
+    @property
+    def mean(self) -> float:
+        return float(np.mean(self.folds))
+
+    @property
+    def std(self) -> float:
+        return float(np.std(self.folds))
+
+    def to_dict(self) -> dict:
+        return {"mean": round(self.mean, 4), "std": round(self.std, 4),
+                "folds": [round(a, 4) for a in self.folds]}
+
+
+def check_folds(y: np.ndarray, folds: int) -> None:
+    """Stratified k-fold needs every class in every fold."""
+    smallest = int(np.bincount(y[y >= 0]).min(initial=len(y)))
+    if folds < 2 or folds > smallest:
+        raise UserError(f"--folds {folds}: need 2 <= folds <= the smallest class's size "
+                        f"({smallest} clips)")
+
+
+def linear_probe(
+    x: np.ndarray,
+    y: np.ndarray,
+    folds: int = 5,
+    seed: int = 0,
+    max_iter: int = PROBE_MAX_ITER,
+    log: Callable[[str], None] | None = None,
+) -> ProbeResult:
+    """Accuracy of logistic regression on frozen embeddings, stratified ``folds``-fold CV.
+
+    The EVAR protocol as the research notes used it: features standardised on each fold's
+    training part only (test clips must not leak into the scaling), default L2 strength,
+    mean and std over folds.
+    """
+    check_folds(y, folds)
+    splits = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed).split(x, y)
+    accs: list[float] = []
+    for i, (train, test) in enumerate(splits, start=1):
+        model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=max_iter))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ConvergenceWarning)
+            model.fit(x[train], y[train])
+        if log and any(issubclass(w.category, ConvergenceWarning) for w in caught):
+            log(f"linear probe fold {i}: not converged in {max_iter} iterations")
+        accs.append(float(model.score(x[test], y[test])))
+    return ProbeResult(tuple(accs))
+
+
+def _add_encoder(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "encoder",
+        help="trained vs randomly initialised encoder: clustering and linear probe",
+        description=(
+            "Embed every clip of a labelled folder with the checkpoint's encoder and with a "
+            "randomly initialised encoder of the same architecture (same frontend and "
+            "normalisation). For both: k-means and agglomerative clustering of the raw and "
+            "PCA-reduced embeddings (k = number of classes; NMI, ARI, Hungarian accuracy), "
+            "and linear-probe accuracy (logistic regression on standardised embeddings, "
+            "stratified k-fold, mean +- std). Embeddings are cached on disk, keyed on the "
+            "checkpoint's content."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--checkpoint", required=True, type=Path,
+                   help="embedder checkpoint (encoder.safetensors from audioclust-train)")
+    p.add_argument("--data", required=True, type=Path, help="folder of audio clips")
+    p.add_argument(
+        "--labels",
+        required=True,
+        help="where labels come from: folder, digit, speaker (FSDD names) or csv:FILE",
+    )
+    p.add_argument("--out", type=Path, default=Path("runs/encoder-eval"), help="report folder")
+    p.add_argument("--json", action="store_true", help="print the results as JSON on stdout")
+    p.add_argument("--folds", type=int, default=5, help="linear-probe cross-validation folds")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random encoder, k-means, "
+                   "PCA, t-SNE and the fold split")
+    p.add_argument("--batch-size", type=int, default=64, help="clips per forward pass")
+    p.add_argument("--cache-dir", help="embedding cache folder (default ~/.cache/audioclust)")
+    p.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_encoder)
+
+
+def _encoder(args: argparse.Namespace) -> int:
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size must be positive, got {args.batch_size}")
+    ckpt = embedder_checkpoint(args.checkpoint)
+    # Decode audio at the rate the checkpoint's frontend was trained at.
+    dataset = _labelled_dataset(args, int(ckpt["frontend"]["sample_rate"]))
+    y = dataset.targets
+    check_folds(y, args.folds)  # before minutes of embedding, not after
+    log = _logger(args)
+    log(f"{len(dataset)} clips, {len(dataset.class_names)} classes ({args.labels}); "
+        f"{ckpt['encoder']} encoder from {args.checkpoint}")
+
+    name = checkpoint_name(args.checkpoint)
+    grid = dataclasses.replace(ENCODER_GRID, seed=args.seed)
+    variants = {"trained": (f"encoder:{name}", None),
+                "random": (f"random:{name}", args.seed)}
+    results: dict[str, dict] = {}
+    embeddings: dict[str, np.ndarray] = {}
+    best_rows: dict[str, BaselineRow] = {}
+    for variant, (features, random_init) in variants.items():
+        t0 = time.perf_counter()
+        x = embed_dataset(
+            dataset,
+            args.checkpoint,
+            random_init=random_init,
+            cache_dir="" if args.no_cache else args.cache_dir,
+            progress=not args.quiet,
+            batch_size=args.batch_size,
+            on_cache=lambda p, hit, v=variant: log(
+                f"{v}: embeddings " + ("from cache " if hit else "cached in ") + str(p)),
+        )
+        log(f"{variant}: {x.shape[1]}-d embeddings in {time.perf_counter() - t0:.1f} s")
+        rows = [row for row, _ in run_grid({features: x}, y, grid)]
+        probe = linear_probe(x, y, args.folds, args.seed, log=lambda s, v=variant: log(
+            f"{v}: {s}"))
+        log(f"{variant}: linear probe {probe.mean:.3f} +- {probe.std:.3f}, best clustering "
+            f"ACC {max(r.acc for r in rows):.3f}")
+        embeddings[variant] = x
+        # Accuracy picks the best row, as in `baselines`.
+        best_rows[variant] = max(rows, key=lambda r: (r.acc, r.nmi))
+        results[variant] = {
+            "features": features,
+            "random_init": random_init,
+            "rows": [r.to_dict() for r in rows],
+            "linear_probe": probe.to_dict(),
+        }
+
+    report = {
+        "checkpoint": str(args.checkpoint),
+        "sha256": ckpt["sha256"],
+        "encoder": ckpt["encoder"],
+        "embed_dim": int(embeddings["trained"].shape[1]),
+        "info": ckpt["info"],
+        "data": str(args.data),
+        "labels": args.labels,
+        "clips": len(dataset),
+        "classes": dataset.class_names,
+        "folds": args.folds,
+        "seed": args.seed,
+        **results,
+    }
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "encoder-eval.json").write_text(json.dumps(report, indent=2))
+    text = _encoder_markdown(report)
+    (out / "encoder-eval.md").write_text(text)
+
+    best = best_rows["trained"]
+    title = (f"{best.features}/{best.reducer}/{best.clusterer}: "
+             f"NMI {best.nmi:.2f} ACC {best.acc:.2f}")
+    plot_confusion(y, best.labels, dataset.class_names, out / "confusion.png", title)
+    plot_cluster_map(reduce(embeddings["trained"], "tsne", grid), best.labels, y,
+                     out / "map.png", title)
+
+    if args.json:
+        for variant in variants:  # stdout rows share the `baselines` row schema
+            report[variant]["rows"] = [{k: r[k] for k in ROW_KEYS}
+                                       for r in report[variant]["rows"]]
+        print(json.dumps(report))
+    else:
+        print(text, end="")
+        print(f"\nbest (trained): {title}\nreport: {out}/ (encoder-eval.md, encoder-eval.json, "
+              "confusion.png, map.png)")
+    return 0
+
+
+def _encoder_markdown(report: dict) -> str:
+    """Linear probe and clustering scores, trained and random side by side."""
+    seed = report["random"]["random_init"]
+    probe_rows = [
+        {
+            "encoder": label,
+            "accuracy": report[v]["linear_probe"]["mean"],
+            "std": report[v]["linear_probe"]["std"],
+            "per fold": ", ".join(f"{a:.3f}" for a in report[v]["linear_probe"]["folds"]),
+        }
+        for v, label in (("trained", "trained"), ("random", f"random init (seed {seed})"))
+    ]
+    random_rows = {(r["reducer"], r["clusterer"]): r for r in report["random"]["rows"]}
+    side = []
+    for r in report["trained"]["rows"]:
+        other = random_rows[(r["reducer"], r["clusterer"])]
+        side.append({"reducer": r["reducer"], "clusterer": r["clusterer"],
+                     **{f"{m} trained": r[m] for m in ("nmi", "ari", "acc")},
+                     **{f"{m} random": other[m] for m in ("nmi", "ari", "acc")}})
+    cols = ("reducer", "clusterer", "nmi trained", "nmi random", "ari trained", "ari random",
+            "acc trained", "acc random")
+    return (
+        f"# Encoder evaluation: {report['checkpoint']}\n\n"
+        f"{report['encoder']} ({report['embed_dim']}-d), sha256 {report['sha256'][:12]}; "
+        f"data {report['data']} (labels: {report['labels']}, {report['clips']} clips, "
+        f"{len(report['classes'])} classes)\n\n"
+        f"Training info: `{json.dumps(report['info'], sort_keys=True)}`\n\n"
+        f"## Linear probe\n\nLogistic regression on standardised embeddings, "
+        f"{report['folds']}-fold stratified cross-validation (mean, std over folds).\n\n"
+        f"{markdown_table(probe_rows, ('encoder', 'accuracy', 'std', 'per fold'))}\n"
+        f"## Clustering\n\nk = number of classes; standardised embeddings, raw or PCA "
+        f"({ENCODER_GRID.pca_variance:.0%} of the variance).\n\n{markdown_table(side, cols)}"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
@@ -166,6 +452,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_baselines(sub)
+    _add_encoder(sub)
     return parser
 
 

@@ -4,10 +4,13 @@
   (2 x n_mels values).
 - ``mfcc``: the first ``n_mfcc`` cepstral coefficients (orthonormal DCT-II of the log-mel
   in dB, as librosa computes MFCCs), mean and standard deviation over frames.
+- :func:`embed_dataset`: a trained (or randomly initialised) encoder's clip embeddings.
 
 Statistics are taken over the clip's own frames, so clips of any length give comparable
 vectors without padding. The cache key covers every file's path, size and modification
 time, the feature settings and :data:`FEATURE_VERSION`; change any and it recomputes.
+Embeddings are keyed on the checkpoint's content (SHA-256) as well, never its path or
+time, so a retrained checkpoint at the same path never serves stale embeddings.
 """
 
 from __future__ import annotations
@@ -18,13 +21,20 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from scipy.fft import dct
 from tqdm.auto import tqdm
 
+from audioclust.models.embedder import (
+    Embedder,
+    embed_clips,
+    load_embedder,
+    read_embedder_metadata,
+)
 from audioclust.models.frontend import FrontendConfig, LogMelFrontend
 from audioclust.training.datasets import AudioFolder
 
@@ -34,7 +44,10 @@ __all__ = [
     "LogMelBank",
     "clip_features",
     "default_cache_dir",
+    "embed_dataset",
+    "embedder_checkpoint",
     "extract",
+    "file_sha256",
     "logmel_bank",
 ]
 
@@ -184,3 +197,85 @@ def logmel_bank(
 
     arrays = _cached(dataset, frontend, ("bank",), compute, cache_dir)
     return LogMelBank(arrays["data"], arrays["offsets"])
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def embedder_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """An embedder checkpoint's metadata (encoder, encoder_config, frontend, info) and the
+    file's ``sha256``. Anything that is not a readable embedder checkpoint raises a
+    one-line FileNotFoundError or ValueError naming the file."""
+    p = Path(path)
+    try:
+        meta = read_embedder_metadata(p)
+    except (KeyError, json.JSONDecodeError) as exc:
+        # The format tag is right but a field is missing or garbled: a damaged file.
+        raise ValueError(f"{p}: damaged embedder checkpoint metadata ({exc!r})") from exc
+    return {**meta, "sha256": file_sha256(p)}
+
+
+def embed_dataset(
+    dataset: AudioFolder,
+    embedder_path: str | os.PathLike,
+    random_init: int | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    progress: bool = True,
+    batch_size: int = 64,
+    on_cache: Callable[[Path, bool], None] | None = None,
+) -> np.ndarray:
+    """(n_clips, d) float32 embeddings of every clip by the embedder saved at
+    ``embedder_path``; ``random_init=SEED`` uses the same architecture randomly
+    initialised (see :func:`~audioclust.models.embedder.load_embedder`).
+
+    Cached like :func:`extract`; the key adds the checkpoint's SHA-256 and ``random_init``.
+    A missing file or one that is not an embedder checkpoint raises a one-line error
+    naming it (FileNotFoundError or ValueError).
+    """
+    path = Path(embedder_path)
+    ckpt = embedder_checkpoint(path)  # fails fast, before any audio is decoded
+    try:
+        frontend = _frontend_for(dataset, FrontendConfig(**ckpt["frontend"]))
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{path}: {exc}") from exc
+    init = "trained" if random_init is None else f"random_init={int(random_init)}"
+    # The crop policy changes what the encoder sees, so it belongs in the key.
+    crop = "full" if dataset.clip_samples is None else f"{dataset.clip_samples}:{dataset.crop}"
+    tag = ("embedding", ckpt["sha256"], init, crop)
+
+    def compute() -> dict[str, np.ndarray]:
+        embedder = _load_embedder_checked(path, random_init)
+        # Decode and embed in chunks: memory stays bounded on large folders while
+        # embed_clips still batches similar lengths together within each chunk.
+        chunk = max(batch_size * 16, 1)
+        parts = []
+        with tqdm(total=len(dataset), desc="embed", unit="clip", disable=not progress) as bar:
+            for start in range(0, len(dataset), chunk):
+                idx = range(start, min(start + chunk, len(dataset)))
+                clips = []
+                for i in idx:
+                    wave, n_real = dataset.load(i)
+                    clips.append(wave[:n_real])
+                parts.append(embed_clips(embedder, clips, batch_size=batch_size))
+                bar.update(len(idx))
+        return {"embeddings": np.concatenate(parts).astype(np.float32, copy=False)}
+
+    return _cached(dataset, frontend, tag, compute, cache_dir, on_cache)["embeddings"]
+
+
+def _load_embedder_checked(path: Path, random_init: int | None) -> Embedder:
+    """load_embedder, with a damaged checkpoint (tensors that do not fit the metadata)
+    reported as one line naming the file instead of torch's multi-line message."""
+    try:
+        return load_embedder(path, random_init=random_init)
+    except (RuntimeError, KeyError, TypeError, ValueError, SafetensorError) as exc:
+        detail = " ".join(str(exc).split())
+        if len(detail) > 200:
+            detail = detail[:200] + "..."
+        raise ValueError(f"{path}: cannot load the embedder ({detail})") from exc
