@@ -168,3 +168,50 @@ def _quantize_int8(src: Path, dst: Path) -> None:
                          op_types_to_quantize=["MatMul", "Gemm", "Conv"])
     finally:
         plain.unlink(missing_ok=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``audioclust-export``: encoder + head checkpoints -> one ONNX model."""
+    import argparse
+    import sys
+
+    from .cli import run_command
+
+    parser = argparse.ArgumentParser(
+        prog="audioclust-export",
+        description=(
+            "Export an encoder checkpoint (audioclust-train ssl) and a head checkpoint "
+            "(audioclust-train head) as one ONNX graph: 16 kHz waveform + lengths -> "
+            "embedding + cluster posterior, with the metadata audioclust-stream needs."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--encoder", required=True, type=Path, help="encoder .safetensors")
+    parser.add_argument("--head", required=True, type=Path, help="head .safetensors")
+    parser.add_argument("-o", "--output", required=True, type=Path, help="model .onnx to write")
+    parser.add_argument("--quantize", choices=("int8",), help="dynamic int8 quantisation")
+    parser.add_argument("--window", type=float, default=1.0, help="stream window, seconds")
+    parser.add_argument("--hop", type=float, default=0.5, help="stream hop, seconds")
+    parser.add_argument("--description", default="", help="free text stored in the model")
+    parser.add_argument("--json", action="store_true", help="print the metadata as JSON")
+    args = parser.parse_args(argv)
+
+    def body() -> int:
+        result = export_model(args.encoder, args.head, args.output, args.window, args.hop,
+                              args.quantize, args.description)
+        if args.json:
+            print(json.dumps({"path": str(result.path), "metadata": result.metadata}))
+        else:
+            size = result.path.stat().st_size / 1e6
+            print(f"wrote {result.path} ({size:.1f} MB, K={result.metadata['n_clusters']}, "
+                  f"d={result.metadata['embedding_dim']}, {result.metadata['quantization']})",
+                  file=sys.stderr)
+        return 0
+
+    return run_command("audioclust-export", body)
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())

@@ -1,0 +1,201 @@
+"""Running an exported audioclust model on ONNX Runtime: the one loader for everything.
+
+No torch here: the streaming service imports this and onnxruntime only. The loader reads
+and checks the model's metadata, picks the CUDA execution provider when ONNX Runtime has
+it and the CPU provider otherwise (the choice is logged and exposed as ``provider``),
+sets thread counts, and runs batches of variable-length audio by zero-padding them and
+passing each row's length, which the graph uses to ignore the padding.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["ModelError", "ModelInfo", "OnnxModel", "available_providers"]
+
+log = logging.getLogger(__name__)
+
+MODEL_FORMAT = "audioclust-model"
+SUPPORTED_VERSIONS = ("1",)
+_INPUTS = {"waveform": "tensor(float)", "lengths": "tensor(int64)"}
+_OUTPUTS = ("embedding", "posterior")
+
+
+class ModelError(ValueError):
+    """A model file that cannot be used: missing, corrupt, not ours, or mismatched."""
+
+    def __init__(self, path: str | os.PathLike, reason: str):
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """The metadata an exported model carries, parsed."""
+
+    sample_rate: int
+    window_seconds: float
+    hop_seconds: float
+    min_samples: int
+    frontend: dict[str, Any]
+    embedding_dim: int
+    n_clusters: int
+    prior: np.ndarray
+    encoder: dict[str, Any]
+    encoder_method: str
+    head_method: str
+    training_data: dict[str, Any]
+    audioclust_version: str
+    weights_sha256: str
+    quantization: str
+    description: str
+
+    @property
+    def window_samples(self) -> int:
+        return round(self.window_seconds * self.sample_rate)
+
+    @property
+    def hop_samples(self) -> int:
+        return round(self.hop_seconds * self.sample_rate)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dict(self.__dict__)
+        d["prior"] = [float(p) for p in self.prior]
+        return d
+
+    @classmethod
+    def from_metadata(cls, meta: dict[str, str], path: str | os.PathLike) -> ModelInfo:
+        if meta.get("format") != MODEL_FORMAT:
+            raise ModelError(path, "not an audioclust model (no audioclust metadata; export "
+                             "one with audioclust-export)")
+        if meta.get("format_version") not in SUPPORTED_VERSIONS:
+            raise ModelError(path, f"model format version {meta.get('format_version')!r}; "
+                             f"this version reads {', '.join(SUPPORTED_VERSIONS)}")
+        try:
+            info = cls(
+                sample_rate=int(meta["sample_rate"]),
+                window_seconds=float(meta["window_seconds"]),
+                hop_seconds=float(meta["hop_seconds"]),
+                min_samples=int(meta["min_samples"]),
+                frontend=json.loads(meta["frontend"]),
+                embedding_dim=int(meta["embedding_dim"]),
+                n_clusters=int(meta["n_clusters"]),
+                prior=np.asarray(json.loads(meta["prior"]), dtype=np.float64),
+                encoder=json.loads(meta["encoder"]),
+                encoder_method=meta["encoder_method"],
+                head_method=meta["head_method"],
+                training_data=json.loads(meta["training_data"]),
+                audioclust_version=meta["audioclust_version"],
+                weights_sha256=meta["weights_sha256"],
+                quantization=meta["quantization"],
+                description=meta.get("description", ""),
+            )
+        except (KeyError, ValueError, TypeError) as exc:
+            raise ModelError(path, f"damaged metadata ({type(exc).__name__}: {exc})") from exc
+        if info.prior.shape != (info.n_clusters,) or not np.isclose(info.prior.sum(), 1, 1e-3):
+            raise ModelError(path, f"metadata prior has shape {info.prior.shape} / sum "
+                             f"{info.prior.sum():.4f}; expected {info.n_clusters} values "
+                             "summing to 1")
+        return info
+
+
+def available_providers() -> list[str]:
+    import onnxruntime as ort
+
+    return list(ort.get_available_providers())
+
+
+def _choose_providers(requested: str) -> list[str]:
+    available = available_providers()
+    if requested == "auto":
+        if "CUDAExecutionProvider" in available:
+            return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        return ["CPUExecutionProvider"]
+    name = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}.get(requested,
+                                                                              requested)
+    if name not in available:
+        raise ValueError(f"execution provider {name} is not available here (have: "
+                         f"{', '.join(available)}); the gpu extra installs onnxruntime-gpu")
+    return [name] if name == "CPUExecutionProvider" else [name, "CPUExecutionProvider"]
+
+
+class OnnxModel:
+    """An exported model, ready to run.
+
+    ``provider``: "auto" (CUDA when available, else CPU), "cpu", "cuda" or a full
+    provider name. ``threads``: intra-op threads (0 lets ONNX Runtime decide).
+    """
+
+    def __init__(self, path: str | os.PathLike, provider: str = "auto", threads: int = 0):
+        import onnxruntime as ort
+
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise ModelError(self.path, "no such model file")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3  # errors only; ours are clearer
+        providers = _choose_providers(provider)
+        try:
+            self.session = ort.InferenceSession(str(self.path), options, providers=providers)
+        except Exception as exc:  # ORT raises its own Fail/InvalidProtobuf/... types
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ModelError(self.path, f"not a loadable ONNX model ({first})") from exc
+        meta = self.session.get_modelmeta().custom_metadata_map
+        self.info = ModelInfo.from_metadata(meta, self.path)
+        self._check_signature()
+        self.provider = self.session.get_providers()[0]
+        log.info("model %s on %s (requested %s)", self.path.name, self.provider, provider)
+
+    def _check_signature(self) -> None:
+        inputs = {i.name: i for i in self.session.get_inputs()}
+        for name, dtype in _INPUTS.items():
+            if name not in inputs:
+                raise ModelError(self.path, f"model has no input {name!r} (inputs: "
+                                 f"{sorted(inputs)})")
+            if inputs[name].type != dtype:
+                raise ModelError(self.path, f"input {name!r} is {inputs[name].type}, "
+                                 f"expected {dtype}")
+        outputs = [o.name for o in self.session.get_outputs()]
+        if list(outputs) != list(_OUTPUTS):
+            raise ModelError(self.path, f"outputs {outputs}, expected {list(_OUTPUTS)}")
+
+    def run(self, clips: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """Embeddings (B, d) and posteriors (B, K) for mono float32 clips at the model's rate.
+
+        Clips may differ in length; each must be at least ``info.min_samples`` long.
+        """
+        if not clips:
+            return (np.zeros((0, self.info.embedding_dim), np.float32),
+                    np.zeros((0, self.info.n_clusters), np.float32))
+        lengths = np.array([len(c) for c in clips], dtype=np.int64)
+        short = int(lengths.min())
+        if short < self.info.min_samples:
+            raise ValueError(f"a clip of {short} samples is shorter than the model's minimum "
+                             f"{self.info.min_samples}")
+        batch = np.zeros((len(clips), int(lengths.max())), dtype=np.float32)
+        for row, clip in enumerate(clips):
+            batch[row, : len(clip)] = clip
+        emb, post = self.session.run(list(_OUTPUTS), {"waveform": batch, "lengths": lengths})
+        return emb, post
+
+    def run_batch(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Like :meth:`run` for an equal-length (B, T) float32 array, without copying."""
+        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        if batch.ndim != 2:
+            raise ValueError(f"expected (batch, samples), got shape {batch.shape}")
+        if batch.shape[1] < self.info.min_samples:
+            raise ValueError(f"{batch.shape[1]} samples is shorter than the model's minimum "
+                             f"{self.info.min_samples}")
+        lengths = np.full(batch.shape[0], batch.shape[1], dtype=np.int64)
+        emb, post = self.session.run(list(_OUTPUTS), {"waveform": batch, "lengths": lengths})
+        return emb, post

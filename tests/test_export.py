@@ -1,0 +1,174 @@
+"""ONNX export (waveform -> embedding + posterior) and the runtime loader, for real on ORT."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from audioclust.models.audio import load_audio
+from audioclust.models.embedder import Embedder, save_embedder
+from audioclust.models.encoders import build_encoder
+from audioclust.models.export import METADATA_KEYS, export_model
+from audioclust.models.frontend import LogMelFrontend
+from audioclust.models.heads import ClusterHead, HeadConfig, load_head, save_head
+from audioclust.models.onnx_export import export_onnx, set_metadata
+from audioclust.models.runtime import ModelError, OnnxModel
+
+K = 6
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory) -> tuple[Path, Path]:
+    d = tmp_path_factory.mktemp("ckpt")
+    torch.manual_seed(0)
+    embedder = Embedder(build_encoder("audiontt", {"embed_dim": 64, "channels": 16}),
+                        mean=-6.0, std=5.0).eval()
+    enc = save_embedder(embedder, d / "enc.safetensors", {"method": "byola", "data": "fsdd"})
+    head = ClusterHead(HeadConfig(64, K, n_heads=3, hidden_dim=32))
+    head.prior.copy_(torch.tensor([0.3, 0.2, 0.2, 0.1, 0.1, 0.1]))
+    head.temperature.fill_(0.1)  # sharp posteriors, so argmax agreement means something
+    head.select(2)
+    return enc, save_head(head, d / "head.safetensors", "temi", info={"data": "fsdd"})
+
+
+@pytest.fixture(scope="module")
+def exported(checkpoints, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("onnx") / "model.onnx"
+    export_model(*checkpoints, out, window_seconds=0.8, hop_seconds=0.4, description="test")
+    return out
+
+
+def _torch_outputs(checkpoints, clips):
+    from audioclust.models.embedder import load_embedder
+
+    embedder, head = load_embedder(checkpoints[0]), load_head(checkpoints[1])
+    lengths = torch.tensor([len(c) for c in clips])
+    batch = torch.zeros(len(clips), int(lengths.max()))
+    for i, c in enumerate(clips):
+        batch[i, : len(c)] = torch.from_numpy(c)
+    with torch.inference_mode():
+        z = embedder(batch, lengths)
+        return z.numpy(), head(z).numpy()
+
+
+def test_metadata_is_complete(exported, checkpoints):
+    meta = {p.key: p.value for p in onnx.load(exported).metadata_props}
+    assert set(METADATA_KEYS) <= set(meta)
+    model = OnnxModel(exported)
+    info = model.info
+    assert (info.sample_rate, info.n_clusters, info.embedding_dim) == (16000, K, 64)
+    assert (info.window_seconds, info.hop_seconds) == (0.8, 0.4)
+    assert info.frontend["hop_length"] == 160 and info.frontend["n_mels"] == 64
+    np.testing.assert_allclose(info.prior, [0.3, 0.2, 0.2, 0.1, 0.1, 0.1], atol=1e-6)
+    assert (info.encoder_method, info.head_method) == ("byola", "temi")
+    assert info.encoder["name"] == "audiontt" and info.quantization == "none"
+    assert len(info.weights_sha256) == 64 and info.audioclust_version
+    assert model.provider == "CPUExecutionProvider"  # no GPU here; auto falls back
+
+
+@pytest.mark.parametrize("batch", [1, 32])
+@pytest.mark.parametrize("samples", [1120, 8000, 16000, 40000])
+def test_matches_torch_on_random_audio(exported, checkpoints, batch, samples):
+    rng = np.random.default_rng(samples + batch)
+    clips = list((rng.standard_normal((batch, samples)) * 0.1).astype(np.float32))
+    z, p = OnnxModel(exported).run_batch(np.stack(clips))
+    zt, pt = _torch_outputs(checkpoints, clips)
+    np.testing.assert_allclose(z, zt, atol=1e-4, rtol=0)
+    np.testing.assert_allclose(p, pt, atol=1e-4, rtol=0)
+
+
+def test_matches_torch_on_speech_of_mixed_lengths(exported, checkpoints, fsdd_dir):
+    names = ["0_george_0.wav", "5_lucas_3.wav", "8_theo_9.wav", "3_nicolas_20.wav"]
+    clips = [load_audio(fsdd_dir / n) for n in names]
+    assert len({len(c) for c in clips}) == 4
+    model = OnnxModel(exported)
+    z, p = model.run(clips)
+    zt, pt = _torch_outputs(checkpoints, clips)
+    np.testing.assert_allclose(z, zt, atol=1e-4, rtol=0)
+    np.testing.assert_allclose(p, pt, atol=1e-4, rtol=0)
+    # padding in a batch changes nothing: each clip alone gives the same row
+    for i, clip in enumerate(clips):
+        zi, pi = model.run([clip])
+        np.testing.assert_allclose(zi[0], z[i], atol=1e-4, rtol=0)
+        np.testing.assert_allclose(pi[0], p[i], atol=1e-5, rtol=0)
+
+
+def test_int8_export_agrees(checkpoints, exported, tmp_path, fsdd_subset):
+    proc = subprocess.run(
+        [sys.executable, "-m", "audioclust.models.export", "--encoder", str(checkpoints[0]),
+         "--head", str(checkpoints[1]), "-o", str(tmp_path / "q.onnx"), "--quantize", "int8",
+         "--window", "0.8", "--hop", "0.4", "--json"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(proc.stdout)["metadata"]["quantization"] == "int8"
+    q = OnnxModel(tmp_path / "q.onnx")
+    assert q.info.quantization == "int8"
+    assert (tmp_path / "q.onnx").stat().st_size < exported.stat().st_size
+    clips = [load_audio(p) for p in sorted(fsdd_subset.iterdir())]
+    z, p = OnnxModel(exported).run(clips)
+    zq, pq = q.run(clips)
+    cos = (z * zq).sum(1) / np.linalg.norm(z, axis=1) / np.linalg.norm(zq, axis=1)
+    assert cos.min() > 0.99
+    assert (p.argmax(1) == pq.argmax(1)).mean() >= 0.9
+
+
+def test_runtime_errors(tmp_path, exported):
+    with pytest.raises(ModelError, match="no such model file"):
+        OnnxModel(tmp_path / "absent.onnx")
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_bytes(b"\x08\x07this is not a protobuf" * 50)
+    with pytest.raises(ModelError, match="not a loadable ONNX model") as exc:
+        OnnxModel(garbage)
+    assert str(garbage) in str(exc.value)
+    cut = tmp_path / "cut.onnx"
+    cut.write_bytes(exported.read_bytes()[:100_000])
+    with pytest.raises(ModelError, match="not a loadable ONNX model"):
+        OnnxModel(cut)
+    # a real ONNX model that is not ours
+    plain = export_onnx(LogMelFrontend(), (torch.zeros(1, 4000),), tmp_path / "fe.onnx",
+                        ["waveform"], ["logmel"], {"waveform": {0: "batch", 1: "samples"}})
+    with pytest.raises(ModelError, match="not an audioclust model"):
+        OnnxModel(plain)
+    # ours by its metadata, but with the wrong inputs
+    fake = onnx.load(plain)
+    set_metadata(fake, {p.key: p.value for p in onnx.load(exported).metadata_props})
+    onnx.save(fake, tmp_path / "fake.onnx")
+    with pytest.raises(ModelError, match="no input 'lengths'"):
+        OnnxModel(tmp_path / "fake.onnx")
+    # damaged metadata
+    broken = onnx.load(exported)
+    meta = {p.key: p.value for p in broken.metadata_props}
+    meta["prior"] = "[0.5, 0.5]"
+    set_metadata(broken, meta)
+    onnx.save(broken, tmp_path / "broken.onnx")
+    with pytest.raises(ModelError, match="metadata prior"):
+        OnnxModel(tmp_path / "broken.onnx")
+    with pytest.raises(ValueError, match="not available here"):
+        OnnxModel(exported, provider="cuda")
+    with pytest.raises(ValueError, match="shorter than the model's minimum"):
+        OnnxModel(exported).run([np.zeros(100, np.float32)])
+
+
+def test_export_cli_errors(tmp_path, checkpoints):
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "audioclust.models.export", *args],
+                              capture_output=True, text=True, timeout=300)
+
+    proc = run("--encoder", str(tmp_path / "none.safetensors"), "--head", str(checkpoints[1]),
+               "-o", str(tmp_path / "m.onnx"))
+    assert proc.returncode == 1 and "no such checkpoint" in proc.stderr
+    proc = run("--encoder", str(checkpoints[1]), "--head", str(checkpoints[1]), "-o",
+               str(tmp_path / "m.onnx"))
+    assert proc.returncode == 1 and "not an audioclust embedder checkpoint" in proc.stderr
+    proc = run("--encoder", str(checkpoints[0]), "--head", str(checkpoints[1]), "-o",
+               str(tmp_path / "m.onnx"), "--window", "0.05", "--hop", "0.05")
+    assert proc.returncode == 1 and "shorter than the model's minimum" in proc.stderr
+    assert not (tmp_path / "m.onnx").exists()
