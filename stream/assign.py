@@ -1,0 +1,297 @@
+"""Online cluster assignment for one stream: prior correction, novelty, drift, state.
+
+Per window the model gives an embedding z and a posterior p(c|x) computed under the
+head's training prior π_train. Each stream keeps its own prior π_t and corrects for it,
+in the spirit of Saerens et al. (2002) online label-shift adaptation:
+
+    q(c|x) ∝ p(c|x) · w(c),   w(c) = clip(π_t(c) / π_train(c), 1/r, r)
+    π_t ← m · π_t + (1 − m) · q(·|x)                       (after each window)
+
+``r`` (``max_prior_ratio``) guards against collapse: a stream that has seen one cluster
+for a long time can favour it at most r² over any other, so the others can still win
+when the sound changes. π_t starts from π_train (or the restored state).
+
+The confidence is max_c q(c|x). A window is *novel* when the confidence is below
+``min_confidence``, or when its cosine similarity to the assigned cluster's running
+centroid (an EMA of the L2-normalised embeddings assigned to it, used once it has seen
+``centroid_warmup`` windows) is below ``min_similarity``. Novel windows report no cluster
+and do not move the prior or the centroids. The nearest centroid is also reported; with
+many clusters it is found with a faiss inner-product index.
+
+Drift: river's ADWIN watches the confidence and the novelty indicator; a detected change
+is reported on the window where it happened.
+
+Windows are processed one at a time in stream order, so the result does not depend on how
+windows were batched for inference (file, Kafka and microphone give the same output).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import deque
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from river import drift
+
+__all__ = ["AssignConfig", "Assigner", "Assignment", "StreamAssigner"]
+
+
+@dataclass(frozen=True)
+class AssignConfig:
+    """Assignment settings; defaults suit a 1 s window with a 0.5 s hop."""
+
+    prior_momentum: float = 0.99
+    max_prior_ratio: float = 5.0
+    min_confidence: float = 0.3
+    min_similarity: float = 0.3
+    centroid_momentum: float = 0.98
+    centroid_warmup: int = 10
+    adwin_delta: float = 0.002
+    #: Recent detector inputs kept in the state file, replayed into ADWIN on restore.
+    detector_memory: int = 512
+    #: From this many clusters on, the nearest centroid is found with faiss.
+    faiss_min_clusters: int = 256
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.prior_momentum < 1 or not 0 <= self.centroid_momentum < 1:
+            raise ValueError("momenta must be in [0, 1)")
+        if self.max_prior_ratio < 1:
+            raise ValueError(f"max_prior_ratio must be >= 1, got {self.max_prior_ratio}")
+
+
+@dataclass
+class Assignment:
+    """The outcome for one window."""
+
+    cluster: int | None
+    confidence: float
+    novel: bool
+    similarity: float | None  # to the assigned cluster's centroid, once it has one
+    nearest: int | None  # nearest centroid (cosine), whatever the posterior says
+    top: int  # argmax of the corrected posterior, even when novel
+    drift: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class _Detector:
+    """ADWIN plus a bounded memory of its inputs, so it can be saved without pickle."""
+
+    def __init__(self, delta: float, memory: int):
+        self.delta = delta
+        self.adwin = drift.ADWIN(delta=delta)
+        self.recent: deque[float] = deque(maxlen=memory)
+
+    def update(self, value: float) -> bool:
+        self.recent.append(value)
+        self.adwin.update(value)
+        return bool(self.adwin.drift_detected)
+
+    def restore(self, values: list[float]) -> None:
+        self.adwin = drift.ADWIN(delta=self.delta)
+        self.recent.clear()
+        for v in values:
+            self.update(v)
+
+
+class StreamAssigner:
+    """Assignment state of one stream (river style: ``predict_one`` then ``learn_one``)."""
+
+    def __init__(self, train_prior: np.ndarray, dim: int, config: AssignConfig | None = None):
+        self.config = config or AssignConfig()
+        prior = np.asarray(train_prior, dtype=np.float64)
+        if prior.ndim != 1 or prior.size < 2 or (prior <= 0).any():
+            raise ValueError("the training prior must be a positive vector of >= 2 clusters")
+        self.train_prior = prior / prior.sum()
+        self.prior = self.train_prior.copy()
+        k = prior.size
+        self.centroids = np.zeros((k, dim), dtype=np.float64)
+        self.counts = np.zeros(k, dtype=np.int64)
+        self.windows = 0
+        c = self.config
+        self._confidence = _Detector(c.adwin_delta, c.detector_memory)
+        self._novelty = _Detector(c.adwin_delta, c.detector_memory)
+        self._index = None
+
+    @property
+    def n_clusters(self) -> int:
+        return self.train_prior.size
+
+    def corrected(self, posterior: np.ndarray) -> np.ndarray:
+        """q(c|x) ∝ p(c|x) · clip(π_t/π_train, 1/r, r)."""
+        r = self.config.max_prior_ratio
+        w = np.clip(self.prior / self.train_prior, 1.0 / r, r)
+        q = np.asarray(posterior, dtype=np.float64) * w
+        total = q.sum()
+        return q / total if total > 0 else np.full_like(q, 1.0 / q.size)
+
+    def _nearest(self, unit: np.ndarray) -> tuple[int | None, np.ndarray]:
+        seen = self.counts > 0
+        if not seen.any():
+            return None, np.zeros(self.n_clusters)
+        sims = self.centroids @ unit
+        if self.n_clusters >= self.config.faiss_min_clusters:
+            import faiss
+
+            if self._index is None:
+                self._index = faiss.IndexFlatIP(self.centroids.shape[1])
+            self._index.reset()
+            self._index.add(np.where(seen[:, None], self.centroids, 0).astype(np.float32))
+            _, idx = self._index.search(unit[None].astype(np.float32), 1)
+            return int(idx[0, 0]), sims
+        sims_seen = np.where(seen, sims, -np.inf)
+        return int(np.argmax(sims_seen)), sims
+
+    def predict_one(self, embedding: np.ndarray, posterior: np.ndarray) -> Assignment:
+        """The assignment of one window under the current state (no state change)."""
+        c = self.config
+        q = self.corrected(posterior)
+        top = int(np.argmax(q))
+        confidence = float(q[top])
+        z = np.asarray(embedding, dtype=np.float64)
+        norm = np.linalg.norm(z)
+        unit = z / norm if norm > 0 else z
+        nearest, sims = self._nearest(unit)
+        similarity = None
+        if self.counts[top] > 0:
+            cn = np.linalg.norm(self.centroids[top])
+            similarity = float(sims[top] / cn) if cn > 0 else None
+        novel = confidence < c.min_confidence or (
+            similarity is not None
+            and self.counts[top] >= c.centroid_warmup
+            and similarity < c.min_similarity
+        )
+        return Assignment(
+            cluster=None if novel else top,
+            confidence=round(confidence, 6),
+            novel=novel,
+            similarity=None if similarity is None else round(similarity, 6),
+            nearest=nearest,
+            top=top,
+        )
+
+    def learn_one(self, embedding: np.ndarray, posterior: np.ndarray, a: Assignment) -> list[str]:
+        """Update the prior, centroid and detectors with window ``a``; returns drift events."""
+        c = self.config
+        self.windows += 1
+        events = []
+        if self._confidence.update(a.confidence):
+            events.append("confidence")
+        if self._novelty.update(1.0 if a.novel else 0.0):
+            events.append("novelty")
+        if a.novel or a.cluster is None:
+            return events
+        q = self.corrected(posterior)
+        self.prior = c.prior_momentum * self.prior + (1 - c.prior_momentum) * q
+        self.prior /= self.prior.sum()
+        z = np.asarray(embedding, dtype=np.float64)
+        norm = np.linalg.norm(z)
+        unit = z / norm if norm > 0 else z
+        k = a.cluster
+        if self.counts[k] == 0:
+            self.centroids[k] = unit
+        else:
+            m = c.centroid_momentum
+            self.centroids[k] = m * self.centroids[k] + (1 - m) * unit
+        self.counts[k] += 1
+        return events
+
+    def process(self, embedding: np.ndarray, posterior: np.ndarray) -> Assignment:
+        """``predict_one`` then ``learn_one``; the drift events go into the assignment."""
+        a = self.predict_one(embedding, posterior)
+        a.drift = self.learn_one(embedding, posterior, a)
+        return a
+
+    # --- state ---------------------------------------------------------------------------
+
+    def state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        arrays = {"prior": self.prior, "centroids": self.centroids, "counts": self.counts}
+        scalars = {
+            "windows": self.windows,
+            "confidence_recent": list(self._confidence.recent),
+            "novelty_recent": list(self._novelty.recent),
+        }
+        return arrays, scalars
+
+    def load_state(self, arrays: dict[str, np.ndarray], scalars: dict[str, Any]) -> None:
+        if arrays["centroids"].shape != self.centroids.shape:
+            raise ValueError(f"state has {arrays['centroids'].shape} centroids, the model "
+                             f"needs {self.centroids.shape}")
+        self.prior = arrays["prior"].astype(np.float64)
+        self.centroids = arrays["centroids"].astype(np.float64)
+        self.counts = arrays["counts"].astype(np.int64)
+        self.windows = int(scalars["windows"])
+        self._confidence.restore(scalars["confidence_recent"])
+        self._novelty.restore(scalars["novelty_recent"])
+
+
+class Assigner:
+    """Per-stream :class:`StreamAssigner` objects, and their state file.
+
+    The state file is one ``.npz`` (no pickle): each stream's arrays under
+    ``<stream>/<name>`` and a JSON document with the scalars, the model's weight hash and
+    the config. It is written to a temporary file and renamed, so a crash never leaves a
+    half-written state.
+    """
+
+    def __init__(
+        self,
+        train_prior: np.ndarray,
+        dim: int,
+        config: AssignConfig | None = None,
+        model_id: str = "",
+    ):
+        self.train_prior = np.asarray(train_prior, dtype=np.float64)
+        self.dim = dim
+        self.config = config or AssignConfig()
+        self.model_id = model_id
+        self.streams: dict[str, StreamAssigner] = {}
+
+    def stream(self, name: str) -> StreamAssigner:
+        if name not in self.streams:
+            self.streams[name] = StreamAssigner(self.train_prior, self.dim, self.config)
+        return self.streams[name]
+
+    def process(self, stream: str, embedding: np.ndarray, posterior: np.ndarray) -> Assignment:
+        return self.stream(stream).process(embedding, posterior)
+
+    def save(self, path: str | os.PathLike) -> Path:
+        out = Path(path)
+        arrays: dict[str, np.ndarray] = {}
+        scalars: dict[str, Any] = {}
+        for name, s in self.streams.items():
+            a, sc = s.state()
+            for key, value in a.items():
+                arrays[f"{name}/{key}"] = value
+            scalars[name] = sc
+        doc = {"version": 1, "model": self.model_id, "config": asdict(self.config),
+               "streams": scalars}
+        arrays["__meta__"] = np.array(json.dumps(doc))
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(f".{out.name}.tmp.npz")
+        np.savez(tmp, **arrays)
+        os.replace(tmp, out)
+        return out
+
+    def load(self, path: str | os.PathLike) -> int:
+        """Restore streams from ``path``; returns how many. Refuses another model's state."""
+        p = Path(path)
+        try:
+            with np.load(p, allow_pickle=False) as z:
+                doc = json.loads(str(z["__meta__"]))
+                arrays = {k: z[k] for k in z.files if k != "__meta__"}
+        except (OSError, ValueError, KeyError) as exc:
+            raise ValueError(f"{p}: not a readable audioclust state file ({exc})") from exc
+        if self.model_id and doc.get("model") and doc["model"] != self.model_id:
+            raise ValueError(f"{p}: state belongs to another model ({doc['model'][:12]}…); "
+                             "move it away to start fresh")
+        for name, scalars in doc["streams"].items():
+            prefix = f"{name}/"
+            own = {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
+            self.stream(name).load_state(own, scalars)
+        return len(doc["streams"])
