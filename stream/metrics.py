@@ -1,0 +1,127 @@
+"""Prometheus metrics and health endpoints of the streaming service.
+
+Every metric lives in the service's own :class:`prometheus_client.CollectorRegistry` (no
+process-global state), served by a small HTTP server on ``--metrics-port``, bound to
+127.0.0.1 unless told otherwise:
+
+- ``/metrics``: the Prometheus text format;
+- ``/healthz``: 200 while the processing loop is alive (it beat within ``stall_seconds``);
+- ``/readyz``: 200 once the model is loaded and the source is connected, 503 otherwise.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import generate_latest
+
+__all__ = ["Health", "MetricsServer", "StreamMetrics"]
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class StreamMetrics:
+    """The service's metrics; names are the contract the dashboards and alerts rely on."""
+
+    def __init__(self, registry: CollectorRegistry | None = None):
+        r = self.registry = registry or CollectorRegistry()
+        self.windows = Counter("audioclust_windows", "Windows processed", ["source"], registry=r)
+        self.assignments = Counter("audioclust_assignments", "Windows assigned, by cluster",
+                                   ["cluster"], registry=r)
+        self.novel = Counter("audioclust_novel_windows", "Windows judged novel", registry=r)
+        self.silent = Counter("audioclust_silent_windows", "Windows below the energy gate",
+                              registry=r)
+        self.drift = Counter("audioclust_drift_events", "ADWIN drift detections", ["signal"],
+                             registry=r)
+        self.inference_latency = Histogram(
+            "audioclust_inference_latency_seconds", "Model run time per batch",
+            buckets=LATENCY_BUCKETS, registry=r)
+        self.e2e_latency = Histogram(
+            "audioclust_end_to_end_latency_seconds",
+            "From the window's last sample arriving (or its capture time) to its result "
+            "being written", buckets=LATENCY_BUCKETS, registry=r)
+        self.batch_size = Histogram("audioclust_batch_size", "Windows per inference batch",
+                                    buckets=(1, 2, 4, 8, 16, 32, 64, 128), registry=r)
+        self.queue_depth = Gauge("audioclust_queue_depth", "Windows waiting for inference",
+                                 registry=r)
+        self.consumer_lag = Gauge("audioclust_consumer_lag", "Kafka messages behind the end "
+                                  "of the partition", ["topic", "partition"], registry=r)
+        self.dead_letters = Counter("audioclust_dead_letters", "Messages sent to the dead-"
+                                    "letter topic, by reason", ["reason"], registry=r)
+        self.stream_events = Counter("audioclust_stream_events", "Sequence gaps, duplicates "
+                                     "and overlaps seen per stream", ["kind"], registry=r)
+        self.mic_overflows = Counter("audioclust_mic_input_overflows", "Microphone input "
+                                     "overflows reported by PortAudio", registry=r)
+        self.errors = Counter("audioclust_errors", "Recoverable errors by kind", ["kind"],
+                              registry=r)
+
+
+class Health:
+    """Liveness (the loop beats) and readiness (model loaded, source connected)."""
+
+    def __init__(self, stall_seconds: float = 60.0):
+        self.stall_seconds = stall_seconds
+        self._beat = time.monotonic()
+        self.model_loaded = False
+        self.source_connected = False
+        self._lock = threading.Lock()
+
+    def beat(self) -> None:
+        with self._lock:
+            self._beat = time.monotonic()
+
+    def alive(self) -> bool:
+        with self._lock:
+            return time.monotonic() - self._beat < self.stall_seconds
+
+    def ready(self) -> bool:
+        return self.model_loaded and self.source_connected and self.alive()
+
+
+class MetricsServer:
+    """``/metrics``, ``/healthz`` and ``/readyz`` over HTTP, in a daemon thread."""
+
+    def __init__(self, metrics: StreamMetrics, health: Health, port: int,
+                 host: str = "127.0.0.1"):
+        registry = metrics.registry
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                path = self.path.split("?", 1)[0]
+                if path == "/metrics":
+                    body, status, ctype = generate_latest(registry), 200, CONTENT_TYPE_LATEST
+                elif path == "/healthz":
+                    ok = health.alive()
+                    body, status = (b"ok\n", 200) if ok else (b"stalled\n", 503)
+                    ctype = "text/plain"
+                elif path == "/readyz":
+                    ok = health.ready()
+                    body, status = (b"ready\n", 200) if ok else (b"not ready\n", 503)
+                    ctype = "text/plain"
+                else:
+                    body, status, ctype = b"not found\n", 404, "text/plain"
+                self.send_response(status)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args) -> None:
+                pass  # scrapes every few seconds would flood the service's log
+
+        self.server = ThreadingHTTPServer((host, port), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        self._thread = threading.Thread(target=self.server.serve_forever, name="metrics",
+                                        daemon=True)
+
+    def start(self) -> MetricsServer:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
