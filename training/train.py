@@ -1,20 +1,40 @@
-"""``audioclust-train``: train encoders (and, later, clustering heads) on unlabelled audio.
+"""``audioclust-train``: train encoders and clustering heads on unlabelled audio.
 
     audioclust-train ssl --method byola|msn|slicer --data DIR --out DIR [--epochs N]
+    audioclust-train head --method temi|spice|deepcluster --encoder CKPT --data DIR \
+        --clusters K|auto --out DIR [--config FILE] [--epochs N] [--seed S] [--json]
 
-Runs unchanged on one CPU process and under ``torchrun --nproc_per_node N`` (one process
-per GPU, or several CPU processes with gloo).
+``ssl`` runs unchanged on one CPU process and under ``torchrun --nproc_per_node N`` (one
+process per GPU, or several CPU processes with gloo). ``head`` embeds every clip with the
+frozen encoder (cached on disk), trains the heads and writes ``head.safetensors`` (with
+the encoder checkpoint's SHA-256), ``history.json`` and ``loss.png``.
+
+``--clusters auto`` picks K before training, by a label-free rule
+(:func:`choose_n_clusters`): the clip embeddings as the heads see them (standardised,
+L2-normalised) are projected on their first 32 principal components; k-means (3
+restarts) is run for every K from 2 to ``k_max`` (default 50, ``--k-max``) on at most
+5,000 of them, and the K with the highest mean silhouette (on at most 2,000 points) wins.
+Silhouette rewards compact, well-separated clusters, so it finds well-separated groups
+and tends to under-count heavily overlapping ones; the scores of every K are kept in
+``history.json``.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import inspect
 import json
 import os
 import sys
+import time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
-from audioclust.models.cli import run_command
+import numpy as np
+
+from audioclust.models.cli import UserError, run_command
 from audioclust.models.config import build_config
 from audioclust.models.encoders import ENCODERS
 from audioclust.training.datasets import AudioFolder
@@ -96,12 +116,354 @@ def _ssl(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- clustering heads -------------------------------------------------------------------
+
+HEAD_METHODS = ("temi", "spice", "deepcluster")
+# module and class of each method's estimator, imported only when used
+_ESTIMATORS = {
+    "temi": ("audioclust.training.heads.temi", "TEMI"),
+    "deepcluster": ("audioclust.training.heads.deepcluster", "DeepCluster"),
+    "spice": ("audioclust.training.heads.spice", "SPICE"),
+}
+# set by the command itself, never by a method table
+_RESERVED = ("n_clusters", "seed", "progress", "log")
+
+
+@dataclass(frozen=True)
+class HeadRun:
+    """What ``audioclust-train head`` runs: the ``[head]`` table of ``--config``.
+
+    ``[head.temi]``, ``[head.deepcluster]`` and ``[head.spice]`` hold keyword arguments
+    for that method's estimator (e.g. ``n_heads``, ``lr``); ``epochs`` overrides the
+    method's ``epochs`` (SPICE: ``head_epochs``).
+    """
+
+    method: str = "temi"
+    clusters: int | str | None = None  # K >= 2, or "auto"
+    k_max: int = 50
+    epochs: int | None = None
+    seed: int = 0
+    threads: int = 1  # 0: the libraries' defaults
+    batch_size: int = 64  # clips per encoder forward pass while embedding
+    cache_dir: str | None = None
+    temi: dict[str, Any] = field(default_factory=dict)
+    deepcluster: dict[str, Any] = field(default_factory=dict)
+    spice: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.method not in HEAD_METHODS:
+            raise ValueError(f"unknown method {self.method!r}; known: {', '.join(HEAD_METHODS)}")
+        if self.k_max < 2 or self.threads < 0 or self.batch_size < 1:
+            raise ValueError("k_max >= 2, threads >= 0 and batch_size >= 1 needed")
+        if self.epochs is not None and self.epochs < 1:
+            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
+
+
+def parse_clusters(value: int | str | None) -> int | None:
+    """K from ``--clusters`` (an integer >= 2), or None for ``auto``."""
+    if value is None:
+        raise UserError("give --clusters K (an integer >= 2) or --clusters auto")
+    if isinstance(value, str):
+        if value.strip().lower() == "auto":
+            return None
+        try:
+            value = int(value)
+        except ValueError:
+            raise UserError(f"--clusters must be an integer >= 2 or auto, got {value!r}") from None
+    if value < 2:
+        raise UserError(f"--clusters must be at least 2 (or auto), got {value}")
+    return value
+
+
+def choose_n_clusters(
+    embeddings: np.ndarray,
+    k_max: int = 50,
+    k_min: int = 2,
+    seed: int = 0,
+    n_components: int = 32,
+    fit_points: int = 5000,
+    score_points: int = 2000,
+) -> tuple[int, dict[int, float]]:
+    """K by the module's label-free rule (highest silhouette); returns (K, {K: score})."""
+    from sklearn.decomposition import PCA
+    from sklearn.metrics import silhouette_score
+
+    from audioclust.training.kmeans import KMeans
+
+    x = np.asarray(embeddings, dtype=np.float64)
+    n = x.shape[0]
+    rng = np.random.default_rng(seed)
+    fit_idx = rng.choice(n, min(n, fit_points), replace=False)
+    k_max = min(k_max, fit_idx.size - 1)
+    if k_min < 2 or k_max < k_min:
+        raise ValueError(f"cannot choose K in [{k_min}, {k_max}] for {n} clips")
+    # The heads' input space: standardised, then unit length.
+    z = (x - x.mean(0)) / np.maximum(x.std(0), 1e-6)
+    z /= np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)
+    if z.shape[1] > n_components:
+        z = PCA(n_components, random_state=seed).fit_transform(z)
+    z = z[fit_idx]
+    score_idx = rng.choice(z.shape[0], min(z.shape[0], score_points), replace=False)
+    scores: dict[int, float] = {}
+    for k in range(k_min, k_max + 1):
+        labels = KMeans(k, n_init=3, random_state=seed).fit_predict(z)[score_idx]
+        if 2 <= np.unique(labels).size < labels.size:  # silhouette's domain
+            scores[k] = round(float(silhouette_score(z[score_idx], labels)), 5)
+    if not scores:
+        raise ValueError(f"cannot choose K for {n} clips: no K in [{k_min}, {k_max}] gives "
+                         "a scorable clustering")
+    return max(scores, key=lambda k: scores[k]), scores
+
+
+def _estimator_class(method: str) -> type:
+    module_name, class_name = _ESTIMATORS[method]
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name != module_name:  # the module is there but one of its imports is not
+            raise
+        raise UserError(f"--method {method}: {module_name} is not available in this "
+                        "installation") from exc
+    cls = getattr(module, class_name, None)
+    if cls is None:
+        raise UserError(f"--method {method}: {module_name} defines no {class_name} estimator")
+    return cls
+
+
+def _estimator_kwargs(cls: type, run: HeadRun, log, progress: bool) -> dict[str, Any]:
+    """The method table, ``epochs`` and the progress hooks, checked against ``cls``."""
+    accepted = inspect.signature(cls).parameters
+    params = dict(getattr(run, run.method))
+    reserved = sorted(set(params) & set(_RESERVED))
+    if reserved:
+        raise UserError(f"[head.{run.method}]: {reserved} are set by the command (use "
+                        "--clusters and --seed)")
+    if run.epochs is not None:
+        key = next((k for k in ("epochs", "head_epochs") if k in accepted), None)
+        if key is None:
+            raise UserError(f"--epochs: {cls.__name__} has no epochs setting")
+        params[key] = run.epochs
+    known = sorted(k for k in accepted if k not in _RESERVED)
+    unknown = sorted(set(params) - set(known))
+    if unknown:
+        raise UserError(f"[head.{run.method}]: unknown setting(s) {unknown}; "
+                        f"{cls.__name__} takes {known}")
+    if "progress" in accepted:
+        params["progress"] = progress
+    if "log" in accepted:
+        params["log"] = log
+    return params
+
+
+def _tuned_embedder(estimator: Any, encoder_path: Path):
+    """The estimator's ``embedder_`` if fitting changed the encoder (SPICE's joint
+    stage), else None: the head then belongs to that encoder, not to ``encoder_path``."""
+    import torch
+
+    from audioclust.models.embedder import load_embedder
+
+    tuned = getattr(estimator, "embedder_", None)
+    if tuned is None:
+        return None
+    a, b = load_embedder(encoder_path).state_dict(), tuned.state_dict()
+    same = a.keys() == b.keys() and all(torch.equal(a[k], b[k].cpu()) for k in a)
+    return None if same else tuned
+
+
+def _loss_curves(history: dict[str, Any]) -> dict[str, list[float]]:
+    """Curves for loss.png: the mean over heads and the selected head when the history
+    has per-head losses per epoch, else every list of numbers under a ``*loss*`` key."""
+    losses = history.get("loss")
+    if isinstance(losses, list) and losses and all(isinstance(v, list) for v in losses):
+        curves = {"mean over heads": [float(np.mean(v)) for v in losses]}
+        sel = history.get("selected")
+        if isinstance(sel, int):
+            curves[f"head {sel} (selected)"] = [float(v[sel]) for v in losses]
+        return curves
+    curves = {}
+
+    def visit(path: str, obj: Any) -> None:
+        if isinstance(obj, dict):
+            for k, v in obj.items():
+                visit(f"{path}/{k}" if path else str(k), v)
+        elif "loss" in path.rsplit("/", 1)[-1] and isinstance(obj, list) and obj:
+            if all(isinstance(v, int | float) for v in obj):
+                curves[path] = [float(v) for v in obj]
+            elif all(isinstance(v, list) and v for v in obj):
+                curves[f"{path} (mean)"] = [float(np.mean(v)) for v in obj]
+
+    visit("", history)
+    return curves
+
+
+def _json_default(obj: Any) -> Any:
+    return obj.tolist() if hasattr(obj, "tolist") else str(obj)
+
+
+def _add_head(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "head",
+        help="clustering heads on a frozen encoder (TEMI, SPICE, DeepCluster)",
+        description=(
+            "Embed every clip with the encoder checkpoint (cached on disk, labels ignored), "
+            "train clustering heads and write head.safetensors (all heads, the best one "
+            "selected, its cluster prior and input statistics, and the encoder's SHA-256), "
+            "history.json and loss.png. --clusters auto chooses K by silhouette (see "
+            "training/train.py). Settings: defaults, then --config ([head] table; method "
+            "settings in [head.temi], [head.deepcluster], [head.spice]), then flags."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--method", choices=HEAD_METHODS, help="clustering method (default temi)")
+    p.add_argument("--encoder", required=True, type=Path, metavar="CKPT",
+                   help="embedder checkpoint (encoder.safetensors from `audioclust-train ssl`)")
+    p.add_argument("--data", required=True, type=Path, help="folder of audio clips (labels "
+                   "are ignored)")
+    p.add_argument("--clusters", metavar="K|auto", help="number of clusters (>= 2), or auto")
+    p.add_argument("--out", required=True, type=Path, help="run folder")
+    p.add_argument("--config", type=Path, help="TOML/YAML file with a [head] table")
+    p.add_argument("--epochs", type=int, help="training epochs (default: the method's)")
+    p.add_argument("--seed", type=int, help="random seed (default 0)")
+    p.add_argument("--k-max", type=int, help="largest K --clusters auto considers (default 50)")
+    p.add_argument("--threads", type=int, help="CPU threads, 0 = library defaults (default 1: "
+                   "the heads are small, and on a shared machine extra threads mostly wait)")
+    p.add_argument("--batch-size", type=int, help="clips per encoder forward pass (default 64)")
+    p.add_argument("--cache-dir", help="embedding cache folder (default ~/.cache/audioclust)")
+    p.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
+    p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_head)
+
+
+def _head(args: argparse.Namespace) -> int:
+    from contextlib import nullcontext
+
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    from audioclust.models.embedder import save_embedder
+    from audioclust.models.heads import file_sha256, save_head
+    from audioclust.training.features import embed_dataset, embedder_checkpoint
+    from audioclust.training.report import plot_curves
+
+    run = build_config(
+        HeadRun,
+        args.config,
+        {"method": args.method, "clusters": args.clusters, "k_max": args.k_max,
+         "epochs": args.epochs, "seed": args.seed, "threads": args.threads,
+         "batch_size": args.batch_size,
+         "cache_dir": "" if args.no_cache else args.cache_dir},
+        section="head",
+    )
+    k_given = parse_clusters(run.clusters)
+    log = (lambda s: None) if (args.json and args.quiet) else (
+        lambda s: print(s, file=sys.stderr))
+    ckpt = embedder_checkpoint(args.encoder)  # missing or not an encoder: fail first
+    cls = _estimator_class(run.method)
+    kwargs = _estimator_kwargs(cls, run, log, progress=not args.quiet)
+    dataset = AudioFolder(args.data, sample_rate=int(ckpt["frontend"]["sample_rate"]))
+    if k_given is not None and k_given > len(dataset):
+        raise UserError(f"--clusters {k_given}: more clusters than the {len(dataset)} clips")
+
+    if run.threads:
+        torch.set_num_threads(run.threads)
+    limits = threadpool_limits(run.threads) if run.threads else nullcontext()
+    with limits:
+        t0 = time.perf_counter()
+        x = embed_dataset(dataset, args.encoder, cache_dir=run.cache_dir,
+                          progress=not args.quiet, batch_size=run.batch_size,
+                          on_cache=lambda p, hit: log(
+                              ("embeddings from cache " if hit else "embeddings cached in ")
+                              + str(p)))
+        embed_seconds = time.perf_counter() - t0
+        log(f"{len(dataset)} clips, {x.shape[1]}-d embeddings ({embed_seconds:.1f} s)")
+        auto_scores = None
+        if k_given is None:
+            t1 = time.perf_counter()
+            k, auto_scores = choose_n_clusters(x, run.k_max, seed=run.seed)
+            log(f"--clusters auto: K = {k} (silhouette {auto_scores[k]:.3f}, K in 2.."
+                f"{max(auto_scores)}, {time.perf_counter() - t1:.1f} s)")
+        else:
+            k = k_given
+        log(f"{run.method}: {k} clusters")
+        estimator = cls(k, seed=run.seed, **kwargs)
+        t2 = time.perf_counter()
+        first = next(iter(inspect.signature(estimator.fit).parameters))
+        if first == "embedder":  # trains from the audio (augmented views), e.g. SPICE
+            estimator.fit(args.encoder, dataset, progress=not args.quiet)
+        else:
+            estimator.fit(x)
+        fit_seconds = time.perf_counter() - t2
+
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    encoder_path, encoder_sha = Path(args.encoder), ckpt["sha256"]
+    tuned = _tuned_embedder(estimator, args.encoder)
+    if tuned is not None:
+        encoder_path = save_embedder(tuned, out / "encoder.safetensors", info={
+            "tuned_by": run.method, "tuned_from_sha256": ckpt["sha256"],
+            "base_info": ckpt["info"]})
+        encoder_sha = file_sha256(encoder_path)
+        log(f"{run.method} fine-tuned the encoder: evaluate the head with {encoder_path}")
+    history = getattr(estimator, "history_", {}) or {}
+    head = estimator.head_
+    params = estimator.get_params() if hasattr(estimator, "get_params") else {}
+    head_path = save_head(head, out / "head.safetensors", run.method, encoder_sha256=encoder_sha,
+                          info={"data": str(args.data), "clips": len(dataset),
+                                "clusters": "auto" if k_given is None else "given",
+                                "seed": run.seed, "params": params,
+                                "fit_seconds": round(fit_seconds, 2)})
+    record = {
+        "run": {**asdict(run), "clusters": k_given if k_given is not None else "auto"},
+        "encoder": str(encoder_path),
+        "encoder_sha256": encoder_sha,
+        "n_clusters": k,
+        "auto_k_scores": auto_scores,
+        "embed_seconds": round(embed_seconds, 2),
+        "fit_seconds": round(fit_seconds, 2),
+        "history": history,
+    }
+    (out / "history.json").write_text(json.dumps(record, indent=2, default=_json_default))
+    curves = _loss_curves(history)
+    loss_png = None
+    if curves:
+        loss_png = plot_curves(curves, out / "loss.png", xlabel="epoch",
+                               title=f"{run.method}, K = {k}: training loss")
+    else:
+        log(f"no loss curve in {run.method}'s history: loss.png not written")
+
+    summary = {
+        "head": str(head_path),
+        "history": str(out / "history.json"),
+        "loss_plot": None if loss_png is None else str(loss_png),
+        "method": run.method,
+        "encoder": str(encoder_path),
+        "encoder_sha256": encoder_sha,
+        "n_clusters": k,
+        "clusters": "auto" if k_given is None else "given",
+        "n_heads": head.config.n_heads,
+        "selected": int(head.selected),
+        "head_losses": history.get("head_losses"),
+        "cluster_usage": history.get("cluster_usage"),
+        "embed_seconds": round(embed_seconds, 2),
+        "fit_seconds": round(fit_seconds, 2),
+    }
+    if args.json:
+        print(json.dumps(summary, default=_json_default))
+    else:
+        log(f"done: {head_path} (head {summary['selected']} of {summary['n_heads']} selected; "
+            f"fit {fit_seconds:.1f} s)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog=PROG, description="Train audioclust encoders on unlabelled audio."
+        prog=PROG,
+        description="Train audioclust encoders and clustering heads on unlabelled audio.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_ssl(sub)
+    _add_head(sub)
     return parser
 
 
