@@ -8,6 +8,9 @@ Subcommands:
 - ``encoder``: a trained encoder beside a randomly initialised one of the same
   architecture: k-means/agglomerative clustering of the embeddings (raw and PCA) and a
   linear probe (logistic regression, stratified k-fold); same report files.
+- ``head``: a trained clustering head (``audioclust-train head``): NMI/ARI/ACC of each of
+  its heads and of the selected one beside k-means on the same embeddings, after checking
+  the encoder is the one the head was trained on.
 """
 
 from __future__ import annotations
@@ -445,6 +448,143 @@ def _encoder_markdown(report: dict) -> str:
     )
 
 
+# --- clustering heads -------------------------------------------------------------------
+
+HEAD_ROW_KEYS = ("clusterer", "n_clusters", "clusters_used", "nmi", "ari", "acc", "purity")
+
+
+def _add_head(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "head",
+        help="a trained clustering head: every head's and the selected head's scores vs k-means",
+        description=(
+            "Embed every clip of a labelled folder with the encoder, assign clusters with "
+            "each head of the checkpoint (argmax of its logits) and with the selected head, "
+            "and score them (NMI, ARI, Hungarian accuracy, purity) beside k-means with the "
+            "head's K on the same (standardised) embeddings. The encoder must be the one the "
+            "head was trained on (its SHA-256 is checked). Writes head-eval.json, "
+            "head-eval.md, a confusion matrix and a 2-D (t-SNE) map of the selected head."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--head", required=True, type=Path,
+                   help="head checkpoint (head.safetensors from `audioclust-train head`)")
+    p.add_argument("--encoder", required=True, type=Path, metavar="CKPT",
+                   help="the embedder checkpoint the head was trained on")
+    p.add_argument("--data", required=True, type=Path, help="folder of audio clips")
+    p.add_argument(
+        "--labels",
+        required=True,
+        help="where labels come from: folder, digit, speaker (FSDD names) or csv:FILE",
+    )
+    p.add_argument("--out", type=Path, default=Path("runs/head-eval"), help="report folder")
+    p.add_argument("--json", action="store_true", help="print the results as JSON on stdout")
+    p.add_argument("--seed", type=int, default=0, help="seed of k-means and t-SNE")
+    p.add_argument("--batch-size", type=int, default=64, help="clips per forward pass")
+    p.add_argument("--cache-dir", help="embedding cache folder (default ~/.cache/audioclust)")
+    p.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_head)
+
+
+def _head_row(name: str, y: np.ndarray, pred: np.ndarray, k: int) -> dict:
+    from audioclust.training.metrics import score_all
+
+    s = score_all(y, pred)
+    return {"clusterer": name, "n_clusters": k, "clusters_used": s.n_clusters,
+            **{m: round(getattr(s, m), 4) for m in ("nmi", "ari", "acc", "purity")}}
+
+
+def _head(args: argparse.Namespace) -> int:
+    import torch
+
+    from audioclust.models.heads import load_head, read_head_metadata
+    from audioclust.training.kmeans import KMeans
+
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size must be positive, got {args.batch_size}")
+    meta = read_head_metadata(args.head)
+    ckpt = embedder_checkpoint(args.encoder)
+    log = _logger(args)
+    if not meta["encoder_sha256"]:
+        log(f"warning: {args.head} records no encoder SHA-256; cannot check it matches "
+            f"{args.encoder}")
+    elif meta["encoder_sha256"] != ckpt["sha256"]:
+        raise UserError(
+            f"{args.head} was trained on the encoder with SHA-256 "
+            f"{meta['encoder_sha256'][:12]}..., but {args.encoder} is "
+            f"{ckpt['sha256'][:12]}...: pass the encoder the head was trained with")
+    head = load_head(args.head)
+    config = head.config
+    dataset = _labelled_dataset(args, int(ckpt["frontend"]["sample_rate"]))
+    y = dataset.targets
+    log(f"{len(dataset)} clips, {len(dataset.class_names)} classes ({args.labels}); "
+        f"{meta['method']} head, {config.n_heads} heads x {config.n_clusters} clusters")
+
+    x = embed_dataset(
+        dataset, args.encoder, cache_dir="" if args.no_cache else args.cache_dir,
+        progress=not args.quiet, batch_size=args.batch_size,
+        on_cache=lambda p, hit: log(("embeddings from cache " if hit else
+                                     "embeddings cached in ") + str(p)))
+    if x.shape[1] != config.in_dim:
+        raise UserError(f"{args.head} takes {config.in_dim}-d embeddings, {args.encoder} "
+                        f"gives {x.shape[1]}-d")
+    with torch.no_grad():
+        preds = head.all_logits(torch.from_numpy(x)).argmax(-1).numpy()  # (H, n)
+    selected = int(head.selected)
+    k = config.n_clusters
+    rows = [_head_row(f"head {h}" + (" (selected)" if h == selected else ""), y, p, k)
+            for h, p in enumerate(preds)]
+    selected_row = {**rows[selected], "clusterer": f"{meta['method']} (head {selected})"}
+    # k-means on the same embeddings, standardised as in `baselines`; with the head's K,
+    # and with the number of classes when that differs.
+    z = StandardScaler().fit_transform(x.astype(np.float64))
+    kmeans_rows, kmeans_labels = [], None
+    for kk in dict.fromkeys((k, len(dataset.class_names))):
+        labels = KMeans(kk, n_init=10, random_state=args.seed).fit_predict(z)
+        kmeans_rows.append(_head_row(f"k-means (k={kk})", y, labels, kk))
+        kmeans_labels = labels if kmeans_labels is None else kmeans_labels
+
+    report = {
+        "head": str(args.head),
+        "method": meta["method"],
+        "encoder": str(args.encoder),
+        "encoder_sha256": ckpt["sha256"],
+        "data": str(args.data),
+        "labels": args.labels,
+        "clips": len(dataset),
+        "classes": dataset.class_names,
+        "n_clusters": k,
+        "n_heads": config.n_heads,
+        "selected": selected,
+        "head_info": meta["info"],
+        "selected_scores": selected_row,
+        "heads": rows,
+        "kmeans": kmeans_rows,
+    }
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "head-eval.json").write_text(json.dumps(report, indent=2))
+    table = markdown_table([selected_row, *kmeans_rows, *rows], HEAD_ROW_KEYS)
+    text = (f"# Head evaluation: {args.head}\n\n{meta['method']} head ({config.n_heads} heads, "
+            f"K = {k}, head {selected} selected) on {args.encoder} (sha256 "
+            f"{ckpt['sha256'][:12]}); data {args.data} (labels: {args.labels}, "
+            f"{len(dataset)} clips, {len(dataset.class_names)} classes)\n\n{table}")
+    (out / "head-eval.md").write_text(text)
+    s = selected_row
+    title = f"{meta['method']} head {selected}: NMI {s['nmi']:.2f} ACC {s['acc']:.2f}"
+    plot_confusion(y, preds[selected], dataset.class_names, out / "confusion.png", title)
+    xy = reduce(x, "tsne", BaselineConfig(seed=args.seed))
+    plot_cluster_map(xy, preds[selected], y, out / "map.png", title)
+
+    if args.json:
+        print(json.dumps(report))
+    else:
+        print(text, end="")
+        print(f"\nreport: {out}/ (head-eval.md, head-eval.json, confusion.png, map.png)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
@@ -453,6 +593,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_baselines(sub)
     _add_encoder(sub)
+    _add_head(sub)
     return parser
 
 
