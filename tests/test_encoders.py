@@ -44,7 +44,7 @@ def encoder(request) -> torch.nn.Module:
 def test_registry_and_protocol(encoder):
     assert isinstance(encoder, Encoder)
     assert encoder_name(encoder) in NAMES
-    expected = {"audiontt": (AudioNTT, 512, 8), "vit": (ViT, 192, 16)}[encoder_name(encoder)]
+    expected = {"audiontt": (AudioNTT, 512, 8), "vit": (ViT, 192, 8)}[encoder_name(encoder)]
     assert (type(encoder), encoder.embed_dim, encoder.min_frames) == expected
 
 
@@ -85,9 +85,10 @@ def test_too_short_or_malformed_input_is_rejected(encoder):
 
 def test_vit_rejects_input_beyond_its_position_table():
     vit = make("vit", max_frames=64)
-    assert vit(logmel(1, 64 + 15)).shape == (1, 192)  # trailing partial patch is dropped
+    p = vit.config.patch_time
+    assert vit(logmel(1, 64 + p - 1)).shape == (1, 192)  # trailing partial patch is dropped
     with pytest.raises(ValueError, match="cover at most 64 frames"):
-        vit(logmel(1, 80))
+        vit(logmel(1, 64 + p))
 
 
 @pytest.mark.parametrize("pad_value", [0.0, -23.0])
@@ -126,7 +127,7 @@ def test_audiontt_training_statistics_skip_padding():
 
 
 def test_vit_patch_dropping():
-    vit = make("vit")
+    vit = make("vit", patch_time=16)
     x = logmel(3, 160)  # 4 x 10 = 40 patch tokens a clip
     with torch.no_grad():
         full = vit(x)

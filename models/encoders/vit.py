@@ -3,9 +3,9 @@
 Log-mel (B, 1, n_mels, T) -> clip embedding (B, width):
 
 - patch stem: a Conv2d with kernel = stride = patch size cuts the log-mel into
-  ``patch_freq x patch_time`` patches (default 16 x 16: 4 frequency x T // 16 time
+  ``patch_freq x patch_time`` patches (default 16 x 8: 4 frequency x T // 8 time
   patches) and projects each to ``width``. Trailing frames that do not fill a whole patch
-  are dropped, so the minimum input is ``patch_time`` frames (160 ms by default);
+  are dropped, so the minimum input is ``patch_time`` frames (80 ms by default);
 - positions: a learnable frequency embedding (one per frequency patch) plus a learnable
   time embedding (one per time patch, up to ``max_frames // patch_time``), added per
   patch. Factorising them lets any number of time patches up to the maximum share one
@@ -43,7 +43,7 @@ class ViTConfig:
 
     n_mels: int = 64
     patch_freq: int = 16
-    patch_time: int = 16
+    patch_time: int = 8  # 64-frame crops give 32 tokens: MSN needs tokens left to mask
     width: int = 192
     depth: int = 4
     heads: int = 3
