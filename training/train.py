@@ -427,8 +427,10 @@ def _head(args: argparse.Namespace) -> int:
     curves = _loss_curves(history)
     loss_png = None
     if curves:
+        longest = max(len(c) for c in curves.values())
         loss_png = plot_curves(curves, out / "loss.png", xlabel="epoch",
-                               title=f"{run.method}, K = {k}: training loss")
+                               title=f"{run.method}, K = {k}: training loss",
+                               smooth=max(1, min(5, longest // 10)))
     else:
         log(f"no loss curve in {run.method}'s history: loss.png not written")
 

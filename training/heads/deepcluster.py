@@ -20,6 +20,11 @@ Each of the ``n_heads`` heads runs its own k-means (its own seed and features); 
 with the lowest cross-entropy in the last round is selected. The saved prior is the
 selected head's cluster frequencies on the training points (add-one smoothed, so no
 cluster has prior zero).
+
+CPU defaults: 4 heads of width 256, 15 epochs of 2 balanced passes, AdamW at 1e-3 (an MLP
+head, not DeepCluster's SGD-trained convnet), k-means with 2 restarts per head and epoch;
+3,000 points take about 40 s of CPU time (~110 s wall on two shared cores), most of it
+k-means.
 """
 
 from __future__ import annotations
