@@ -23,8 +23,8 @@ cluster has prior zero).
 
 CPU defaults: 4 heads of width 256, 15 epochs of 2 balanced passes, AdamW at 1e-3 (an MLP
 head, not DeepCluster's SGD-trained convnet), k-means with 2 restarts per head and epoch;
-3,000 points take about 40 s of CPU time (~110 s wall on two shared cores), most of it
-k-means.
+3,000 points take about 45 s of CPU time (45 s to 2 min wall on two shared cores), much
+of it k-means.
 """
 
 from __future__ import annotations

@@ -30,7 +30,7 @@ Defaults follow the paper where CPU time allows and say so where they do not:
   the paper's head also L2-normalises a bottleneck before a weight-normalised last layer,
   :class:`ClusterHead` is a plain MLP), AdamW with weight decay 1e-4, best head by loss;
 - 8 heads instead of 50 and hidden width 256 instead of 512: a 3,000-point fit takes
-  about 50 s of CPU time (1.5-2 min wall on two cores shared with other jobs); more
+  about 40 s of CPU time (40 s to 2 min wall on two cores shared with other jobs); more
   heads mostly buy a better chance of a good best head;
 - teacher EMA 0.95 (rising to 1 on a cosine) instead of 0.996, and learning rate 1e-3
   (5 warm-up epochs, cosine decay): the student can only move as fast as its teacher,
