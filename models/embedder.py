@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
@@ -19,10 +18,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
+from .checkpoint import read_checked_metadata, write_safetensors
 from .encoders import build_encoder, encoder_name
 from .frontend import FrontendConfig, LogMelFrontend
 
@@ -82,7 +81,6 @@ def save_embedder(
     tensors = {f"encoder.{k}": v for k, v in embedder.encoder.state_dict().items()}
     tensors["norm.mean"] = embedder.norm_mean
     tensors["norm.std"] = embedder.norm_std
-    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     metadata = {
         "format": EMBEDDER_FORMAT,
         "format_version": _FORMAT_VERSION,
@@ -91,35 +89,12 @@ def save_embedder(
         "frontend": json.dumps(embedder.frontend.config.to_dict(), sort_keys=True),
         "info": json.dumps(dict(info or {}), sort_keys=True, default=str),
     }
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return out
+    return write_safetensors(path, tensors, metadata)
 
 
 def read_embedder_metadata(path: str | os.PathLike) -> dict[str, Any]:
     """The decoded metadata of an embedder checkpoint; clear errors for anything else."""
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"{p}: no such checkpoint")
-    try:
-        with safe_open(str(p), framework="pt") as f:
-            meta = f.metadata() or {}
-    except (SafetensorError, OSError) as exc:
-        raise ValueError(f"{p}: not a safetensors checkpoint ({exc})") from exc
-    if meta.get("format") != EMBEDDER_FORMAT:
-        raise ValueError(f"{p}: not an audioclust embedder checkpoint (format "
-                         f"{meta.get('format')!r})")
-    if meta.get("format_version") != _FORMAT_VERSION:
-        raise ValueError(f"{p}: checkpoint format version {meta.get('format_version')!r}, "
-                         f"this code reads {_FORMAT_VERSION!r}")
+    meta = read_checked_metadata(path, EMBEDDER_FORMAT, _FORMAT_VERSION, "embedder checkpoint")
     return {
         "encoder": meta["encoder"],
         "encoder_config": json.loads(meta["encoder_config"]),

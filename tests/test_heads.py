@@ -384,4 +384,4 @@ def test_cli_errors(trained_head, encoders, fsdd_subset, cache_dir, tmp_path, ca
     _error(evaluate.main, [*eval_base, "--head", head, "--encoder", missing], capsys,
            "no such checkpoint")
     _error(evaluate.main, [*eval_base, "--head", tmp_path / "nohead.safetensors", "--encoder",
-                           encoders[0]], capsys, "no such head checkpoint")
+                           encoders[0]], capsys, "no such checkpoint")

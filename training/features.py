@@ -29,6 +29,7 @@ from safetensors import SafetensorError
 from scipy.fft import dct
 from tqdm.auto import tqdm
 
+from audioclust.models.checkpoint import file_sha256
 from audioclust.models.embedder import (
     Embedder,
     embed_clips,
@@ -197,15 +198,6 @@ def logmel_bank(
 
     arrays = _cached(dataset, frontend, ("bank",), compute, cache_dir)
     return LogMelBank(arrays["data"], arrays["offsets"])
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def embedder_checkpoint(path: str | os.PathLike) -> dict[str, Any]:

@@ -341,8 +341,9 @@ def _head(args: argparse.Namespace) -> int:
     import torch
     from threadpoolctl import threadpool_limits
 
+    from audioclust.models.checkpoint import file_sha256
     from audioclust.models.embedder import save_embedder
-    from audioclust.models.heads import file_sha256, save_head
+    from audioclust.models.heads import save_head
     from audioclust.training.features import embed_dataset, embedder_checkpoint
     from audioclust.training.report import plot_curves
 

@@ -17,17 +17,16 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
+from ..checkpoint import read_checked_metadata, write_safetensors
 from ..config import build_config
 from .audiontt import AudioNTT, AudioNTTConfig
 from .vit import ViT, ViTConfig
@@ -121,34 +120,13 @@ def save_encoder(
         "encoder": name,
         "config": json.dumps(asdict(module_config), sort_keys=True),
     }
-    tensors = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return out
+    return write_safetensors(path, module.state_dict(), metadata)
 
 
 def read_encoder_metadata(path: str | os.PathLike) -> tuple[str, dict[str, Any]]:
     """(encoder name, config dict) stored in a checkpoint written by :func:`save_encoder`."""
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            metadata = f.metadata() or {}
-    except SafetensorError as exc:
-        raise ValueError(f"{path}: not a safetensors file ({exc})") from exc
-    if metadata.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path}: not an audioclust encoder checkpoint")
-    if metadata.get("format_version") != _FORMAT_VERSION:
-        raise ValueError(
-            f"{path}: checkpoint format version {metadata.get('format_version')!r}, "
-            f"this code reads {_FORMAT_VERSION!r}"
-        )
+    metadata = read_checked_metadata(path, CHECKPOINT_FORMAT, _FORMAT_VERSION,
+                                     "encoder checkpoint")
     return metadata["encoder"], json.loads(metadata["config"])
 
 

@@ -13,20 +13,19 @@ encoder checkpoint the head was trained on, and a free-form ``info``. No pickle.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 from torch.nn import functional as F
+
+from ..checkpoint import file_sha256, read_checked_metadata, write_safetensors
 
 __all__ = [
     "HEAD_FORMAT",
@@ -122,14 +121,6 @@ class ClusterHead(nn.Module):
         return torch.softmax(logits / self.temperature, dim=-1)
 
 
-def file_sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def save_head(
     head: ClusterHead,
     path: str | os.PathLike,
@@ -138,7 +129,6 @@ def save_head(
     info: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write ``head`` as one self-describing ``.safetensors`` file, atomically."""
-    tensors = {k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}
     metadata = {
         "format": HEAD_FORMAT,
         "format_version": _FORMAT_VERSION,
@@ -147,33 +137,11 @@ def save_head(
         "encoder_sha256": encoder_sha256,
         "info": json.dumps(dict(info or {}), sort_keys=True, default=str),
     }
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return out
+    return write_safetensors(path, head.state_dict(), metadata)
 
 
 def read_head_metadata(path: str | os.PathLike) -> dict[str, Any]:
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"{p}: no such head checkpoint")
-    try:
-        with safe_open(str(p), framework="pt") as f:
-            meta = f.metadata() or {}
-    except (SafetensorError, OSError) as exc:
-        raise ValueError(f"{p}: not a safetensors checkpoint ({exc})") from exc
-    if meta.get("format") != HEAD_FORMAT:
-        raise ValueError(f"{p}: not an audioclust head checkpoint (format {meta.get('format')!r})")
-    if meta.get("format_version") != _FORMAT_VERSION:
-        raise ValueError(f"{p}: head format version {meta.get('format_version')!r}, this code "
-                         f"reads {_FORMAT_VERSION!r}")
+    meta = read_checked_metadata(path, HEAD_FORMAT, _FORMAT_VERSION, "head checkpoint")
     return {
         "config": json.loads(meta["config"]),
         "method": meta["method"],
