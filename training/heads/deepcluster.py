@@ -40,6 +40,7 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from audioclust.models.heads import ClusterHead, HeadConfig
+from audioclust.training.heads import HeadEstimator
 from audioclust.training.kmeans import KMeans
 from audioclust.training.metrics import nmi
 
@@ -75,7 +76,7 @@ def _whiten(f: np.ndarray, dim: int) -> np.ndarray:
     return z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)
 
 
-class DeepCluster:
+class DeepCluster(HeadEstimator):
     """DeepCluster on frozen embeddings, as a scikit-learn style estimator.
 
     After :meth:`fit`: ``head_`` (:class:`ClusterHead`, best head selected, empirical
@@ -219,24 +220,3 @@ class DeepCluster:
             f"(loss {head_losses[best]:.4f}, uses {usage[best]:.0%} of {self.n_clusters} "
             "clusters)")
         return self
-
-    def _check_fitted(self) -> ClusterHead:
-        head = getattr(self, "head_", None)
-        if head is None:
-            raise RuntimeError("DeepCluster is not fitted yet; call fit() first")
-        return head
-
-    @torch.no_grad()
-    def predict_proba(self, embeddings: np.ndarray) -> np.ndarray:
-        head = self._check_fitted().eval()
-        return head(torch.as_tensor(np.asarray(embeddings, dtype=np.float32))).numpy()
-
-    def predict(self, embeddings: np.ndarray) -> np.ndarray:
-        return self.predict_proba(embeddings).argmax(1)
-
-    def fit_predict(self, embeddings: np.ndarray) -> np.ndarray:
-        return self.fit(embeddings).labels_
-
-    def get_params(self) -> dict[str, Any]:
-        return {k: v for k, v in vars(self).items()
-                if not k.endswith("_") and k not in ("progress", "log")}

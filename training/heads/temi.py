@@ -57,12 +57,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from audioclust.models.heads import ClusterHead, HeadConfig
+from audioclust.training.heads import HeadEstimator
 from audioclust.training.heads.neighbors import knn
+from audioclust.training.ssl.trainer import ema_update
 
 __all__ = ["TEMI", "pair_weights", "temi_loss", "update_prior"]
 
@@ -117,7 +118,7 @@ def _cosine(step: int, total: int, start: float, end: float) -> float:
     return end + (start - end) * 0.5 * (1.0 + math.cos(math.pi * t))
 
 
-class TEMI:
+class TEMI(HeadEstimator):
     """TEMI clustering heads on frozen embeddings, as a scikit-learn style estimator.
 
     After :meth:`fit`: ``head_`` (:class:`ClusterHead` holding every teacher head, the
@@ -273,7 +274,8 @@ class TEMI:
                 losses.sum().backward()
                 opt.step()
                 momentum = _cosine(step, total, self.teacher_momentum, 1.0)
-                _ema_update(teacher, student, momentum)
+                # Parameters only: the teacher keeps its own prior and temperature buffers.
+                ema_update(teacher, student, momentum, buffers=False)
                 epoch_loss += losses.detach().double() * idx.numel()
                 step += 1
             per_head = (epoch_loss / n).tolist()
@@ -315,34 +317,3 @@ class TEMI:
         say(f"TEMI: {self.epochs} epochs in {seconds:.1f} s; head {best} selected (loss "
             f"{head_losses[best]:.4f}, uses {usage[best]:.0%} of {self.n_clusters} clusters)")
         return self
-
-    # -- inference -------------------------------------------------------------------
-    def _check_fitted(self) -> ClusterHead:
-        head = getattr(self, "head_", None)
-        if head is None:
-            raise RuntimeError("TEMI is not fitted yet; call fit() first")
-        return head
-
-    @torch.no_grad()
-    def predict_proba(self, embeddings: np.ndarray) -> np.ndarray:
-        """The selected head's posterior (n, K)."""
-        head = self._check_fitted().eval()
-        return head(torch.as_tensor(np.asarray(embeddings, dtype=np.float32))).numpy()
-
-    def predict(self, embeddings: np.ndarray) -> np.ndarray:
-        """The selected head's cluster of each row."""
-        return self.predict_proba(embeddings).argmax(1)
-
-    def fit_predict(self, embeddings: np.ndarray) -> np.ndarray:
-        return self.fit(embeddings).labels_
-
-    def get_params(self) -> dict[str, Any]:
-        """The constructor's settings (without the progress/log hooks)."""
-        return {k: v for k, v in vars(self).items()
-                if not k.endswith("_") and k not in ("progress", "log")}
-
-
-@torch.no_grad()
-def _ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
-    for t, s in zip(teacher.parameters(), student.parameters(), strict=True):
-        t.mul_(momentum).add_(s.detach(), alpha=1.0 - momentum)

@@ -114,13 +114,16 @@ class SSLMethod(nn.Module):
         return [p for p in self.parameters() if p.requires_grad]
 
 
-def ema_update(target: nn.Module, online: nn.Module, momentum: float) -> None:
-    """target <- momentum * target + (1 - momentum) * online, parameters and buffers."""
+def ema_update(target: nn.Module, online: nn.Module, momentum: float,
+               buffers: bool = True) -> None:
+    """target <- momentum * target + (1 - momentum) * online for the parameters; buffers
+    (BatchNorm statistics) are copied over unless ``buffers=False``."""
     with torch.no_grad():
         for t, o in zip(target.parameters(), online.parameters(), strict=True):
             t.mul_(momentum).add_(o.detach(), alpha=1.0 - momentum)
-        for t, o in zip(target.buffers(), online.buffers(), strict=True):
-            t.copy_(o)
+        if buffers:
+            for t, o in zip(target.buffers(), online.buffers(), strict=True):
+                t.copy_(o)
 
 
 def cosine_momentum(base: float, step: int, total_steps: int) -> float:
