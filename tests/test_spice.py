@@ -1,0 +1,266 @@
+"""SPICE: proto-pseudo-labels, reliable labels, the FixMatch mask, and a tiny end-to-end fit."""
+
+from __future__ import annotations
+
+import inspect
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from audioclust.models.embedder import Embedder, embed_clips, load_embedder, save_embedder
+from audioclust.models.encoders import build_encoder
+from audioclust.models.frontend import FrontendConfig
+from audioclust.models.heads import ClusterHead
+from audioclust.training.datasets import AudioFolder
+from audioclust.training.features import logmel_bank
+from audioclust.training.heads.spice import (
+    SPICE,
+    cosine_neighbours,
+    double_softmax_cross_entropy,
+    fixmatch_mask,
+    proto_pseudo_labels,
+    reliable_mask,
+)
+from audioclust.training.metrics import score_all
+from audioclust.training.ssl.trainer import CropDataset
+
+# --- proto-pseudo-labels -----------------------------------------------------------------
+
+
+def test_proto_pseudo_labels_centre_from_top_probabilities_then_cosine_neighbours():
+    # Three clusters along the axes of R^3, four clips each. For cluster k the two most
+    # probable clips (P) lie at +-10° around axis k, so their mean -- the centre -- is the
+    # axis itself. Two other clips (N) lie exactly on / 1° off the axis but have low
+    # probability, and are therefore never among the top ones. The selection must give
+    # the N clips: picked by cosine to the centre, not by probability.
+    e = torch.eye(3)
+    feats, probs = [], []
+    expected = []
+    for k in range(3):
+        other = e[(k + 1) % 3]
+        tilt = math.tan(math.radians(10))
+        p_row = torch.full((3,), 0.05)
+        p_row[k] = 0.9
+        n_row = torch.full((3,), 1 / 3)
+        base = len(feats)
+        feats += [e[k] + tilt * other, e[k] - tilt * other,  # P: high probability
+                  3.0 * e[k],  # N: on the axis (cosine 1), a different norm
+                  e[k] + math.tan(math.radians(1)) * e[(k + 2) % 3]]  # N: 1° off
+        probs += [p_row, p_row * 0.99 + 0.01 / 3, n_row, n_row]
+        expected += [base + 2, base + 3]
+    feats_t, probs_t = torch.stack(feats), torch.stack(probs)
+    idx, labels = proto_pseudo_labels(probs_t, feats_t, per_cluster=2)
+    assert idx.tolist() == expected  # grouped by cluster, most similar first
+    assert labels.tolist() == [0, 0, 1, 1, 2, 2]
+
+
+def test_proto_pseudo_labels_shapes_and_errors():
+    g = torch.Generator().manual_seed(0)
+    probs = torch.softmax(torch.randn(40, 4, generator=g), dim=1)
+    feats = torch.randn(40, 8, generator=g)
+    idx, labels = proto_pseudo_labels(probs, feats, per_cluster=10)
+    assert idx.shape == labels.shape == (40,)
+    assert torch.equal(torch.bincount(labels), torch.full((4,), 10))
+    assert len(set(idx[labels == 2].tolist())) == 10  # within a cluster, distinct clips
+    with pytest.raises(ValueError, match="per_cluster"):
+        proto_pseudo_labels(probs, feats, per_cluster=41)
+    with pytest.raises(ValueError, match="probs"):
+        proto_pseudo_labels(probs, feats[:-1], per_cluster=2)
+
+
+def test_double_softmax_cross_entropy_is_ce_of_the_probabilities():
+    logits = torch.tensor([[4.0, 0.0, -1.0], [0.0, 1.0, 0.0]])
+    target = torch.tensor([0, 2])
+    p = torch.softmax(logits, dim=1)
+    manual = -torch.log_softmax(p, dim=1)[torch.arange(2), target].mean()
+    assert torch.allclose(double_softmax_cross_entropy(logits, target), manual)
+    # Bounded below by log(1 + (K - 1) / e) however confident the head is.
+    sure = torch.tensor([[1e4, 0.0, 0.0]])
+    floor = math.log(1 + 2 / math.e)
+    assert double_softmax_cross_entropy(sure, torch.tensor([0])).item() == pytest.approx(floor)
+
+
+# --- reliable labels ---------------------------------------------------------------------
+
+
+def test_reliable_mask_needs_more_than_lambda_agreement():
+    labels = torch.tensor([0, 0, 0, 0, 1, 1])
+    neighbours = torch.tensor([
+        [1, 2, 3, 4],  # 3 of 4 share label 0: 0.75
+        [0, 2, 3, 4],  # 0.75
+        [0, 1, 4, 5],  # 0.5: exactly lambda, not more -> unreliable
+        [4, 5, 0, 1],  # 0.5
+        [5, 0, 1, 2],  # 0.25
+        [4, 0, 1, 2],  # 0.25
+    ])
+    assert reliable_mask(labels, neighbours, 0.5).tolist() == [True, True, False, False,
+                                                               False, False]
+    assert reliable_mask(labels, neighbours, 0.0).tolist() == [True] * 4 + [True, True]
+    assert not reliable_mask(labels, neighbours, 0.75).any()
+    with pytest.raises(ValueError, match="neighbours"):
+        reliable_mask(labels, neighbours[:3], 0.5)
+
+
+def test_cosine_neighbours_exclude_self_and_follow_angles():
+    angles = torch.tensor([0.0, 10.0, 25.0, 90.0, 100.0])
+    x = torch.stack([torch.cos(torch.deg2rad(angles)), torch.sin(torch.deg2rad(angles))], 1)
+    x = x * torch.tensor([1.0, 5.0, 0.2, 2.0, 1.0])[:, None]  # norms must not matter
+    nb = cosine_neighbours(x, 2, chunk=2)  # several chunks
+    assert nb.tolist() == [[1, 2], [0, 2], [1, 0], [4, 2], [3, 2]]
+    with pytest.raises(ValueError):
+        cosine_neighbours(x, 5)
+
+
+# --- FixMatch mask -------------------------------------------------------------------------
+
+
+def test_fixmatch_mask_keeps_exactly_tau_and_above():
+    probs = torch.tensor([
+        [0.75, 0.25, 0.0],  # exactly tau: kept
+        [0.7499, 0.2501, 0.0],
+        [0.1, 0.1, 0.8],
+        [0.34, 0.33, 0.33],
+        [0.0, 1.0, 0.0],
+    ])
+    assert fixmatch_mask(probs).tolist() == [True, False, True, False, True]
+    assert fixmatch_mask(probs, tau=0.95).tolist() == [False, False, False, False, True]
+    assert fixmatch_mask(probs, tau=0.3).all()
+    assert inspect.signature(fixmatch_mask).parameters["tau"].default == 0.75
+    assert SPICE(3).tau == 0.75
+
+
+# --- estimator -----------------------------------------------------------------------------
+
+
+def test_constructor_only_stores_and_fit_checks():
+    sp = SPICE(5, n_heads=3, seed=7)
+    params = sp.get_params()
+    assert params["n_clusters"] == 5 and params["n_heads"] == 3 and params["seed"] == 7
+    assert not any(k.endswith("_") for k in params)
+    with pytest.raises(RuntimeError, match="fit"):
+        sp.predict(np.zeros((2, 4), dtype=np.float32))
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory, fsdd_dir):
+    """60 FSDD clips (three speakers, digits 0-1, 10 takes) and a small random AudioNTT.
+
+    The encoder's BatchNorm statistics are estimated on the clips (as any trained
+    encoder's are), so its eval-mode embeddings are normalised; with the default running
+    statistics a random encoder's embeddings are mostly dead units.
+    """
+    root = tmp_path_factory.mktemp("spice")
+    data = root / "clips"
+    data.mkdir()
+    for digit in range(2):
+        for speaker in ("george", "jackson", "theo"):
+            for take in range(10):
+                name = f"{digit}_{speaker}_{take}.wav"
+                shutil.copy(Path(fsdd_dir) / name, data / name)
+    folder = AudioFolder(data, labels="speaker")
+    bank = logmel_bank(folder, cache_dir=str(root / "cache"), progress=False)
+    mean, std = bank.stats()
+    torch.manual_seed(0)
+    encoder = build_encoder("audiontt", {"embed_dim": 32, "channels": 8})
+    crops = CropDataset(bank, 64, mean, std, seed=0)
+    for m in encoder.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.momentum = None  # a plain average over the one calibration batch
+    encoder.train()
+    with torch.no_grad():
+        encoder(torch.stack([crops[i] for i in range(len(crops))]))
+    path = save_embedder(Embedder(encoder.eval(), FrontendConfig(), mean, std),
+                         root / "encoder.safetensors")
+    return {"root": root, "folder": folder, "bank": bank, "encoder": path}
+
+
+TINY = dict(n_heads=3, hidden_dim=64, crop_frames=32, head_epochs=25, head_batch_size=60,
+            n_view_sets=1, n_neighbors=5, reliable_ratio=0.5, joint_epochs=6, batch_size=8,
+            mu=7, lr=1e-3)
+
+
+@pytest.fixture(scope="module")
+def fitted(tiny):
+    rng_before = torch.get_rng_state()
+    sp = SPICE(3, seed=0, cache_dir=str(tiny["root"] / "cache"), **TINY)
+    sp.fit(tiny["encoder"], tiny["folder"], progress=False)
+    assert torch.equal(torch.get_rng_state(), rng_before)  # the caller's RNG is untouched
+    return sp
+
+
+def test_tiny_fit_produces_a_used_head_and_a_decreasing_stage3_loss(fitted, tiny):
+    sp = fitted
+    n = len(tiny["folder"])
+    assert sp.labels_.shape == (n,) and sp.reliable_.shape == (n,)
+    assert sp.reliable_.dtype == bool and 0 < sp.reliable_.sum() <= n
+    sizes = np.bincount(sp.labels_, minlength=3)
+    assert (sizes > 0).all(), sizes  # every cluster used
+    assert sizes.max() <= 0.6 * n, sizes  # and none swallowing the data
+    # The speakers are this encoder's clearest structure; the labels are not used to fit.
+    assert score_all(tiny["folder"].targets, sp.labels_).nmi > 0.5
+
+    head = sp.head_
+    assert isinstance(head, ClusterHead) and head.config.n_clusters == 3
+    assert int(head.selected) == 0
+    assert torch.allclose(head.prior, torch.from_numpy(sizes / n).float())
+    assert not torch.equal(head.input_mean, torch.zeros_like(head.input_mean))
+    assert np.array_equal(sp.predict(sp.embeddings_), sp.labels_)
+    assert np.allclose(sp.predict_proba(sp.embeddings_).sum(1), 1.0, atol=1e-5)
+
+    h = sp.history_
+    assert len(h["stage2"]["loss"]) == TINY["head_epochs"]
+    assert len(h["stage2"]["final_loss"]) == TINY["n_heads"]
+    assert h["stage2"]["final_loss"][h["stage2"]["selected_head"]] == min(
+        h["stage2"]["final_loss"])
+    assert np.mean(h["stage2"]["loss"][-1]) < np.mean(h["stage2"]["loss"][0])
+    epochs = h["stage3"]["epochs"]
+    assert len(epochs) == TINY["joint_epochs"]
+    assert epochs[-1]["loss"] < epochs[0]["loss"], epochs
+    assert all(0.0 <= e["mask_rate"] <= 1.0 for e in epochs)
+
+
+def test_fine_tuned_embedder_round_trips_and_matches_embeddings(fitted, tiny, tmp_path):
+    sp = fitted
+    original = load_embedder(tiny["encoder"])
+    tuned = dict(sp.embedder_.encoder.named_parameters())
+    changed = [not torch.equal(p, tuned[k]) for k, p in original.encoder.named_parameters()]
+    assert any(changed)  # stage 3 trained the encoder
+    path = save_embedder(sp.embedder_, tmp_path / "tuned.safetensors", {"method": "spice"})
+    reloaded = load_embedder(path)
+    clips = [tiny["folder"].load(i)[0] for i in range(len(tiny["folder"]))]
+    z = embed_clips(reloaded, clips)
+    assert np.allclose(z, sp.embeddings_, atol=1e-5)
+
+
+def test_fit_is_deterministic_under_seed_and_takes_a_bank(fitted, tiny):
+    # Same seed, the log-mel bank instead of the folder and an Embedder object instead
+    # of its path: the same run, bit for bit.
+    embedder = load_embedder(tiny["encoder"])
+    before = {k: v.clone() for k, v in embedder.state_dict().items()}
+    again = SPICE(3, seed=0, **TINY).fit(embedder, tiny["bank"], progress=False)
+    assert all(torch.equal(v, embedder.state_dict()[k]) for k, v in before.items())
+    assert np.array_equal(again.labels_, fitted.labels_)
+    assert np.array_equal(again.reliable_, fitted.reliable_)
+    assert again.history_["stage2"] == fitted.history_["stage2"]
+    assert again.history_["stage3"]["loss"] == fitted.history_["stage3"]["loss"]
+    for k, v in fitted.head_.state_dict().items():
+        assert torch.equal(v, again.head_.state_dict()[k]), k
+
+    other = SPICE(3, seed=1, **{**TINY, "joint_epochs": 0}).fit(
+        embedder, tiny["bank"], progress=False)
+    assert other.history_["stage2"]["loss"] != fitted.history_["stage2"]["loss"]
+    assert other.history_["stage3"]["loss"] == []  # joint_epochs=0: stage 2 only
+    assert np.array_equal(other.labels_, other.pseudo_labels_)
+
+
+def test_fit_rejects_bad_settings(tiny):
+    with pytest.raises(ValueError, match="n_clusters"):
+        SPICE(1).fit(tiny["encoder"], tiny["bank"], progress=False)
+    with pytest.raises(ValueError, match="n_neighbors"):
+        SPICE(3, n_neighbors=60).fit(tiny["encoder"], tiny["bank"], progress=False)
+    with pytest.raises(ValueError, match="too few"):
+        SPICE(40).fit(tiny["encoder"], tiny["bank"], progress=False)

@@ -1,0 +1,612 @@
+"""SPICE for audio: a clustering head on a frozen encoder, then joint semi-supervised tuning.
+
+SPICE (Niu, Shan and Wang, 2022) has three stages; stage 1, self-supervised encoder
+training, is ``audioclust-train ssl``. This module does the other two.
+
+Stage 2, head training on the frozen encoder (an EM-like loop, per batch of M clips):
+
+- views: *original* = the embedding of the whole clip (what the head sees at inference),
+  *weak* / *strong* = embeddings of random log-mel crops under SpecAugment's weak / strong
+  presets. The encoder is frozen, so the augmented embeddings are computed up front:
+  ``n_view_sets`` weak and as many strong sets, one weak and one strong set drawn per
+  epoch (independently, so 3 + 3 sets give 9 pairings for the cost of 6 passes);
+- E-step (:func:`proto_pseudo_labels`): the weak view's probabilities pick each
+  cluster's top M/K clips; the mean of their original features is the cluster centre;
+  the M/K clips most cosine-similar to a centre get that cluster as proto-pseudo-label;
+- M-step: cross-entropy of those labels on the *double softmax* of the strong view's
+  logits (the head's probabilities are fed to a softmax cross-entropy again). Its
+  gradients are small and flat, so early, noisy pseudo-labels cannot be fitted hard;
+- ``n_heads`` heads train in parallel on the same batches; the one with the lowest
+  loss over the last epoch is kept.
+
+Stage 3, joint training of encoder and head:
+
+- reliable labels (:func:`reliable_mask`): a clip's stage-2 label is reliable if more
+  than ``reliable_ratio`` of its ``n_neighbors`` nearest clips (cosine, original
+  embeddings) share it; these are then treated as ground truth;
+- FixMatch: cross-entropy on reliable clips (weak view) plus ``lambda_u`` times the
+  cross-entropy of each unlabelled clip's strong view against the weak view's argmax,
+  counted only where the weak view is confident (:func:`fixmatch_mask`, max probability
+  >= ``tau``); ``mu`` unlabelled clips per labelled clip; AdamW with FixMatch's cosine
+  decay. The encoder starts from the given embedder and is returned as ``embedder_``.
+
+Cosine similarities are taken on the embeddings as the head sees them (standardised
+with the training statistics, then L2-normalised): raw AudioNTT embeddings are
+non-negative (ReLU then pooling), so cosine on them is dominated by their common mean.
+
+CPU defaults (documented measurements in the module's tests and issue report): the full
+FSDD (3,000 clips, 512-d AudioNTT) runs end to end in well under 20 minutes on 2 cores
+with ``n_view_sets=3``, ``head_epochs=60``, ``joint_epochs=2``, ``batch_size=16`` (so
+112 unlabelled clips per step) and 64-frame crops. Stage 3 is most of that time: its
+cost is ``joint_epochs`` x (one forward and backward pass + one forward pass) over the
+data.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import time
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+from tqdm.auto import tqdm
+
+from audioclust.models.embedder import Embedder, load_embedder
+from audioclust.models.heads import ClusterHead, HeadConfig
+from audioclust.training.augment import SpecAugment
+from audioclust.training.datasets import AudioFolder
+from audioclust.training.features import LogMelBank, logmel_bank
+from audioclust.training.ssl.trainer import CropDataset
+
+__all__ = [
+    "SPICE",
+    "cosine_neighbours",
+    "double_softmax_cross_entropy",
+    "fixmatch_mask",
+    "proto_pseudo_labels",
+    "reliable_mask",
+]
+
+AugmentSpec = str | Mapping[str, Any]
+
+
+# --- the pure pieces ---------------------------------------------------------------------
+
+
+def proto_pseudo_labels(
+    probs: torch.Tensor, feats: torch.Tensor, per_cluster: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """SPICE's E-step on one batch: (indices, labels) of the proto-pseudo-labelled clips.
+
+    ``probs`` (M, K) are cluster probabilities, ``feats`` (M, d) the clips' features. For
+    each cluster k: the ``per_cluster`` clips with the highest ``probs[:, k]`` give the
+    centre (the mean of their features); the ``per_cluster`` clips with the highest
+    cosine similarity to that centre are labelled k. Results are grouped by cluster
+    (cluster 0's clips first), most similar first within a cluster. A clip close to two
+    centres is returned once per cluster, as in SPICE's union of per-cluster sets.
+    """
+    if probs.dim() != 2 or feats.dim() != 2 or probs.shape[0] != feats.shape[0]:
+        raise ValueError(f"need probs (M, K) and feats (M, d), got {tuple(probs.shape)} "
+                         f"and {tuple(feats.shape)}")
+    m, k = probs.shape
+    if not 1 <= per_cluster <= m:
+        raise ValueError(f"per_cluster must be in [1, {m}], got {per_cluster}")
+    top = probs.topk(per_cluster, dim=0).indices  # (per_cluster, K)
+    centres = feats[top].mean(dim=0)  # (K, d)
+    sims = F.normalize(feats, dim=1) @ F.normalize(centres, dim=1).T  # (M, K)
+    nearest = sims.topk(per_cluster, dim=0).indices  # (per_cluster, K)
+    indices = nearest.T.reshape(-1)
+    labels = torch.arange(k, device=probs.device).repeat_interleave(per_cluster)
+    return indices, labels
+
+
+def reliable_mask(labels: torch.Tensor, neighbours: torch.Tensor, lam: float) -> torch.Tensor:
+    """(n,) bool: True where *more than* a fraction ``lam`` of a clip's neighbours share
+    its label. ``neighbours`` (n, N_s) holds each clip's neighbour indices, itself
+    excluded (as :func:`cosine_neighbours` gives them)."""
+    labels = torch.as_tensor(labels)
+    neighbours = torch.as_tensor(neighbours, dtype=torch.long)
+    if neighbours.dim() != 2 or neighbours.shape[0] != labels.shape[0]:
+        raise ValueError(f"neighbours must be (n, N_s) with n = {labels.shape[0]}, "
+                         f"got {tuple(neighbours.shape)}")
+    agree = (labels[neighbours] == labels[:, None]).double().mean(dim=1)
+    return agree > lam
+
+
+def fixmatch_mask(probs: torch.Tensor, tau: float = 0.75) -> torch.Tensor:
+    """(B,) bool: FixMatch's confidence mask, max probability >= ``tau``."""
+    return probs.max(dim=-1).values >= tau
+
+
+def double_softmax_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """SPICE's stage-2 loss: cross-entropy of softmax(softmax(logits)) against ``target``.
+
+    Its minimum is log(1 + (K - 1) / e) > 0, not 0: it never asks for more than a mild
+    preference, which keeps noisy proto-pseudo-labels from being fitted hard.
+    """
+    return F.cross_entropy(torch.softmax(logits, dim=-1), target)
+
+
+def cosine_neighbours(x: torch.Tensor, k: int, chunk: int = 4096) -> torch.Tensor:
+    """(n, k) indices of each row's ``k`` most cosine-similar other rows (exact; the row
+    itself excluded), in descending similarity."""
+    n = x.shape[0]
+    if not 1 <= k < n:
+        raise ValueError(f"k must be in [1, {n - 1}], got {k}")
+    xn = F.normalize(x.float(), dim=1)
+    out = torch.empty(n, k, dtype=torch.long)
+    for s in range(0, n, chunk):
+        sims = xn[s : s + chunk] @ xn.T
+        rows = torch.arange(sims.shape[0])
+        sims[rows, rows + s] = -math.inf  # never one's own neighbour
+        out[s : s + chunk] = sims.topk(k, dim=1).indices
+    return out
+
+
+# --- data helpers ------------------------------------------------------------------------
+
+
+def _clip_batches(
+    bank: LogMelBank, order: np.ndarray, mean: float, std: float, min_frames: int,
+    batch_size: int,
+) -> Iterator[tuple[np.ndarray, torch.Tensor, torch.Tensor]]:
+    """(indices, normalised whole clips zero-padded to (B, 1, F, T), lengths) in ``order``.
+
+    A clip shorter than ``min_frames`` is tiled up to it.
+    """
+    for s in range(0, len(order), batch_size):
+        idx = order[s : s + batch_size]
+        clips = []
+        for i in idx:
+            c = bank.clip(int(i))
+            if c.shape[1] < min_frames:
+                c = np.tile(c, (1, math.ceil(min_frames / c.shape[1])))
+            clips.append(c)
+        width = max(c.shape[1] for c in clips)
+        batch = np.zeros((len(idx), 1, clips[0].shape[0], width), dtype=np.float32)
+        for row, c in enumerate(clips):
+            batch[row, 0, :, : c.shape[1]] = (c - mean) / std
+        yield idx, torch.from_numpy(batch), torch.tensor([c.shape[1] for c in clips])
+
+
+@torch.inference_mode()
+def _embed_bank(
+    encoder: nn.Module, bank: LogMelBank, mean: float, std: float, batch_size: int = 64
+) -> torch.Tensor:
+    """Whole-clip embeddings (n, d) of every clip of ``bank``, in eval mode.
+
+    Equivalent to :func:`~audioclust.models.embedder.embed_clips` on the waveforms, but
+    from the cached log-mels: clips are sorted by length and zero-padded with their
+    lengths passed, so padding never changes an embedding.
+    """
+    encoder.eval()
+    order = np.argsort(bank.lengths, kind="stable")
+    out = torch.empty(len(bank), int(encoder.embed_dim))
+    for idx, x, lengths in _clip_batches(bank, order, mean, std, int(encoder.min_frames),
+                                         batch_size):
+        out[torch.from_numpy(idx)] = encoder(x, lengths).float()
+    return out
+
+
+def _floored_std(x: torch.Tensor) -> torch.Tensor:
+    """Per-dimension std of ``x`` (n, d), floored at the median std of the live dimensions.
+
+    ReLU encoders leave dimensions that are constant (dead) or nearly so on the training
+    clips but not on augmented ones, nor once stage 3 moves the encoder. Divided by their
+    own tiny std they would dominate every standardised vector (on FSDD with BYOL-A,
+    augmented views lost nearly all nearest-neighbour agreement with ClusterHead's 1e-6
+    floor; stage 3 on a random encoder collapsed to one cluster as dead units woke up).
+    With the floor they count like a typical dimension. Live: std above 1e-3 of the
+    largest.
+    """
+    std = x.std(dim=0)
+    live = std[std > 1e-3 * std.max()]
+    floor = float(live.median()) if live.numel() else 1.0
+    return std.clamp_min(max(floor, 1e-6))
+
+
+class _Views:
+    """Random normalised crops of a bank under a SpecAugment, drawn reproducibly.
+
+    Crops come from :class:`~audioclust.training.ssl.trainer.CropDataset` (clips shorter
+    than a crop are tiled, never padded); every call takes a fresh crop key, so two
+    views of one clip get independent crops.
+    """
+
+    def __init__(self, bank: LogMelBank, crop_frames: int, mean: float, std: float, seed: int):
+        self.crops = CropDataset(bank, crop_frames, mean, std, seed)
+        self._key = 0
+
+    def __call__(self, idx: np.ndarray | list[int], augment: nn.Module) -> torch.Tensor:
+        self.crops.set_epoch(self._key)
+        self._key += 1
+        x = torch.stack([self.crops[int(i)] for i in idx])
+        return augment(x)
+
+
+def _train_mode(encoder: nn.Module) -> None:
+    """Train mode, except BatchNorm, which keeps using (and never updates) its running
+    statistics: the stage-2 head was fitted to eval-mode embeddings and the encoder is
+    used in eval mode afterwards, and batch statistics of small, augmented batches would
+    change the very function the head was fitted to (for a randomly initialised encoder,
+    whose running statistics are the defaults, completely)."""
+    encoder.train()
+    for m in encoder.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
+
+
+def _spec_augment(spec: AugmentSpec | None, generator: torch.Generator) -> nn.Module:
+    if spec is None:  # the random crop alone
+        return nn.Identity()
+    if isinstance(spec, str):
+        return SpecAugment.preset(spec, generator=generator)  # type: ignore[arg-type]
+    return SpecAugment(**dict(spec), generator=generator)
+
+
+# --- the estimator -----------------------------------------------------------------------
+
+
+class SPICE:
+    """SPICE stages 2 and 3, in the scikit-learn estimator style.
+
+    Hyperparameters (constructor only):
+
+    - head: ``n_heads`` parallel heads, ``hidden_dim`` / ``n_layers`` (1 hidden layer =
+      SPICE's two-layer MLP);
+    - views: ``crop_frames`` (crop length, 10 ms frames), ``weak_augment`` /
+      ``strong_augment`` (a SpecAugment preset name or its keyword arguments);
+    - stage 2: ``head_epochs``, ``head_batch_size`` (M; M / K clips per cluster),
+      ``head_lr``, ``n_view_sets`` (augmented embedding sets per view);
+    - stage 3: ``n_neighbors`` (N_s), ``reliable_ratio`` (λ), ``joint_epochs`` (passes
+      over the unlabelled clips), ``batch_size`` (labelled clips per step), ``mu``
+      (unlabelled per labelled), ``tau``, ``lambda_u``, ``lr``, ``weight_decay``;
+      ``joint_epochs=0`` stops after stage 2 (then ``embedder_`` is the input encoder);
+    - ``seed``; ``cache_dir`` for the log-mel cache (None: default, "": off).
+
+    After :meth:`fit`: ``head_`` (single-head :class:`ClusterHead` for ``embedder_``'s
+    embeddings, prior = cluster frequencies), ``embedder_``, ``labels_``, ``reliable_``
+    (mask over clips), ``pseudo_labels_`` (stage-2 labels the mask refers to),
+    ``embeddings_`` (``embedder_``'s whole-clip embeddings), ``stage2_head_`` (all
+    stage-2 heads, for the input encoder), ``history_`` (losses per stage, timings).
+    """
+
+    def __init__(
+        self,
+        n_clusters: int,
+        *,
+        n_heads: int = 10,
+        hidden_dim: int = 512,
+        n_layers: int = 1,
+        crop_frames: int = 64,
+        weak_augment: AugmentSpec | None = None,
+        strong_augment: AugmentSpec | None = "weak",
+        head_epochs: int = 60,
+        head_batch_size: int = 512,
+        head_lr: float = 3e-3,
+        n_view_sets: int = 3,
+        n_neighbors: int = 20,
+        reliable_ratio: float = 0.8,
+        joint_epochs: int = 2,
+        batch_size: int = 16,
+        mu: int = 7,
+        tau: float = 0.75,
+        lambda_u: float = 1.0,
+        lr: float = 1e-4,
+        weight_decay: float = 1e-4,
+        seed: int = 0,
+        threads: int = 0,
+        cache_dir: str | os.PathLike | None = None,
+    ):
+        self.n_clusters = n_clusters
+        self.n_heads = n_heads
+        self.hidden_dim = hidden_dim
+        self.n_layers = n_layers
+        self.crop_frames = crop_frames
+        self.weak_augment = weak_augment
+        self.strong_augment = strong_augment
+        self.head_epochs = head_epochs
+        self.head_batch_size = head_batch_size
+        self.head_lr = head_lr
+        self.n_view_sets = n_view_sets
+        self.n_neighbors = n_neighbors
+        self.reliable_ratio = reliable_ratio
+        self.joint_epochs = joint_epochs
+        self.batch_size = batch_size
+        self.mu = mu
+        self.tau = tau
+        self.lambda_u = lambda_u
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.seed = seed
+        self.threads = threads
+        self.cache_dir = cache_dir
+
+    def get_params(self) -> dict[str, Any]:
+        return {k: v for k, v in vars(self).items() if not k.endswith("_")}
+
+    def _check(self, n_clips: int) -> None:
+        if self.n_clusters < 2:
+            raise ValueError(f"n_clusters must be >= 2, got {self.n_clusters}")
+        if n_clips < 2 * self.n_clusters:
+            raise ValueError(f"{n_clips} clips are too few for {self.n_clusters} clusters")
+        positive = ("n_heads", "head_epochs", "head_batch_size", "n_view_sets", "n_neighbors",
+                    "batch_size", "mu")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.joint_epochs < 0:
+            raise ValueError(f"joint_epochs must be >= 0, got {self.joint_epochs}")
+        if self.n_neighbors >= n_clips:
+            raise ValueError(f"n_neighbors={self.n_neighbors} needs more than that many clips")
+        if not 0.0 <= self.reliable_ratio < 1.0 or not 0.0 < self.tau <= 1.0:
+            raise ValueError("reliable_ratio must be in [0, 1) and tau in (0, 1]")
+        if self.crop_frames < 8:
+            raise ValueError(f"crop_frames must be >= 8, got {self.crop_frames}")
+
+    # --- fit ---------------------------------------------------------------------------
+
+    def fit(
+        self,
+        embedder: Embedder | str | os.PathLike,
+        data: AudioFolder | LogMelBank,
+        progress: bool = True,
+    ) -> SPICE:
+        """Run stages 2 and 3 on every clip of ``data`` with ``embedder``'s encoder.
+
+        ``embedder``: an :class:`Embedder` or the path of its checkpoint (it is copied,
+        never modified). ``data``: an :class:`AudioFolder` (log-mels computed with the
+        embedder's frontend, cached) or a :class:`LogMelBank` made with that frontend.
+        Labels in ``data`` are never used. The caller's global torch RNG is left as it was.
+        """
+        threads = torch.get_num_threads()
+        if self.threads:
+            torch.set_num_threads(self.threads)
+        # Building modules (load_embedder included) draws from the global RNG.
+        try:
+            with torch.random.fork_rng(devices=[]):
+                if isinstance(embedder, str | os.PathLike):
+                    embedder = load_embedder(embedder)
+                if isinstance(data, AudioFolder):
+                    bank = logmel_bank(data, embedder.frontend.config, cache_dir=self.cache_dir,
+                                       progress=progress)
+                else:
+                    bank = data
+                self._check(len(bank))
+                torch.manual_seed(self.seed)
+                self._fit(embedder, bank, progress)
+        finally:
+            torch.set_num_threads(threads)
+        return self
+
+    def _fit(self, embedder: Embedder, bank: LogMelBank, progress: bool) -> None:
+        t0, c0 = time.perf_counter(), time.process_time()
+        mean, std = float(embedder.norm_mean), float(embedder.norm_std)
+        encoder = copy.deepcopy(embedder.encoder).cpu()
+        gen = torch.Generator().manual_seed(self.seed)
+        weak = _spec_augment(self.weak_augment, gen)
+        strong = _spec_augment(self.strong_augment, gen)
+        views = _Views(bank, self.crop_frames, mean, std, self.seed)
+        rng = np.random.default_rng(self.seed)
+        timings: dict[str, float] = {}
+
+        original = _embed_bank(encoder, bank, mean, std)
+        heads = ClusterHead(HeadConfig(
+            in_dim=original.shape[1], n_clusters=self.n_clusters, n_heads=self.n_heads,
+            hidden_dim=self.hidden_dim, n_layers=self.n_layers,
+        ))
+        heads.set_input_stats(original.mean(dim=0), _floored_std(original))
+        feats = heads.prepare(original)  # the space cosine similarities are taken in
+
+        weak_sets, strong_sets = self._view_sets(encoder, views, weak, strong, len(bank),
+                                                 progress)
+        timings["views"] = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        stage2 = self._train_heads(heads, feats, weak_sets, strong_sets, rng, progress)
+        self.stage2_head_ = heads.eval()
+        timings["stage2"] = time.perf_counter() - t1
+
+        best = int(heads.selected)
+        with torch.no_grad():
+            pseudo = heads.all_logits(original)[best].argmax(dim=1)
+        neighbours = cosine_neighbours(feats, self.n_neighbors)
+        reliable = reliable_mask(pseudo, neighbours, self.reliable_ratio)
+        self.pseudo_labels_ = pseudo.numpy()
+        self.reliable_ = reliable.numpy()
+
+        # Stage 3 works on one head: the stage-2 winner, input statistics included (the
+        # head is trained in stage 3 with exactly those, so they stay part of it).
+        head = ClusterHead(HeadConfig(
+            in_dim=heads.config.in_dim, n_clusters=self.n_clusters, n_heads=1,
+            hidden_dim=self.hidden_dim, n_layers=self.n_layers,
+        ))
+        head.heads[0].load_state_dict(heads.heads[best].state_dict())
+        head.set_input_stats(heads.input_mean, heads.input_std)
+        t2 = time.perf_counter()
+        stage3 = self._train_joint(encoder, head, views, weak, strong, pseudo, reliable, rng,
+                                   progress)
+        timings["stage3"] = time.perf_counter() - t2
+
+        # The encoder changed in stage 3 (if it ran): embed again.
+        embeddings = _embed_bank(encoder, bank, mean, std) if self.joint_epochs else original
+        self.embedder_ = Embedder(encoder.eval(), embedder.frontend.config, mean, std).eval()
+        head.eval()
+        with torch.no_grad():
+            labels = head(embeddings).argmax(dim=1)
+        counts = torch.bincount(labels, minlength=self.n_clusters).double()
+        head.prior.copy_((counts / counts.sum()).float())
+        self.head_ = head
+        self.embeddings_ = embeddings.numpy()
+        self.labels_ = labels.numpy()
+        timings["total"] = time.perf_counter() - t0
+        timings["cpu_total"] = time.process_time() - c0  # all threads; load-independent
+        per_cluster = torch.bincount(pseudo[reliable], minlength=self.n_clusters)
+        self.history_ = {
+            "stage2": stage2,
+            "reliable": {"count": int(reliable.sum()), "fraction": float(reliable.double().mean()),
+                         "per_cluster": per_cluster.tolist()},
+            "stage3": stage3,
+            "seconds": timings,
+        }
+
+    @torch.inference_mode()
+    def _view_sets(
+        self, encoder: nn.Module, views: _Views, weak: nn.Module, strong: nn.Module, n: int,
+        progress: bool,
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """``n_view_sets`` weak and strong embedding sets, each (n, d), frozen encoder."""
+        encoder.eval()
+        out: tuple[list[torch.Tensor], list[torch.Tensor]] = ([], [])
+        batch = 128
+        bar = tqdm(total=2 * self.n_view_sets * n, desc="spice views", unit="clip",
+                   disable=not progress)
+        for _ in range(self.n_view_sets):
+            for sets, augment in zip(out, (weak, strong), strict=True):
+                parts = []
+                for s in range(0, n, batch):
+                    idx = np.arange(s, min(s + batch, n))
+                    parts.append(encoder(views(idx, augment)).float())
+                    bar.update(len(idx))
+                sets.append(torch.cat(parts))
+        bar.close()
+        return out
+
+    def _train_heads(
+        self, heads: ClusterHead, feats: torch.Tensor, weak_sets: list[torch.Tensor],
+        strong_sets: list[torch.Tensor], rng: np.random.Generator, progress: bool,
+    ) -> dict[str, Any]:
+        """Stage 2: every head trained on the same batches; selects the best by loss."""
+        n = feats.shape[0]
+        m = min(self.head_batch_size, n)
+        per_cluster = max(1, m // self.n_clusters)
+        opt = torch.optim.AdamW(heads.heads.parameters(), lr=self.head_lr, weight_decay=1e-4)
+        heads.train()
+        epoch_losses: list[list[float]] = []
+        for _ in tqdm(range(self.head_epochs), desc="spice stage 2", unit="epoch",
+                      disable=not progress):
+            weak = weak_sets[int(rng.integers(len(weak_sets)))]
+            strong = strong_sets[int(rng.integers(len(strong_sets)))]
+            order = torch.from_numpy(rng.permutation(n))
+            # Only full batches: a short tail would change M / K and the loss scale.
+            n_batches = max(1, n // m)
+            sums = torch.zeros(self.n_heads, dtype=torch.float64)
+            for b in range(n_batches):
+                idx = order[b * m : (b + 1) * m]
+                with torch.no_grad():
+                    probs = torch.softmax(heads.all_logits(weak[idx]), dim=-1)  # (H, M, K)
+                logits = heads.all_logits(strong[idx])
+                losses = []
+                for h in range(self.n_heads):
+                    sel, target = proto_pseudo_labels(probs[h], feats[idx], per_cluster)
+                    losses.append(double_softmax_cross_entropy(logits[h, sel], target))
+                loss = torch.stack(losses)
+                opt.zero_grad(set_to_none=True)
+                loss.sum().backward()  # heads share no parameters: one step trains each
+                opt.step()
+                sums += loss.detach().double()
+            epoch_losses.append((sums / n_batches).tolist())
+        final = epoch_losses[-1]
+        best = int(np.argmin(final))
+        heads.select(best)
+        return {"loss": epoch_losses, "selected_head": best, "final_loss": final,
+                "per_cluster": per_cluster, "batch_size": m}
+
+    def _train_joint(
+        self, encoder: nn.Module, head: ClusterHead, views: _Views, weak: nn.Module,
+        strong: nn.Module, pseudo: torch.Tensor, reliable: torch.Tensor,
+        rng: np.random.Generator, progress: bool,
+    ) -> dict[str, Any]:
+        """Stage 3: FixMatch on encoder + head with the reliable labels as ground truth."""
+        n = pseudo.shape[0]
+        labelled = np.flatnonzero(reliable.numpy())
+        # Class-balanced labelled batches (DeepCluster's remedy): reliable clips are often
+        # far from balanced, and FixMatch's self-training amplifies whichever cluster
+        # dominates the supervised signal until the others die out.
+        members = [labelled[pseudo[labelled].numpy() == k] for k in range(self.n_clusters)]
+        members = [m for m in members if len(m)]
+        b_l = self.batch_size
+        b_u = min(self.mu * self.batch_size, n)
+        steps_per_epoch = math.ceil(n / b_u)
+        total = steps_per_epoch * self.joint_epochs
+        history: dict[str, Any] = {"loss": [], "loss_s": [], "loss_u": [], "mask_rate": [],
+                                   "epochs": [], "steps_per_epoch": steps_per_epoch,
+                                   "labelled_batch": b_l, "unlabelled_batch": b_u}
+        if total == 0:
+            return history
+        params = [*encoder.parameters(), *head.parameters()]
+        opt = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
+        step = 0
+        bar = tqdm(total=total, desc="spice stage 3", unit="step", disable=not progress)
+        for epoch in range(self.joint_epochs):
+            _train_mode(encoder)
+            head.train()
+            order = rng.permutation(n)
+            for s in range(steps_per_epoch):
+                # FixMatch's schedule: cosine from lr down to cos(7π/16) ≈ 0.2 lr.
+                for group in opt.param_groups:
+                    group["lr"] = self.lr * math.cos(7 * math.pi * step / (16 * total))
+                u_idx = order[s * b_u : (s + 1) * b_u]
+                if len(u_idx) < b_u:  # last step of an epoch: top up from the start
+                    u_idx = np.concatenate([u_idx, order[: b_u - len(u_idx)]])
+                if members:  # a uniform cluster, then a uniform reliable clip of it
+                    picks = rng.integers(len(members), size=b_l)
+                    l_idx = np.array([members[c][rng.integers(len(members[c]))] for c in picks])
+                else:  # no reliable clip: unlabelled loss only (reported as loss_s = 0)
+                    l_idx = np.empty(0, dtype=np.int64)
+                with torch.no_grad():
+                    # Pseudo-labels from the weak view; no gradient, so no backward cost.
+                    p_weak = head(encoder(views(u_idx, weak)))  # forward gives the posterior
+                mask = fixmatch_mask(p_weak, self.tau)
+                target_u = p_weak.argmax(dim=1)
+                x = torch.cat([views(l_idx, weak), views(u_idx, strong)]) if len(l_idx) \
+                    else views(u_idx, strong)
+                logits = head.all_logits(encoder(x))[0]
+                loss_s = (F.cross_entropy(logits[: len(l_idx)], pseudo[l_idx]) if len(l_idx)
+                          else logits.new_zeros(()))
+                per_clip = F.cross_entropy(logits[len(l_idx):], target_u, reduction="none")
+                loss_u = (per_clip * mask).mean()  # FixMatch averages over all μB clips
+                loss = loss_s + self.lambda_u * loss_u
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"SPICE stage 3: loss {loss.item()} at step "
+                                             f"{step}; lower lr")
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                step += 1
+                for key, value in (("loss", loss), ("loss_s", loss_s), ("loss_u", loss_u),
+                                   ("mask_rate", mask.float().mean())):
+                    history[key].append(float(value.detach()))
+                bar.set_postfix(loss=f"{history['loss'][-1]:.3f}",
+                                mask=f"{history['mask_rate'][-1]:.2f}")
+                bar.update()
+            recent = slice(-steps_per_epoch, None)
+            history["epochs"].append({
+                "epoch": epoch + 1,
+                **{k: float(np.mean(history[k][recent]))
+                   for k in ("loss", "loss_s", "loss_u", "mask_rate")},
+            })
+        bar.close()
+        return history
+
+    # --- inference ---------------------------------------------------------------------
+
+    def _fitted_head(self) -> ClusterHead:
+        if not hasattr(self, "head_"):
+            raise RuntimeError("this SPICE is not fitted yet; call fit() first")
+        return self.head_
+
+    @torch.no_grad()
+    def predict_proba(self, embeddings: np.ndarray | torch.Tensor) -> np.ndarray:
+        """Cluster posteriors (n, K) of ``embeddings`` made by ``embedder_``."""
+        head = self._fitted_head().eval()
+        return head(torch.as_tensor(np.asarray(embeddings), dtype=torch.float32)).numpy()
+
+    def predict(self, embeddings: np.ndarray | torch.Tensor) -> np.ndarray:
+        """Cluster indices (n,) of ``embeddings`` made by ``embedder_``."""
+        return self.predict_proba(embeddings).argmax(axis=1)
