@@ -17,9 +17,9 @@ from audioclust.models.frontend import FrontendConfig
 from audioclust.models.heads import ClusterHead
 from audioclust.training.datasets import AudioFolder
 from audioclust.training.features import logmel_bank
+from audioclust.training.heads.neighbors import knn
 from audioclust.training.heads.spice import (
     SPICE,
-    cosine_neighbours,
     double_softmax_cross_entropy,
     fixmatch_mask,
     proto_pseudo_labels,
@@ -105,16 +105,6 @@ def test_reliable_mask_needs_more_than_lambda_agreement():
         reliable_mask(labels, neighbours[:3], 0.5)
 
 
-def test_cosine_neighbours_exclude_self_and_follow_angles():
-    angles = torch.tensor([0.0, 10.0, 25.0, 90.0, 100.0])
-    x = torch.stack([torch.cos(torch.deg2rad(angles)), torch.sin(torch.deg2rad(angles))], 1)
-    x = x * torch.tensor([1.0, 5.0, 0.2, 2.0, 1.0])[:, None]  # norms must not matter
-    nb = cosine_neighbours(x, 2, chunk=2)  # several chunks
-    assert nb.tolist() == [[1, 2], [0, 2], [1, 0], [4, 2], [3, 2]]
-    with pytest.raises(ValueError):
-        cosine_neighbours(x, 5)
-
-
 # --- FixMatch mask -------------------------------------------------------------------------
 
 
@@ -186,10 +176,27 @@ TINY = dict(n_heads=3, hidden_dim=64, crop_frames=32, head_epochs=25, head_batch
 @pytest.fixture(scope="module")
 def fitted(tiny):
     rng_before = torch.get_rng_state()
-    sp = SPICE(3, seed=0, cache_dir=str(tiny["root"] / "cache"), **TINY)
+    lines: list[str] = []
+    sp = SPICE(3, seed=0, cache_dir=str(tiny["root"] / "cache"), log=lines.append, **TINY)
     sp.fit(tiny["encoder"], tiny["folder"], progress=False)
     assert torch.equal(torch.get_rng_state(), rng_before)  # the caller's RNG is untouched
+    assert [line.split(":")[0] for line in lines] == [
+        "SPICE stage 2", "SPICE reliable labels", "SPICE stage 3"]
     return sp
+
+
+def test_reliable_labels_are_neighbour_agreement_in_the_head_input_space(fitted, tiny):
+    sp = fitted
+    clips = [tiny["folder"].load(i)[0] for i in range(len(tiny["folder"]))]
+    original = torch.from_numpy(embed_clips(load_embedder(tiny["encoder"]), clips))
+    with torch.no_grad():
+        stage2 = sp.stage2_head_.all_logits(original)[int(sp.stage2_head_.selected)]
+        feats = sp.stage2_head_.prepare(original).numpy()
+    assert np.array_equal(stage2.argmax(1).numpy(), sp.pseudo_labels_)
+    neighbours = knn(feats, TINY["n_neighbors"])[0]
+    expected = reliable_mask(torch.from_numpy(sp.pseudo_labels_), torch.from_numpy(neighbours),
+                             TINY["reliable_ratio"])
+    assert np.array_equal(sp.reliable_, expected.numpy())
 
 
 def test_tiny_fit_produces_a_used_head_and_a_decreasing_stage3_loss(fitted, tiny):
@@ -213,9 +220,9 @@ def test_tiny_fit_produces_a_used_head_and_a_decreasing_stage3_loss(fitted, tiny
 
     h = sp.history_
     assert len(h["stage2"]["loss"]) == TINY["head_epochs"]
-    assert len(h["stage2"]["final_loss"]) == TINY["n_heads"]
-    assert h["stage2"]["final_loss"][h["stage2"]["selected_head"]] == min(
-        h["stage2"]["final_loss"])
+    last = h["stage2"]["last_epoch_per_head"]
+    assert len(last) == TINY["n_heads"]
+    assert last[h["stage2"]["selected_head"]] == min(last)
     assert np.mean(h["stage2"]["loss"][-1]) < np.mean(h["stage2"]["loss"][0])
     epochs = h["stage3"]["epochs"]
     assert len(epochs) == TINY["joint_epochs"]

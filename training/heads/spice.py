@@ -48,7 +48,7 @@ import copy
 import math
 import os
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -62,11 +62,12 @@ from audioclust.models.heads import ClusterHead, HeadConfig
 from audioclust.training.augment import SpecAugment
 from audioclust.training.datasets import AudioFolder
 from audioclust.training.features import LogMelBank, logmel_bank
+from audioclust.training.heads import HeadEstimator
+from audioclust.training.heads.neighbors import knn
 from audioclust.training.ssl.trainer import CropDataset
 
 __all__ = [
     "SPICE",
-    "cosine_neighbours",
     "double_softmax_cross_entropy",
     "fixmatch_mask",
     "proto_pseudo_labels",
@@ -109,7 +110,7 @@ def proto_pseudo_labels(
 def reliable_mask(labels: torch.Tensor, neighbours: torch.Tensor, lam: float) -> torch.Tensor:
     """(n,) bool: True where *more than* a fraction ``lam`` of a clip's neighbours share
     its label. ``neighbours`` (n, N_s) holds each clip's neighbour indices, itself
-    excluded (as :func:`cosine_neighbours` gives them)."""
+    excluded (as :func:`audioclust.training.heads.neighbors.knn` gives them)."""
     labels = torch.as_tensor(labels)
     neighbours = torch.as_tensor(neighbours, dtype=torch.long)
     if neighbours.dim() != 2 or neighbours.shape[0] != labels.shape[0]:
@@ -131,22 +132,6 @@ def double_softmax_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> 
     preference, which keeps noisy proto-pseudo-labels from being fitted hard.
     """
     return F.cross_entropy(torch.softmax(logits, dim=-1), target)
-
-
-def cosine_neighbours(x: torch.Tensor, k: int, chunk: int = 4096) -> torch.Tensor:
-    """(n, k) indices of each row's ``k`` most cosine-similar other rows (exact; the row
-    itself excluded), in descending similarity."""
-    n = x.shape[0]
-    if not 1 <= k < n:
-        raise ValueError(f"k must be in [1, {n - 1}], got {k}")
-    xn = F.normalize(x.float(), dim=1)
-    out = torch.empty(n, k, dtype=torch.long)
-    for s in range(0, n, chunk):
-        sims = xn[s : s + chunk] @ xn.T
-        rows = torch.arange(sims.shape[0])
-        sims[rows, rows + s] = -math.inf  # never one's own neighbour
-        out[s : s + chunk] = sims.topk(k, dim=1).indices
-    return out
 
 
 # --- data helpers ------------------------------------------------------------------------
@@ -253,7 +238,7 @@ def _spec_augment(spec: AugmentSpec | None, generator: torch.Generator) -> nn.Mo
 # --- the estimator -----------------------------------------------------------------------
 
 
-class SPICE:
+class SPICE(HeadEstimator):
     """SPICE stages 2 and 3, in the scikit-learn estimator style.
 
     Hyperparameters (constructor only):
@@ -268,7 +253,9 @@ class SPICE:
       over the unlabelled clips), ``batch_size`` (labelled clips per step), ``mu``
       (unlabelled per labelled), ``tau``, ``lambda_u``, ``lr``, ``weight_decay``;
       ``joint_epochs=0`` stops after stage 2 (then ``embedder_`` is the input encoder);
-    - ``seed``; ``cache_dir`` for the log-mel cache (None: default, "": off).
+    - ``seed``; ``threads`` (torch threads during fit; 0 leaves the setting alone);
+      ``cache_dir`` for the log-mel cache (None: default, "": off); ``log`` receives a
+      one-line summary after each stage.
 
     After :meth:`fit`: ``head_`` (single-head :class:`ClusterHead` for ``embedder_``'s
     embeddings, prior = cluster frequencies), ``embedder_``, ``labels_``, ``reliable_``
@@ -303,6 +290,7 @@ class SPICE:
         seed: int = 0,
         threads: int = 0,
         cache_dir: str | os.PathLike | None = None,
+        log: Callable[[str], None] | None = None,
     ):
         self.n_clusters = n_clusters
         self.n_heads = n_heads
@@ -327,9 +315,11 @@ class SPICE:
         self.seed = seed
         self.threads = threads
         self.cache_dir = cache_dir
+        self.log = log
 
-    def get_params(self) -> dict[str, Any]:
-        return {k: v for k, v in vars(self).items() if not k.endswith("_")}
+    def _log(self, message: str) -> None:
+        if self.log is not None:
+            self.log(message)
 
     def _check(self, n_clips: int) -> None:
         if self.n_clusters < 2:
@@ -411,14 +401,19 @@ class SPICE:
         stage2 = self._train_heads(heads, feats, weak_sets, strong_sets, rng, progress)
         self.stage2_head_ = heads.eval()
         timings["stage2"] = time.perf_counter() - t1
+        self._log(f"SPICE stage 2: {self.n_heads} heads, head {stage2['selected_head']} kept "
+                  f"(loss {min(stage2['last_epoch_per_head']):.4f}); views "
+                  f"{timings['views']:.0f} s, heads {timings['stage2']:.0f} s")
 
         best = int(heads.selected)
         with torch.no_grad():
             pseudo = heads.all_logits(original)[best].argmax(dim=1)
-        neighbours = cosine_neighbours(feats, self.n_neighbors)
+        neighbours = torch.from_numpy(knn(feats.numpy(), self.n_neighbors, seed=self.seed)[0])
         reliable = reliable_mask(pseudo, neighbours, self.reliable_ratio)
         self.pseudo_labels_ = pseudo.numpy()
         self.reliable_ = reliable.numpy()
+        self._log(f"SPICE reliable labels: {int(reliable.sum())} of {len(reliable)} clips "
+                  f"(more than {self.reliable_ratio} of {self.n_neighbors} neighbours agree)")
 
         # Stage 3 works on one head: the stage-2 winner, input statistics included (the
         # head is trained in stage 3 with exactly those, so they stay part of it).
@@ -432,6 +427,11 @@ class SPICE:
         stage3 = self._train_joint(encoder, head, views, weak, strong, pseudo, reliable, rng,
                                    progress)
         timings["stage3"] = time.perf_counter() - t2
+        if stage3["epochs"]:
+            last = stage3["epochs"][-1]
+            self._log(f"SPICE stage 3: {self.joint_epochs} epochs, last loss {last['loss']:.4f} "
+                      f"(labelled {last['loss_s']:.4f}, unlabelled {last['loss_u']:.4f}, "
+                      f"mask rate {last['mask_rate']:.2f}); {timings['stage3']:.0f} s")
 
         # The encoder changed in stage 3 (if it ran): embed again.
         embeddings = _embed_bank(encoder, bank, mean, std) if self.joint_epochs else original
@@ -514,7 +514,7 @@ class SPICE:
         final = epoch_losses[-1]
         best = int(np.argmin(final))
         heads.select(best)
-        return {"loss": epoch_losses, "selected_head": best, "final_loss": final,
+        return {"loss": epoch_losses, "selected_head": best, "last_epoch_per_head": final,
                 "per_cluster": per_cluster, "batch_size": m}
 
     def _train_joint(
@@ -594,19 +594,9 @@ class SPICE:
         bar.close()
         return history
 
-    # --- inference ---------------------------------------------------------------------
-
-    def _fitted_head(self) -> ClusterHead:
-        if not hasattr(self, "head_"):
-            raise RuntimeError("this SPICE is not fitted yet; call fit() first")
-        return self.head_
-
-    @torch.no_grad()
-    def predict_proba(self, embeddings: np.ndarray | torch.Tensor) -> np.ndarray:
-        """Cluster posteriors (n, K) of ``embeddings`` made by ``embedder_``."""
-        head = self._fitted_head().eval()
-        return head(torch.as_tensor(np.asarray(embeddings), dtype=torch.float32)).numpy()
-
-    def predict(self, embeddings: np.ndarray | torch.Tensor) -> np.ndarray:
-        """Cluster indices (n,) of ``embeddings`` made by ``embedder_``."""
-        return self.predict_proba(embeddings).argmax(axis=1)
+    def fit_predict(  # type: ignore[override]
+        self, embedder: Embedder | str | os.PathLike, data: AudioFolder | LogMelBank,
+        progress: bool = True,
+    ) -> np.ndarray:
+        """:meth:`fit`, then the clusters of the clips (``labels_``)."""
+        return self.fit(embedder, data, progress).labels_
