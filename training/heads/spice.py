@@ -1,45 +1,62 @@
 """SPICE for audio: a clustering head on a frozen encoder, then joint semi-supervised tuning.
 
 SPICE (Niu, Shan and Wang, 2022) has three stages; stage 1, self-supervised encoder
-training, is ``audioclust-train ssl``. This module does the other two.
+training, is ``audioclust-train ssl``. :class:`SPICE` does the other two.
 
-Stage 2, head training on the frozen encoder (an EM-like loop, per batch of M clips):
+Stage 2, heads on the frozen encoder (an EM-like loop, per batch of M clips):
 
-- views: *original* = the embedding of the whole clip (what the head sees at inference),
-  *weak* / *strong* = embeddings of random log-mel crops under SpecAugment's weak / strong
-  presets. The encoder is frozen, so the augmented embeddings are computed up front:
-  ``n_view_sets`` weak and as many strong sets, one weak and one strong set drawn per
-  epoch (independently, so 3 + 3 sets give 9 pairings for the cost of 6 passes);
+- views: *original* = the embedding of the whole clip (what the head sees later);
+  *weak* and *strong* = embeddings of random ``crop_frames``-long log-mel crops (short
+  clips tiled, as in SSL training), each under its own augmentation. The encoder is
+  frozen, so ``n_view_sets`` weak and as many strong embedding sets are computed up
+  front and each epoch draws one of each (3 + 3 sets give 9 pairings for 6 passes);
 - E-step (:func:`proto_pseudo_labels`): the weak view's probabilities pick each
   cluster's top M/K clips; the mean of their original features is the cluster centre;
   the M/K clips most cosine-similar to a centre get that cluster as proto-pseudo-label;
 - M-step: cross-entropy of those labels on the *double softmax* of the strong view's
-  logits (the head's probabilities are fed to a softmax cross-entropy again). Its
-  gradients are small and flat, so early, noisy pseudo-labels cannot be fitted hard;
-- ``n_heads`` heads train in parallel on the same batches; the one with the lowest
-  loss over the last epoch is kept.
+  logits (:func:`double_softmax_cross_entropy`): its floor is log(1 + (K-1)/e), so
+  early, noisy pseudo-labels are never fitted hard;
+- ``n_heads`` heads train on the same batches; the lowest last-epoch loss is kept.
 
-Stage 3, joint training of encoder and head:
+Stage 3, encoder and head together (the stage-2 winner, its input statistics kept):
 
 - reliable labels (:func:`reliable_mask`): a clip's stage-2 label is reliable if more
-  than ``reliable_ratio`` of its ``n_neighbors`` nearest clips (cosine, original
-  embeddings) share it; these are then treated as ground truth;
-- FixMatch: cross-entropy on reliable clips (weak view) plus ``lambda_u`` times the
-  cross-entropy of each unlabelled clip's strong view against the weak view's argmax,
-  counted only where the weak view is confident (:func:`fixmatch_mask`, max probability
-  >= ``tau``); ``mu`` unlabelled clips per labelled clip; AdamW with FixMatch's cosine
-  decay. The encoder starts from the given embedder and is returned as ``embedder_``.
+  than ``reliable_ratio`` of its ``n_neighbors`` cosine nearest clips share it (faiss,
+  :mod:`audioclust.training.heads.neighbors`); they are then fixed, as ground truth;
+- FixMatch: cross-entropy on reliable clips' weak views, plus ``lambda_u`` times the
+  cross-entropy of every unlabelled clip's strong view against its weak view's argmax,
+  counted where the weak view is confident (:func:`fixmatch_mask`: max probability >=
+  ``tau`` = 0.75, the better threshold with a pretrained model in the project's
+  FixMatch notes); ``mu`` = 7 unlabelled clips per labelled one; AdamW with FixMatch's
+  cosine decay (to cos(7π/16) of ``lr``). The tuned encoder is ``embedder_``.
 
-Cosine similarities are taken on the embeddings as the head sees them (standardised
-with the training statistics, then L2-normalised): raw AudioNTT embeddings are
-non-negative (ReLU then pooling), so cosine on them is dominated by their common mean.
+Choices the papers leave open or that audio forced, each measured on FSDD (3,000 clips,
+10 digits) with the project's BYOL-A AudioNTT after 3 training epochs:
 
-CPU defaults (documented measurements in the module's tests and issue report): the full
-FSDD (3,000 clips, 512-d AudioNTT) runs end to end in well under 20 minutes on 2 cores
-with ``n_view_sets=3``, ``head_epochs=60``, ``joint_epochs=2``, ``batch_size=16`` (so
-112 unlabelled clips per step) and 64-frame crops. Stage 3 is most of that time: its
-cost is ``joint_epochs`` x (one forward and backward pass + one forward pass) over the
-data.
+- augmentations: weak = the random crop alone, strong = crop + SpecAugment's "weak"
+  preset (one mask of <= 8 mel bands and one of <= 32 frames). The presets come from
+  5-s clips; on 64-frame crops of ~0.45-s digits the "strong" one (two masks of up to
+  35 bands and 64 frames) leaves the frozen encoder nothing: the 10 nearest originals
+  of a strong view share its digit 13 % of the time (chance 10 %; crop alone 74 %,
+  "weak" preset 38 %), and stage 2 with weak/strong presets reached NMI 0.07 against
+  0.18 for crop/"weak" (k-means: 0.14, 3-epoch encoder). Both are settable
+  (``weak_augment`` / ``strong_augment``: a preset name, SpecAugment keyword
+  arguments, or None for the crop alone);
+- the space of prototypes and neighbours is the head's input space (standardised, then
+  L2-normalised), with the std floored at the median of the live dimensions (see
+  :func:`_floored_std`): dead ReLU units otherwise blow up on augmented views;
+- stage 3 keeps BatchNorm statistics frozen (see :func:`_train_mode`) and samples the
+  labelled batch uniformly over clusters (DeepCluster's remedy against a dominant
+  cluster, in the project's notes): without it FixMatch's self-training collapsed small
+  runs onto one cluster.
+
+CPU cost (defaults, full FSDD, 512-d AudioNTT, 64-frame crops): 18,000 augmented crops
+embedded for the views, 60 epochs of 10 heads, 2 stage-3 epochs of 27 steps (16
+labelled + 112 unlabelled clips; forward and backward on 128 clips plus a forward on
+112). Measured end to end: 254 s wall on 2 idle cores (395 s CPU); 430-830 s with the
+cores shared with other training jobs. Views ~35 %, stage 3 ~45 % of the time.
+Stage 2's heads run on one thread: they are small, and two contending threads were
+~8x slower on the shared machine.
 """
 
 from __future__ import annotations
@@ -197,7 +214,7 @@ def _floored_std(x: torch.Tensor) -> torch.Tensor:
 
 
 class _Views:
-    """Random normalised crops of a bank under a SpecAugment, drawn reproducibly.
+    """Random normalised crops of a bank under an augmentation, drawn reproducibly.
 
     Crops come from :class:`~audioclust.training.ssl.trainer.CropDataset` (clips shorter
     than a crop are tiled, never padded); every call takes a fresh crop key, so two
@@ -246,11 +263,14 @@ class SPICE(HeadEstimator):
     - head: ``n_heads`` parallel heads, ``hidden_dim`` / ``n_layers`` (1 hidden layer =
       SPICE's two-layer MLP);
     - views: ``crop_frames`` (crop length, 10 ms frames), ``weak_augment`` /
-      ``strong_augment`` (a SpecAugment preset name or its keyword arguments);
+      ``strong_augment``: a SpecAugment preset name ("weak", "strong"), its keyword
+      arguments, or None for the random crop alone (defaults: None / "weak", see the
+      module docstring);
     - stage 2: ``head_epochs``, ``head_batch_size`` (M; M / K clips per cluster),
       ``head_lr``, ``n_view_sets`` (augmented embedding sets per view);
-    - stage 3: ``n_neighbors`` (N_s), ``reliable_ratio`` (λ), ``joint_epochs`` (passes
-      over the unlabelled clips), ``batch_size`` (labelled clips per step), ``mu``
+    - stage 3: ``n_neighbors`` (N_s), ``reliable_ratio`` (λ; 20 and 0.8 keep about
+      70 % of FSDD's clips), ``joint_epochs`` (passes over the unlabelled clips; the
+      CPU budget), ``batch_size`` (labelled clips per step), ``mu``
       (unlabelled per labelled), ``tau``, ``lambda_u``, ``lr``, ``weight_decay``;
       ``joint_epochs=0`` stops after stage 2 (then ``embedder_`` is the input encoder);
     - ``seed``; ``threads`` (torch threads during fit; 0 leaves the setting alone);
@@ -398,7 +418,12 @@ class SPICE(HeadEstimator):
                                                  progress)
         timings["views"] = time.perf_counter() - t0
         t1 = time.perf_counter()
-        stage2 = self._train_heads(heads, feats, weak_sets, strong_sets, rng, progress)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # small matrices: a second thread only adds contention
+        try:
+            stage2 = self._train_heads(heads, feats, weak_sets, strong_sets, rng, progress)
+        finally:
+            torch.set_num_threads(threads)
         self.stage2_head_ = heads.eval()
         timings["stage2"] = time.perf_counter() - t1
         self._log(f"SPICE stage 2: {self.n_heads} heads, head {stage2['selected_head']} kept "
@@ -485,6 +510,7 @@ class SPICE(HeadEstimator):
         n = feats.shape[0]
         m = min(self.head_batch_size, n)
         per_cluster = max(1, m // self.n_clusters)
+        # AdamW's usual small decay, as for TEMI's heads; not worth a setting of its own.
         opt = torch.optim.AdamW(heads.heads.parameters(), lr=self.head_lr, weight_decay=1e-4)
         heads.train()
         epoch_losses: list[list[float]] = []
