@@ -50,3 +50,31 @@ def tone() -> np.ndarray:
 def write(path: Path, data: np.ndarray, sr: int, **kwargs) -> Path:
     sf.write(path, data, sr, **kwargs)
     return path
+
+
+@pytest.fixture(scope="session")
+def stream_model(tmp_path_factory) -> Path:
+    """A small exported model for the streaming tests: random AudioNTT, 4-cluster head.
+
+    Random weights, but deterministic (seeded) and with sharp posteriors, so assignments
+    through different sources can be compared exactly.
+    """
+    import torch
+
+    from audioclust.models.embedder import Embedder, save_embedder
+    from audioclust.models.encoders import build_encoder
+    from audioclust.models.export import export_model
+    from audioclust.models.heads import ClusterHead, HeadConfig, save_head
+
+    d = tmp_path_factory.mktemp("stream_model")
+    torch.manual_seed(0)
+    embedder = Embedder(build_encoder("audiontt", {"embed_dim": 64, "channels": 16}),
+                        mean=-6.0, std=5.0).eval()
+    enc = save_embedder(embedder, d / "enc.safetensors", {"method": "random", "data": "none"})
+    head = ClusterHead(HeadConfig(64, 4, n_heads=1, hidden_dim=32))
+    head.temperature.fill_(0.1)
+    hd = save_head(head, d / "head.safetensors", "random", info={"data": "none"})
+    out = d / "model.onnx"
+    export_model(enc, hd, out, window_seconds=1.0, hop_seconds=0.5,
+                 description="random test model")
+    return out
