@@ -10,10 +10,21 @@ from collections.abc import Callable, Sequence
 from audioclust.models.audio import AudioError
 from audioclust.models.config import ConfigError
 
-__all__ = ["EXIT_ERROR", "EXIT_USAGE", "UserError", "comma_list", "run_command"]
+__all__ = [
+    "EXIT_ERROR", "EXIT_USAGE", "HelpFormatter", "UserError", "comma_list", "run_command",
+]
 
 EXIT_ERROR = 1  # the command ran and failed (bad data, missing file, ...)
 EXIT_USAGE = 2  # the command line itself was wrong (argparse uses 2 as well)
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows a flag's default only when it has one (None means "from config/method")."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
 
 
 class UserError(Exception):

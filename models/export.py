@@ -175,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
     import sys
 
-    from .cli import run_command
+    from .cli import HelpFormatter, run_command
 
     parser = argparse.ArgumentParser(
         prog="audioclust-export",
@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
             "(audioclust-train head) as one ONNX graph: 16 kHz waveform + lengths -> "
             "embedding + cluster posterior, with the metadata audioclust-stream needs."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--encoder", required=True, type=Path, help="encoder .safetensors")
     parser.add_argument("--head", required=True, type=Path, help="head .safetensors")

@@ -33,7 +33,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from tqdm.auto import tqdm
 
-from audioclust.models.cli import UserError, comma_list, run_command
+from audioclust.models.cli import HelpFormatter, UserError, comma_list, run_command
 from audioclust.models.config import build_config
 from audioclust.training.baselines import (
     CLUSTERERS,
@@ -121,7 +121,7 @@ def _add_baselines(sub: argparse._SubParsersAction) -> None:
             "that take k get the number of classes; the others use label-free rules "
             "(see docs or training/baselines.py). Features are cached on disk."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("--data", required=True, type=Path, help="folder of audio clips")
     p.add_argument(
@@ -305,7 +305,7 @@ def _add_encoder(sub: argparse._SubParsersAction) -> None:
             "stratified k-fold, mean +- std). Embeddings are cached on disk, keyed on the "
             "checkpoint's content."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("--checkpoint", required=True, type=Path,
                    help="embedder checkpoint (encoder.safetensors from audioclust-train)")
@@ -465,7 +465,7 @@ def _add_head(sub: argparse._SubParsersAction) -> None:
             "head was trained on (its SHA-256 is checked). Writes head-eval.json, "
             "head-eval.md, a confusion matrix and a 2-D (t-SNE) map of the selected head."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("--head", required=True, type=Path,
                    help="head checkpoint (head.safetensors from `audioclust-train head`)")

@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from audioclust.models.cli import UserError, run_command
+from audioclust.models.cli import HelpFormatter, UserError, run_command
 from audioclust.models.config import build_config
 from audioclust.models.encoders import ENCODERS
 from audioclust.training.datasets import AudioFolder
@@ -53,7 +53,7 @@ def _add_ssl(sub: argparse._SubParsersAction) -> None:
             "checkpoints/, state.safetensors for --resume, history.json and loss.png. "
             "Settings come from the defaults, then --config (its [ssl] table), then flags."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("--method", choices=("byola", "msn", "slicer"), help="SSL method "
                    "(default byola)")
@@ -312,7 +312,7 @@ def _add_head(sub: argparse._SubParsersAction) -> None:
             "training/train.py). Settings: defaults, then --config ([head] table; method "
             "settings in [head.temi], [head.deepcluster], [head.spice]), then flags."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("--method", choices=HEAD_METHODS, help="clustering method (default temi)")
     p.add_argument("--encoder", required=True, type=Path, metavar="CKPT",
