@@ -15,6 +15,8 @@ from threadpoolctl import threadpool_limits
 from audioclust.models.embedder import Embedder, save_embedder
 from audioclust.models.encoders import build_encoder
 from audioclust.models.heads import (
+    ClusterHead,
+    HeadConfig,
     file_sha256,
     load_head,
     read_head_metadata,
@@ -199,6 +201,16 @@ def test_head_save_load_roundtrip(fitted_temi, tmp_path):
         torch.testing.assert_close(loaded(z), model.head_(z), rtol=0, atol=0)
     meta = read_head_metadata(path)
     assert meta["method"] == "temi" and meta["encoder_sha256"] == "ab" * 32
+
+
+def test_input_std_is_floored_at_the_median_live_std():
+    head = ClusterHead(HeadConfig(6, 3))
+    std = torch.tensor([0.0, 1e-9, 0.5, 1.0, 2.0, 4.0])  # two dead units; live median 1.0
+    head.set_input_stats(torch.zeros(6), std)
+    np.testing.assert_allclose(head.input_std.numpy(), [1.0, 1.0, 1.0, 1.0, 2.0, 4.0])
+    before = head.input_std.clone()
+    head.set_input_stats(torch.zeros(6), before)  # flooring twice changes nothing
+    torch.testing.assert_close(head.input_std, before)
 
 
 def test_temi_rejects_bad_settings():

@@ -97,9 +97,21 @@ class ClusterHead(nn.Module):
         module._selected_index = int(module.selected)
 
     def set_input_stats(self, mean: torch.Tensor, std: torch.Tensor) -> None:
-        """Standardisation statistics of the training embeddings (std floored)."""
+        """Standardisation statistics of the training embeddings (std floored).
+
+        ReLU encoders leave dimensions that are constant (dead) or nearly so on the
+        training clips but not on augmented views, on new audio, nor once an encoder is
+        fine-tuned. Divided by their own tiny std they would dominate every standardised
+        vector (on FSDD with BYOL-A, augmented views lost nearly all nearest-neighbour
+        agreement with a 1e-6 floor; SPICE stage 3 on a random encoder collapsed to one
+        cluster as dead units woke up). So the std is floored at the median std of the
+        live dimensions (std above 1e-3 of the largest): every dimension counts at most
+        like a typical one. Flooring twice changes nothing.
+        """
+        live = std[std > 1e-3 * std.max()]
+        floor = float(live.median()) if live.numel() else 1.0
         self.input_mean.copy_(mean)
-        self.input_std.copy_(torch.clamp(std, min=1e-6))
+        self.input_std.copy_(std.clamp_min(max(floor, 1e-6)))
 
     def prepare(self, z: torch.Tensor) -> torch.Tensor:
         x = (z - self.input_mean) / self.input_std

@@ -44,7 +44,7 @@ Choices the papers leave open or that audio forced, each measured on FSDD (3,000
   arguments, or None for the crop alone);
 - the space of prototypes and neighbours is the head's input space (standardised, then
   L2-normalised), with the std floored at the median of the live dimensions (see
-  :func:`_floored_std`): dead ReLU units otherwise blow up on augmented views;
+  :meth:`ClusterHead.set_input_stats`): dead ReLU units otherwise blow up on augmented views;
 - stage 3 keeps BatchNorm statistics frozen (see :func:`_train_mode`) and samples the
   labelled batch uniformly over clusters (DeepCluster's remedy against a dominant
   cluster, in the project's notes): without it FixMatch's self-training collapsed small
@@ -200,23 +200,6 @@ def _embed_bank(
                                          batch_size):
         out[torch.from_numpy(idx)] = encoder(x, lengths).float()
     return out
-
-
-def _floored_std(x: torch.Tensor) -> torch.Tensor:
-    """Per-dimension std of ``x`` (n, d), floored at the median std of the live dimensions.
-
-    ReLU encoders leave dimensions that are constant (dead) or nearly so on the training
-    clips but not on augmented ones, nor once stage 3 moves the encoder. Divided by their
-    own tiny std they would dominate every standardised vector (on FSDD with BYOL-A,
-    augmented views lost nearly all nearest-neighbour agreement with ClusterHead's 1e-6
-    floor; stage 3 on a random encoder collapsed to one cluster as dead units woke up).
-    With the floor they count like a typical dimension. Live: std above 1e-3 of the
-    largest.
-    """
-    std = x.std(dim=0)
-    live = std[std > 1e-3 * std.max()]
-    floor = float(live.median()) if live.numel() else 1.0
-    return std.clamp_min(max(floor, 1e-6))
 
 
 class _Views:
@@ -417,7 +400,7 @@ class SPICE(HeadEstimator):
             in_dim=original.shape[1], n_clusters=self.n_clusters, n_heads=self.n_heads,
             hidden_dim=self.hidden_dim, n_layers=self.n_layers,
         ))
-        heads.set_input_stats(original.mean(dim=0), _floored_std(original))
+        heads.set_input_stats(original.mean(dim=0), original.std(dim=0))
         feats = heads.prepare(original)  # the space cosine similarities are taken in
 
         weak_sets, strong_sets = self._view_sets(encoder, views, weak, strong, len(bank),
