@@ -78,3 +78,13 @@ def stream_model(tmp_path_factory) -> Path:
     export_model(enc, hd, out, window_seconds=1.0, hop_seconds=0.5,
                  description="random test model")
     return out
+
+
+@pytest.fixture
+def kafka_broker(tmp_path):
+    """A tansu broker (memory storage) on a free loopback port, stopped after the test."""
+    from kafka_broker import Broker
+
+    broker = Broker(log_path=tmp_path / "tansu.log").start()
+    yield broker
+    broker.stop()
