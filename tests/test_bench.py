@@ -1,0 +1,234 @@
+"""bench/: the graph FLOPs counter on hand-checkable graphs, and both bench scripts end to
+end on the small stream_model with tiny repetition counts."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from audioclust.models.runtime import OnnxModel
+
+REPO = Path(__file__).resolve().parents[1]
+BENCH = REPO / "bench"
+# Tiny runs: seconds, not minutes, and one thread (the machine is shared).
+TINY = ["--threads", "1", "--warmup", "1", "--repeats", "2", "--min-time", "0.01",
+        "--peak-size", "64", "--peak-repeats", "1"]
+
+
+def _import(name: str) -> ModuleType:
+    # The scripts import their sibling benchlib the way `python bench/x.py` finds it.
+    if str(BENCH) not in sys.path:
+        sys.path.insert(0, str(BENCH))
+    return importlib.import_module(name)
+
+
+@pytest.fixture(scope="module")
+def tp() -> ModuleType:
+    return _import("onnx_throughput")
+
+
+@pytest.fixture(scope="module")
+def int8_model(stream_model, tmp_path_factory) -> Path:
+    return _import("benchlib").make_int8(stream_model, tmp_path_factory.mktemp("int8"))
+
+
+def _init(name: str, shape: tuple[int, ...], seed: int) -> onnx.TensorProto:
+    values = np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+    return numpy_helper.from_array(values, name)
+
+
+def _model(nodes, inputs, outputs, inits) -> onnx.ModelProto:
+    graph = helper.make_graph(nodes, "g", inputs, outputs, inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=9)
+
+
+def _hand_graph() -> onnx.ModelProto:
+    """Every counted op once, with MACs worked out by hand in the test below."""
+    nodes = [
+        # (1,3,8,8) * W1 (4,3,3,3), pad 1 -> (1,4,8,8)
+        helper.make_node("Conv", ["x", "embedder.frontend.w1"], ["c1"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"]),
+        # groups 2, stride 2: (1,4,8,8) * W2 (6,2,3,3) -> (1,6,3,3)
+        helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], group=2, strides=[2, 2]),
+        # stride 2: (1,6,3,3) * W3 (6,2,2,2) -> (1,2,6,6)
+        helper.make_node("ConvTranspose", ["c2", "w3"], ["t3"], strides=[2, 2]),
+        helper.make_node("Reshape", ["t3", "s4"], ["v4"]),  # (1,6,12)
+        helper.make_node("MatMul", ["v4", "w4"], ["m4"]),  # (1,6,12) @ (12,5) -> (1,6,5)
+        helper.make_node("Add", ["m4", "m4"], ["a4"]),
+        helper.make_node("Reshape", ["a4", "s5"], ["v5"]),  # (30,1)
+        helper.make_node("Gemm", ["v5", "w5"], ["g5"], transA=1),  # (30,1)^T @ (30,7)
+        helper.make_node("Gemm", ["g5", "w6", "b6"], ["y"], transB=1),  # (1,7) @ (3,7)^T
+    ]
+    inits = [
+        _init("embedder.frontend.w1", (4, 3, 3, 3), 1), _init("w2", (6, 2, 3, 3), 2),
+        _init("b2", (6,), 3), _init("w3", (6, 2, 2, 2), 4), _init("w4", (12, 5), 5),
+        _init("w5", (30, 7), 6), _init("w6", (3, 7), 7), _init("b6", (3,), 8),
+        numpy_helper.from_array(np.array([1, 6, 12], np.int64), "s4"),
+        numpy_helper.from_array(np.array([30, 1], np.int64), "s5"),
+    ]
+    return _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, 8, 8])],
+                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 3])], inits)
+
+
+def test_flops_of_a_hand_made_graph(tp):
+    model = _hand_graph()
+    onnx.checker.check_model(model)
+    x = np.zeros((1, 3, 8, 8), np.float32)
+    # the graph is valid and does what the comments say
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    assert sess.run(None, {"x": x})[0].shape == (1, 3)
+    conv1 = (4 * 8 * 8) * (3 * 3 * 3)  # output elements x (C_in x kernel)
+    conv2 = (6 * 3 * 3) * (2 * 3 * 3)  # x (C_in / groups x kernel)
+    convt = (6 * 3 * 3) * (2 * 2 * 2)  # input elements x (C_out / groups x kernel)
+    matmul = (6 * 5) * 12
+    gemm_ta, gemm_tb = 7 * 30, 3 * 7
+    count = tp.count_flops(model, {"x": x})
+    assert count.macs == conv1 + conv2 + convt + matmul + gemm_ta + gemm_tb == 8907
+    assert count.flops == 2 * 8907
+    assert count.by_op == {"Conv": 2 * (conv1 + conv2), "ConvTranspose": 2 * convt,
+                           "MatMul": 2 * matmul, "Gemm": 2 * (gemm_ta + gemm_tb)}
+    assert count.nodes == {"Conv": 2, "ConvTranspose": 1, "MatMul": 1, "Gemm": 2}
+    assert count.frontend_flops == 2 * conv1  # only the node reading embedder.frontend.*
+    assert count.ignored_ops == {"Relu": 1, "Reshape": 2, "Add": 1}
+    assert count.tensors_shaped_by_ort == 0  # static shapes: shape inference sized all
+
+
+def test_flops_of_data_dependent_shapes_come_from_a_run(tp):
+    # Reshape to (-1, n) with n a runtime value: shape inference cannot size the MatMul.
+    model = _model(
+        [helper.make_node("Concat", ["minus1", "n"], ["shape"], axis=0),
+         helper.make_node("Reshape", ["x", "shape"], ["v"]),
+         helper.make_node("MatMul", ["v", "w"], ["y"])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 12]),
+         helper.make_tensor_value_info("n", TensorProto.INT64, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["rows", 5])],
+        [numpy_helper.from_array(np.array([-1], np.int64), "minus1"), _init("w", (4, 5), 0)])
+    count = tp.count_flops(model, {"x": np.zeros((1, 12), np.float32),
+                                   "n": np.array([4], np.int64)})
+    assert count.tensors_shaped_by_ort >= 1
+    assert count.macs == 3 * 5 * 4  # (3,4) @ (4,5)
+
+
+def test_flops_of_the_exported_model(tp, stream_model, int8_model):
+    n = 16000
+    feeds = {"waveform": np.zeros((1, n), np.float32), "lengths": np.array([n], np.int64)}
+    count = tp.count_flops(onnx.load(stream_model), feeds)
+    fe = OnnxModel(stream_model).info.frontend
+    frames, bins = 1 + n // fe["hop_length"], fe["n_fft"] // 2 + 1
+    # the DFT convolution (cos and sin kernels of n_fft taps) and the mel matmul
+    assert count.frontend_flops == 2 * (2 * bins * frames * fe["n_fft"]
+                                        + fe["n_mels"] * bins * frames)
+    assert count.flops > count.frontend_flops  # the encoder and head count too
+    assert count.nodes["Gemm"] == 3  # the head's three linear layers
+    # per clip means per clip: a batch of 3 costs three times one
+    feeds3 = {"waveform": np.zeros((3, n), np.float32), "lengths": np.full(3, n, np.int64)}
+    assert tp.count_flops(onnx.load(stream_model), feeds3).flops == 3 * count.flops
+    # quantisation swaps ops, not multiplications: same count from the int8 graph
+    count8 = tp.count_flops(onnx.load(int8_model), feeds)
+    assert count8.flops == count.flops
+    assert count8.by_op.get("ConvInteger", 0) > 0 and count8.by_op.get("MatMulInteger", 0) > 0
+    assert "Gemm" not in count8.by_op
+
+
+def test_make_int8_keeps_metadata(stream_model, int8_model):
+    from audioclust.models.export import _weights_sha256
+
+    a = {p.key: p.value for p in onnx.load(stream_model).metadata_props}
+    loaded = onnx.load(int8_model)
+    b = {p.key: p.value for p in loaded.metadata_props}
+    assert b["quantization"] == "int8" and a["quantization"] == "none"
+    assert b["weights_sha256"] == _weights_sha256(loaded) != a["weights_sha256"]
+    same = set(a) - {"quantization", "weights_sha256"}
+    assert {k: b[k] for k in same} == {k: a[k] for k in same}
+    assert OnnxModel(int8_model).info.quantization == "int8"
+
+
+def _run(script: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(BENCH / script), *args], capture_output=True,
+                          text=True, timeout=timeout, cwd=REPO)
+
+
+def test_throughput_end_to_end(stream_model, tmp_path):
+    out = tmp_path / "t.json"
+    # no --int8: the script quantises with the export's int8 path itself
+    proc = _run("onnx_throughput.py", "--model", str(stream_model), "--batches", "1,4",
+                "--json", "--out", str(out), *TINY)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc = json.loads(proc.stdout)
+    assert json.loads(out.read_text()) == doc
+    assert doc["int8_model"]["quantization"] == "int8"
+    assert doc["settings"]["clip_samples"] == 16000 and doc["settings"]["threads"] == 1
+    assert doc["flops"]["per_clip"] == doc["flops"]["int8_graph"]["flops"] > 0
+    peak = doc["peak"]["fp32_gflops"]
+    assert peak > 0 and peak >= doc["peak"]["before_gflops"]["ort_matmul_fp32"] > 0
+    assert doc["peak"]["after_gflops"]["ort_matmulinteger_int8"] > 0
+    got = {(r["precision"], r["batch"]) for r in doc["results"]}
+    assert got == {("fp32", 1), ("fp32", 4), ("int8", 1), ("int8", 4)}
+    for r in doc["results"]:
+        c = r["clips_per_s"]
+        assert 0 < c["min"] <= c["median"] <= c["max"] and len(c["runs"]) == 2
+        assert r["real_time_factor"] == pytest.approx(c["median"] * 1.0)  # 1 s clips
+        assert r["gflops"] == pytest.approx(c["median"] * doc["flops"]["per_clip"] / 1e9)
+        assert r["peak_fraction"] == pytest.approx(r["gflops"] / peak)
+        assert r["peak_fraction"] > 0
+    assert "| fp32 | 4 |" in proc.stderr and "| int8 | 1 |" in proc.stderr  # the table
+
+
+def test_throughput_help_and_errors(tmp_path):
+    proc = _run("onnx_throughput.py", "--help")
+    assert proc.returncode == 0 and "--int8" in proc.stdout and "--json" in proc.stdout
+    proc = _run("onnx_throughput.py", "--model", str(tmp_path / "absent.onnx"), *TINY)
+    assert proc.returncode == 1 and "no such model file" in proc.stderr
+    proc = _run("onnx_throughput.py", "--model", "m.onnx", "--batches", "0")
+    assert proc.returncode == 2 and "positive batch sizes" in proc.stderr
+
+
+def test_int8_agreement_end_to_end(stream_model, int8_model, fsdd_dir, tmp_path):
+    proc = _run("int8_agreement.py", "--model", str(stream_model), "--int8", str(int8_model),
+                "--data", str(fsdd_dir), "--limit", "24", "--batch", "8", "--threads", "1",
+                "--out", str(tmp_path / "a.json"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc = json.loads(proc.stdout)
+    assert json.loads((tmp_path / "a.json").read_text()) == doc
+    assert doc["data"]["clips"] == 24 and doc["data"]["audio_seconds"] > 0
+    assert doc["int8_model"]["quantization"] == "int8" and doc["warnings"] == []
+    assert 0 <= doc["agreement"] <= 1
+    assert doc["agreeing_clips"] == round(24 * doc["agreement"])
+    assert len(doc["disagreeing"]) == 24 - doc["agreeing_clips"]
+    assert 0 < doc["cosine"]["min"] <= doc["cosine"]["mean"] <= 1 + 1e-6
+    seconds = doc["seconds"]
+    assert min(seconds["fp32"], seconds["int8"], seconds["load_audio"]) > 0
+    assert seconds["total"] >= seconds["fp32"] + seconds["int8"]
+
+
+def test_int8_agreement_of_a_model_with_itself_is_total(stream_model, fsdd_dir, capsys):
+    agreement = _import("int8_agreement")
+    # the fp32 file as its own "int8": every argmax must match, and the script says it
+    # was not given an int8 model
+    code = agreement.main(["--model", str(stream_model), "--int8", str(stream_model),
+                           "--data", str(fsdd_dir), "--limit", "10", "--threads", "1"])
+    assert code == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["agreement"] == 1.0 and doc["disagreeing"] == []
+    assert doc["cosine"]["min"] == pytest.approx(1.0, abs=1e-6)
+    assert any("not int8" in w for w in doc["warnings"])
+
+
+def test_run_all_keeps_clip_order(stream_model):
+    agreement = _import("int8_agreement")
+    model = OnnxModel(stream_model, threads=1)
+    rng = np.random.default_rng(0)
+    clips = [(rng.standard_normal(n) * 0.1).astype(np.float32) for n in (9000, 2000, 16000, 4000)]
+    _, post = agreement.run_all(model, clips, batch=2)  # sorted by length inside
+    for clip, row in zip(clips, post, strict=True):
+        np.testing.assert_allclose(model.run([clip])[1][0], row, atol=1e-5)
