@@ -1,0 +1,148 @@
+"""Settings of ``audioclust-stream``: typed dataclasses with defaults that work.
+
+Loaded with :func:`load_stream_config`: the defaults, then a TOML/YAML file (``--config``),
+then command-line flags. A file looks like::
+
+    sink = "jsonl:out/clusters.jsonl"
+    max_batch = 16
+    silence_dbfs = -55.0
+
+    [assign]
+    prior_momentum = 0.995
+    min_confidence = 0.4
+
+    [kafka]            # passed through to the Kafka source/sink configuration
+    bootstrap = "localhost:9092"
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from audioclust.models.config import build_config
+from audioclust.stream.assign import AssignConfig
+
+__all__ = ["FileConfig", "HeadFreeConfig", "MicConfig", "StreamConfig", "load_stream_config"]
+
+
+@dataclass(frozen=True)
+class FileConfig:
+    """File replay (``--source file``)."""
+
+    #: Audio handed to the windower per chunk, like a live source would.
+    chunk_seconds: float = 0.25
+    #: Replay at the pace of the audio instead of as fast as possible.
+    realtime: bool = False
+    #: Files replayed side by side (their windows are batched together).
+    parallel: int = 8
+
+    def __post_init__(self) -> None:
+        if self.chunk_seconds <= 0 or self.parallel < 1:
+            raise ValueError("file.chunk_seconds must be > 0 and file.parallel >= 1")
+
+
+@dataclass(frozen=True)
+class MicConfig:
+    """Microphone capture (``--source mic``)."""
+
+    #: Input device: a name (substring match, as sounddevice does) or an index; None: default.
+    device: str | int | None = None
+    #: Native-rate frames per PortAudio callback.
+    block_seconds: float = 0.1
+    #: Callback blocks held while the pipeline is busy; beyond that, blocks are dropped
+    #: (counted as overflows) and the windower sees a gap.
+    queue_blocks: int = 200
+    #: Capture rate; None: the device's default rate (resampled to the model's).
+    sample_rate: int | None = None
+    #: Stream id in the output records.
+    stream: str = "mic"
+
+    def __post_init__(self) -> None:
+        if self.block_seconds <= 0 or self.queue_blocks < 1:
+            raise ValueError("mic.block_seconds must be > 0 and mic.queue_blocks >= 1")
+
+
+@dataclass(frozen=True)
+class HeadFreeConfig:
+    """Online clustering of embeddings when the model has no head (river STREAMKMeans)."""
+
+    n_clusters: int = 8
+    #: Points river's STREAMKMeans gathers before it updates the centres.
+    chunk_size: int = 16
+    #: Temperature of the soft assignment p(c) ∝ exp(cos(z, μ_c) / τ) that gives confidence.
+    temperature: float = 0.1
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.n_clusters < 2 or self.chunk_size < 1 or self.temperature <= 0:
+            raise ValueError("headfree needs n_clusters >= 2, chunk_size >= 1, temperature > 0")
+
+
+@dataclass(frozen=True)
+class StreamConfig:
+    """Everything the service needs besides the source's own address."""
+
+    #: ONNX model; None: the shipped default (``audioclust/models/assets/default.onnx``).
+    model: str | None = None
+    #: ``stdout``, ``jsonl:FILE`` or ``kafka:TOPIC``.
+    sink: str = "stdout"
+    #: Window and hop in seconds; None: the model's metadata.
+    window_seconds: float | None = None
+    hop_seconds: float | None = None
+    #: Windows per inference batch, across streams.
+    max_batch: int = 16
+    #: Longest a complete window waits for its batch to fill, in seconds.
+    max_wait: float = 0.05
+    #: Windows held between the source and the sink; at this depth polling stops until
+    #: the queue has been processed (bounded in-flight work).
+    max_queue: int = 256
+    #: Energy gate: windows whose RMS is below this (dBFS, full scale = 1.0) are silent.
+    silence_dbfs: float = -50.0
+    #: State file (npz): loaded at start, saved every ``state_interval`` s and at shutdown.
+    state: str | None = None
+    state_interval: float = 30.0
+    #: ONNX Runtime execution provider ("auto", "cpu", "cuda") and intra-op threads.
+    provider: str = "auto"
+    threads: int = 1
+    #: Prometheus /metrics, /healthz, /readyz; None: no server.
+    metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"
+    #: /healthz fails when the loop has not beaten for this long.
+    stall_seconds: float = 60.0
+    assign: AssignConfig = field(default_factory=AssignConfig)
+    headfree: HeadFreeConfig = field(default_factory=HeadFreeConfig)
+    file: FileConfig = field(default_factory=FileConfig)
+    mic: MicConfig = field(default_factory=MicConfig)
+    #: Settings for the Kafka source and sink (their own dataclass checks them).
+    kafka: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.max_batch < 1 or self.max_queue < self.max_batch:
+            raise ValueError(f"need max_batch >= 1 and max_queue >= max_batch, got "
+                             f"{self.max_batch} and {self.max_queue}")
+        if self.max_wait < 0 or self.state_interval <= 0:
+            raise ValueError("max_wait must be >= 0 and state_interval > 0")
+        if (self.window_seconds is not None and self.hop_seconds is not None
+                and not 0 < self.hop_seconds <= self.window_seconds):
+            raise ValueError(f"need 0 < hop <= window, got hop {self.hop_seconds}, window "
+                             f"{self.window_seconds}")
+
+
+def load_stream_config(path: str | os.PathLike | None = None,
+                       overrides: dict[str, Any] | None = None) -> StreamConfig:
+    """Defaults, then ``path`` (TOML/YAML), then ``overrides`` (None values are ignored).
+
+    Nested sections are overridden key by key: ``{"file": {"realtime": True}}`` keeps the
+    file's other ``[file]`` settings.
+    """
+    clean: dict[str, Any] = {}
+    for key, value in (overrides or {}).items():
+        if isinstance(value, dict):
+            value = {k: v for k, v in value.items() if v is not None}
+            if not value:
+                continue
+        if value is not None:
+            clean[key] = value
+    return build_config(StreamConfig, path, clean)

@@ -1,0 +1,373 @@
+"""The service's loop: source → windows → energy gate → batched ONNX inference → assignment
+→ sink → acknowledgements.
+
+One thread does everything, in this order, so that the output of a stream does not depend
+on timing: chunks are windowed per stream on the stream's sample clock
+(:class:`~audioclust.stream.window.Windower`); complete windows queue in arrival order;
+the queue is processed when it holds ``max_batch`` windows, when its oldest entry has
+waited ``max_wait`` seconds, when it reaches ``max_queue`` entries (polling pauses
+meanwhile: bounded in-flight work), or when the source runs dry. Processing runs the
+model over the non-silent windows in batches (across streams), assigns each window in
+queue order (so per-stream assignment sees its windows in stream order, however they
+were batched), writes one record per window, flushes the sink, and only then calls the
+acks of the chunks those windows consumed (at-least-once for sources that commit).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from audioclust.models.runtime import OnnxModel
+from audioclust.stream.assign import Assigner, Assignment
+from audioclust.stream.config import StreamConfig
+from audioclust.stream.gate import EnergyGate
+from audioclust.stream.metrics import Health, StreamMetrics
+from audioclust.stream.sinks import Sink
+from audioclust.stream.sources import EndOfStream, PipelineHooks, Source
+from audioclust.stream.window import AckOnly, Chunk, Window, Windower
+
+__all__ = ["AssignerLike", "Pipeline", "RunSummary", "build_assigner", "model_id"]
+
+log = logging.getLogger("audioclust.stream")
+
+#: Longest single poll, so that a stop request is seen quickly even on an idle source.
+POLL_SECONDS = 0.1
+
+
+class AssignerLike(Protocol):
+    """What the pipeline needs from an assigner (head-based or head-free)."""
+
+    def process(self, stream: str, embedding: np.ndarray,
+                posterior: np.ndarray | None) -> Assignment: ...
+
+    def save(self, path: str | Path) -> Path: ...
+
+    def load(self, path: str | Path) -> int: ...
+
+
+def model_id(model: OnnxModel) -> str:
+    """``<file stem>@<first 12 hex of the weights hash>``: names the model in every record."""
+    return f"{model.path.stem}@{model.info.weights_sha256[:12]}"
+
+
+def build_assigner(model: OnnxModel, config: StreamConfig) -> AssignerLike:
+    """The model's head prior feeds an :class:`Assigner`; a head-free model gets river's
+    online clusterer (:class:`~audioclust.stream.headfree.HeadFreeAssigner`)."""
+    info = model.info
+    if info.n_clusters == 0:
+        from audioclust.stream.headfree import HeadFreeAssigner
+
+        return HeadFreeAssigner(info.embedding_dim, config.headfree, config.assign,
+                                model_id=info.weights_sha256)
+    return Assigner(info.prior, info.embedding_dim, config.assign, model_id=info.weights_sha256)
+
+
+@dataclass
+class _Entry:
+    item: Window | AckOnly
+    arrived: float  # time.monotonic() when the windower released it
+    level: float = 0.0  # RMS dBFS (windows only)
+    silent: bool = False
+
+
+@dataclass
+class RunSummary:
+    windows: int = 0
+    silent: int = 0
+    novel: int = 0
+    streams: set[str] = field(default_factory=set)
+    audio_seconds: float = 0.0
+    wall_seconds: float = 0.0
+    stopped: bool = False  # ended by a stop request rather than by the source running dry
+
+    def line(self) -> str:
+        rtf = self.audio_seconds / self.wall_seconds if self.wall_seconds > 0 else 0.0
+        how = "stopped" if self.stopped else "done"
+        return (f"{how}: {self.windows} windows from {len(self.streams)} streams "
+                f"({self.silent} silent, {self.novel} novel) in {self.wall_seconds:.1f} s, "
+                f"{self.audio_seconds:.1f} s of audio ({rtf:.1f}x real time)")
+
+
+class Pipeline:
+    """Runs one source through one model into one sink until the source ends or ``stop``."""
+
+    def __init__(
+        self,
+        model: OnnxModel,
+        source: Source,
+        sink: Sink,
+        config: StreamConfig | None = None,
+        metrics: StreamMetrics | None = None,
+        health: Health | None = None,
+        assigner: AssignerLike | None = None,
+    ):
+        self.model, self.source, self.sink = model, source, sink
+        self.config = config = config or StreamConfig()
+        self.metrics = metrics or StreamMetrics()
+        self.health = health or Health(config.stall_seconds)
+        info = model.info
+        self.sample_rate = info.sample_rate
+        win_s = config.window_seconds or info.window_seconds
+        hop_s = config.hop_seconds or info.hop_seconds
+        self.window_samples = round(win_s * self.sample_rate)
+        self.hop_samples = round(hop_s * self.sample_rate)
+        if self.window_samples < info.min_samples:
+            raise ValueError(f"window {win_s} s is shorter than the model's minimum "
+                             f"{info.min_samples / self.sample_rate:.3f} s")
+        if not 0 < self.hop_samples <= self.window_samples:
+            raise ValueError(f"need 0 < hop <= window, got hop {hop_s} s, window {win_s} s")
+        self.windower = Windower(self.window_samples, self.hop_samples, self.sample_rate)
+        self.gate = EnergyGate(config.silence_dbfs)
+        self.assigner = assigner or build_assigner(model, config)
+        self.model_name = model_id(model)
+        self.queue: list[_Entry] = []
+        self.summary = RunSummary()
+        self._windows_per_stream: dict[str, int] = defaultdict(int)
+        self._last_save = time.monotonic()
+        self.health.model_loaded = True
+        if config.state and Path(config.state).exists():
+            n = self.assigner.load(config.state)
+            log.info("restored the state of %d streams from %s", n, config.state)
+
+    # --- hooks for sources -----------------------------------------------------------------
+
+    def flush(self) -> None:
+        """Process and write everything queued; every ack of those windows has fired."""
+        self._process()
+
+    def forget(self, streams: Iterable[str]) -> None:
+        """Drop the buffered audio and queued windows of ``streams`` (never acked)."""
+        gone = set(streams)
+        for s in gone:
+            self.windower.streams.pop(s, None)
+        self.queue = [e for e in self.queue if e.item.stream not in gone]
+        self.metrics.queue_depth.set(self._queued_windows())
+        if gone:
+            log.info("forgot %d streams: %s", len(gone), ", ".join(sorted(gone))[:200])
+
+    # --- the loop --------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event | None = None) -> RunSummary:
+        """Poll until the source is exhausted or ``stop`` is set; then drain, save, close.
+
+        On a stop request the queued windows are still processed, written and acked, but
+        streams are not finished: their partial windows stay unacknowledged, so a source
+        that commits (Kafka) hands that audio over again after a restart.
+        """
+        stop = stop or threading.Event()
+        started = time.monotonic()
+        clean = False
+        try:
+            self.source.open(PipelineHooks(flush=self.flush, forget=self.forget))
+            self.health.source_connected = True
+            self.health.beat()
+            log.info("ready: %s source open, model %s", self.source.kind, self.model_name)
+            while not stop.is_set():
+                self.health.beat()
+                items = self.source.poll(self._poll_timeout())
+                for item in items:
+                    self._take(item)
+                    if len(self.queue) >= self.config.max_queue:
+                        self._process()  # bounded: nothing more is taken in until written
+                if self._due():
+                    self._process()
+                self._maybe_save()
+                if not items and self.source.exhausted:
+                    break
+            self.summary.stopped = stop.is_set()
+            self._process()
+            clean = True
+        finally:
+            self.health.source_connected = False
+            self.summary.wall_seconds = time.monotonic() - started
+            try:
+                if clean:
+                    self.save_state()
+            finally:
+                try:
+                    self.source.close()
+                finally:
+                    self.sink.close()
+        return self.summary
+
+    def save_state(self) -> None:
+        if self.config.state:
+            self.assigner.save(self.config.state)
+            self._last_save = time.monotonic()
+
+    def _maybe_save(self) -> None:
+        if self.config.state and time.monotonic() - self._last_save >= self.config.state_interval:
+            self.save_state()
+
+    def _queued_windows(self) -> int:
+        return sum(isinstance(e.item, Window) for e in self.queue)
+
+    def _poll_timeout(self) -> float:
+        if not self.queue:
+            return POLL_SECONDS
+        waited = time.monotonic() - self.queue[0].arrived
+        return max(0.0, min(POLL_SECONDS, self.config.max_wait - waited))
+
+    def _due(self) -> bool:
+        if not self.queue:
+            return False
+        if self.source.exhausted or len(self.queue) >= self.config.max_queue:
+            return True
+        if sum(isinstance(e.item, Window) and not e.silent for e in self.queue) >= \
+                self.config.max_batch:
+            return True
+        return time.monotonic() - self.queue[0].arrived >= self.config.max_wait
+
+    def _take(self, item: Chunk | EndOfStream) -> None:
+        now = time.monotonic()
+        if isinstance(item, EndOfStream):
+            buffered = self.windower.streams.get(item.stream)
+            samples = 0 if buffered is None else buffered.end - buffered.buffer_start
+            out = self.windower.finish(item.stream, self.model.info.min_samples)
+            if not any(isinstance(i, Window) for i in out) and \
+                    not self._windows_per_stream.get(item.stream):
+                # Too short for even one window: say so rather than vanish without a trace.
+                self.metrics.errors.labels(kind="too_short").inc()
+                log.warning("%s: ended after %d samples, shorter than the model's minimum "
+                            "%d: no window", item.stream, samples, self.model.info.min_samples)
+            self._windows_per_stream.pop(item.stream, None)
+        else:
+            out, events = self.windower.push(item)
+            self.summary.audio_seconds += np.asarray(item.samples).size / self.sample_rate
+            for ev in events:
+                self.metrics.stream_events.labels(kind=ev.kind).inc()
+                log.warning("%s: %s (%s)", ev.stream, ev.kind, ev.detail)
+        for it in out:
+            entry = _Entry(it, now)
+            if isinstance(it, Window):
+                self._windows_per_stream[it.stream] += 1
+                entry.level = self.gate.level(it.samples)
+                entry.silent = bool(entry.level < self.gate.threshold_dbfs)
+            self.queue.append(entry)
+        self.metrics.queue_depth.set(self._queued_windows())
+
+    def _infer(self, windows: list[Window]) -> tuple[list[np.ndarray], list[np.ndarray | None]]:
+        """Embeddings and posteriors for ``windows``, in batches of at most ``max_batch``.
+
+        Full windows (equal length) run unpadded; the odd-length tails of ended streams
+        run together, zero-padded (the graph masks the padding by their lengths).
+        """
+        n = len(windows)
+        emb: list[np.ndarray] = [np.empty(0)] * n
+        post: list[np.ndarray | None] = [None] * n
+        by_length: dict[int, list[int]] = defaultdict(list)
+        for i, w in enumerate(windows):
+            by_length[len(w.samples)].append(i)
+        full = by_length.pop(self.window_samples, [])
+        groups = [(full, True), ([i for idx in by_length.values() for i in idx], False)]
+        mb = self.config.max_batch
+        for idx, equal in groups:
+            for lo in range(0, len(idx), mb):
+                part = idx[lo : lo + mb]
+                t0 = time.perf_counter()
+                if equal:
+                    z, p = self.model.run_batch(np.stack([windows[i].samples for i in part]))
+                else:
+                    z, p = self.model.run([windows[i].samples for i in part])
+                self.metrics.inference_latency.observe(time.perf_counter() - t0)
+                self.metrics.batch_size.observe(len(part))
+                for row, i in enumerate(part):
+                    emb[i] = z[row]
+                    post[i] = None if p is None else p[row]
+        return emb, post
+
+    def _process(self) -> None:
+        """Run, assign, write, flush, then ack everything queued."""
+        if not self.queue:
+            return
+        entries, self.queue = self.queue, []
+        todo = [e.item for e in entries if isinstance(e.item, Window) and not e.silent]
+        emb, post = self._infer(todo) if todo else ([], [])
+        results = {id(w): (emb[i], post[i]) for i, w in enumerate(todo)}
+        records: list[dict[str, Any]] = []
+        kind = self.source.kind
+        for e in entries:
+            w = e.item
+            if not isinstance(w, Window):
+                continue
+            if e.silent:
+                a = None
+            else:
+                z, p = results[id(w)]
+                a = self.assigner.process(w.stream, z, p)
+            records.append(self._record(w, e, a))
+            self.metrics.windows.labels(source=kind).inc()
+        if records:
+            self.sink.write(records)
+            self.sink.flush()
+        written = time.time()
+        written_mono = time.monotonic()
+        for e in entries:
+            if isinstance(e.item, Window):
+                self._count(e, written, written_mono)
+        for e in entries:  # acks only once the sink holds every record above
+            for ack in e.item.acks:
+                ack()
+        self.metrics.queue_depth.set(self._queued_windows())
+        self.health.beat()
+
+    def _record(self, w: Window, e: _Entry, a: Assignment | None) -> dict[str, Any]:
+        sr = self.sample_rate
+        rec: dict[str, Any] = {
+            "stream": w.stream,
+            "seq": w.index,
+            "start": round(w.start / sr, 6),
+            "end": round((w.start + len(w.samples)) / sr, 6),
+            "cluster": None if a is None else a.cluster,
+            "confidence": None if a is None else a.confidence,
+            "novel": False if a is None else bool(a.novel),
+            "silent": e.silent,
+            "model": self.model_name,
+            "timestamp": None if w.timestamp is None else round(w.timestamp, 6),
+            "level_dbfs": round(e.level, 2),
+            "top": None if a is None else a.top,
+            "nearest": None if a is None else a.nearest,
+            "similarity": None if a is None else a.similarity,
+            "drift": [] if a is None else list(a.drift),
+        }
+        if rec["confidence"] is not None and not math.isfinite(rec["confidence"]):
+            rec["confidence"] = None  # a NaN from a broken model must not break the JSON line
+        s = self.summary
+        s.windows += 1
+        s.streams.add(w.stream)
+        if e.silent:
+            s.silent += 1
+        elif a is not None and a.novel:
+            s.novel += 1
+        rec_a = a
+        if rec_a is not None:
+            m = self.metrics
+            if rec_a.novel:
+                m.novel.inc()
+            elif rec_a.cluster is not None:
+                m.assignments.labels(cluster=str(rec_a.cluster)).inc()
+            for signal in rec_a.drift:
+                m.drift.labels(signal=signal).inc()
+                log.info("%s: drift in %s at window %d", w.stream, signal, w.index)
+        return rec
+
+    def _count(self, e: _Entry, now: float, now_mono: float) -> None:
+        w = e.item
+        assert isinstance(w, Window)
+        if e.silent:
+            self.metrics.silent.inc()
+        if w.timestamp is not None:  # capture time known: from the window's last sample
+            latency = now - (w.timestamp + len(w.samples) / self.sample_rate)
+        else:  # from the moment the window was complete in the windower
+            latency = now_mono - e.arrived
+        self.metrics.e2e_latency.observe(max(0.0, latency))
