@@ -42,6 +42,8 @@ log = logging.getLogger("audioclust.stream")
 
 #: Longest single poll, so that a stop request is seen quickly even on an idle source.
 POLL_SECONDS = 0.1
+#: Shortest interval between two log lines about gaps/duplicates of one stream.
+EVENT_LOG_SECONDS = 10.0
 
 
 class AssignerLike(Protocol):
@@ -134,6 +136,7 @@ class Pipeline:
         self.summary = RunSummary()
         self._windows_per_stream: dict[str, int] = defaultdict(int)
         self._last_save = time.monotonic()
+        self._event_log: dict[tuple[str, str], tuple[float, int]] = {}
         self.health.model_loaded = True
         if config.state and Path(config.state).exists():
             n = self.assigner.load(config.state)
@@ -246,7 +249,7 @@ class Pipeline:
             self.summary.audio_seconds += np.asarray(item.samples).size / self.sample_rate
             for ev in events:
                 self.metrics.stream_events.labels(kind=ev.kind).inc()
-                log.warning("%s: %s (%s)", ev.stream, ev.kind, ev.detail)
+                self._log_event(ev.stream, ev.kind, ev.detail)
         for it in out:
             entry = _Entry(it, now)
             if isinstance(it, Window):
@@ -255,6 +258,19 @@ class Pipeline:
                 entry.silent = bool(entry.level < self.gate.threshold_dbfs)
             self.queue.append(entry)
         self.metrics.queue_depth.set(self._queued_windows())
+
+    def _log_event(self, stream: str, kind: str, detail: str) -> None:
+        # At most one line per stream and kind every EVENT_LOG_SECONDS: a flooded
+        # microphone queue can gap on every block, and the metric has the full count.
+        now = time.monotonic()
+        key = (stream, kind)
+        last, skipped = self._event_log.get(key, (-math.inf, 0))
+        if now - last < EVENT_LOG_SECONDS:
+            self._event_log[key] = (last, skipped + 1)
+            return
+        more = f"; {skipped} more since the last report" if skipped else ""
+        log.warning("%s: %s (%s%s)", stream, kind, detail, more)
+        self._event_log[key] = (now, 0)
 
     def _infer(self, windows: list[Window]) -> tuple[list[np.ndarray], list[np.ndarray | None]]:
         """Embeddings and posteriors for ``windows``, in batches of at most ``max_batch``.
