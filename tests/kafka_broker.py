@@ -62,8 +62,9 @@ class Broker:
         return self
 
     def stop(self) -> None:
+        """Kill the broker (memory storage: nothing to save; a graceful stop takes 5 s)."""
         if self.proc is not None:
-            self.proc.terminate()
+            self.proc.kill()
             try:
                 self.proc.wait(10)
             except subprocess.TimeoutExpired:

@@ -56,7 +56,7 @@ class KafkaSink(Sink):
             # Retried inside the producer until this long has passed: a broker restart of a
             # few seconds is absorbed here instead of stopping the service.
             "delivery_timeout_ms": int(delivery_timeout_s * 1000),
-            "request_timeout_ms": 10_000,
+            "request_timeout_ms": min(10_000, int(delivery_timeout_s * 500)),
             "retries": 2**31 - 1,
             "max_in_flight_requests_per_connection": 1,  # retries must not reorder a stream
             "reconnect_backoff_max_ms": int(config.backoff_max_s * 1000),

@@ -31,7 +31,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer
+from kafka import KafkaConsumer, KafkaProducer
+from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
 from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 
@@ -227,7 +228,8 @@ class KafkaSource(Source):
         last: Exception | None = None
         while True:
             try:
-                self._connect()
+                # one attempt may not outlast the deadline (kafka-python waits 30 s by default)
+                self._connect(max(1.0, deadline - time.monotonic()))
                 return
             except Exception as exc:  # kafka-python raises several kinds while unreachable
                 last = exc
@@ -242,7 +244,7 @@ class KafkaSource(Source):
         raise SourceError(f"kafka: cannot reach the broker at {self.config.bootstrap} within "
                           f"{self.config.startup_timeout_s:g} s ({type(last).__name__}: {last})")
 
-    def _connect(self) -> None:
+    def _connect(self, bootstrap_timeout_s: float = 10.0) -> None:
         c = self.config
         consumer_opts: dict[str, Any] = {
             "auto_offset_reset": c.auto_offset_reset,
@@ -256,6 +258,7 @@ class KafkaSource(Source):
             # Find re-created topics (after a broker restart) within seconds, not minutes.
             "metadata_max_age_ms": 10_000,
         }
+        consumer_opts["bootstrap_timeout_ms"] = int(bootstrap_timeout_s * 1000)
         consumer_opts.update(client_options(c.client, "consumer"))
         producer_opts: dict[str, Any] = {
             "acks": "all",
@@ -265,6 +268,7 @@ class KafkaSource(Source):
             "max_request_size": max(1 << 20, c.dead_letter_max_bytes + 65536),
             "reconnect_backoff_max_ms": int(c.backoff_max_s * 1000),
         }
+        producer_opts["bootstrap_timeout_ms"] = int(bootstrap_timeout_s * 1000)
         producer_opts.update(client_options(c.client, "producer"))
         consumer = KafkaConsumer(bootstrap_servers=c.bootstrap.split(","), group_id=c.group,
                                  enable_auto_commit=False, **consumer_opts)
@@ -321,7 +325,10 @@ class KafkaSource(Source):
         if time.monotonic() - self._last_commit >= self.config.commit_interval_s:
             self._commit(list(self._parts.items()), sync=False)
         try:
-            records = self._consumer.poll(timeout_ms=max(0, int(timeout * 1000)))
+            # never fetch past the in-flight bound (pausing alone would overshoot by a batch)
+            room = max(1, self.config.max_in_flight - self.in_flight())
+            records = self._consumer.poll(timeout_ms=max(0, int(timeout * 1000)),
+                                          max_records=min(room, self.config.max_poll_records))
         except Exception as exc:  # e.g. auth failure, broker gone mid-request
             if not isinstance(exc, KafkaError | OSError):
                 raise
@@ -466,18 +473,31 @@ class KafkaSource(Source):
 
     # -- rebalance -------------------------------------------------------------------
 
-    def _on_revoked(self, revoked: list[Any]) -> None:
+    async def _on_revoked(self, revoked: list[Any]) -> None:
+        # kafka-python 3 runs this on its IO thread while the pipeline thread is parked in
+        # consumer.poll() (or close()), so calling the pipeline's hooks here is serialised
+        # with the pipeline; only the commit must be awaited rather than blocked on.
         if not revoked:
             return
         # Everything handed over must be written (acks fired) before we commit, else the
         # next owner would re-process it; then the streams are forgotten so that no half
         # window mixes our audio with audio the next owner processes.
-        if self.hooks is not None:
+        if self.hooks is not None and not self._closed:
             self.hooks.flush()
         self._flush_dead_letters(timeout=10.0)
         with self._lock:
             parts = [(tp, self._parts[tp]) for tp in revoked if tp in self._parts]
-        self._commit(parts, sync=True)
+            offsets = {tp: p.committable for tp, p in parts
+                       if p.committable is not None and p.committable != p.committed}
+        if offsets:
+            try:
+                await self._consumer.commit_async(
+                    {tp: OffsetAndMetadata(off, "", -1) for tp, off in offsets.items()})
+                self._committed(offsets)
+            except Exception as exc:
+                self.metrics.errors.labels(kind="kafka_commit").inc()
+                log.warning("kafka: commit on revoke failed (%s); the next owner replays from "
+                            "the last commit", exc)
         streams: set[str] = set()
         with self._lock:
             for tp, p in parts:
@@ -491,7 +511,7 @@ class KafkaSource(Source):
                 self.metrics.consumer_lag.remove(tp.topic, str(tp.partition))
         for s in streams:
             self._last_seq.pop(s, None)
-        if streams and self.hooks is not None:
+        if streams and self.hooks is not None and not self._closed:
             self.hooks.forget(sorted(streams))
         log.info("kafka: partitions revoked: %s (%d streams handed over)",
                  ", ".join(f"{tp.topic}[{tp.partition}]" for tp in revoked), len(streams))
@@ -570,12 +590,14 @@ class _Ack:
         self.source._ack(self.part, self.offset)
 
 
-class _Listener(ConsumerRebalanceListener):
+class _Listener(AsyncConsumerRebalanceListener):
+    """Async so that the commit on revoke can be awaited on kafka-python's IO loop."""
+
     def __init__(self, source: KafkaSource):
         self.source = source
 
-    def on_partitions_revoked(self, revoked: Any) -> None:
-        self.source._on_revoked(list(revoked))
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        await self.source._on_revoked(list(revoked))
 
-    def on_partitions_assigned(self, assigned: Any) -> None:
+    async def on_partitions_assigned(self, assigned: Any) -> None:
         self.source._on_assigned(list(assigned))
