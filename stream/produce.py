@@ -78,14 +78,15 @@ class Publisher:
     """A producer with pacing and a tally; ``send`` is keyed, ``finish`` waits for acks."""
 
     def __init__(self, bootstrap: str, topic: str, rate: float | None = None,
-                 client: dict | None = None):
+                 client: dict | None = None, connect_timeout: float = 10.0):
         from kafka import KafkaProducer
         from kafka.errors import KafkaError
 
         self.topic, self.rate = topic, rate
         try:
-            self.producer = KafkaProducer(bootstrap_servers=bootstrap.split(","), acks="all",
-                                          linger_ms=5, **(client or {}))
+            opts = {"acks": "all", "linger_ms": 5,
+                    "bootstrap_timeout_ms": int(connect_timeout * 1000), **(client or {})}
+            self.producer = KafkaProducer(bootstrap_servers=bootstrap.split(","), **opts)
         except KafkaError as exc:
             raise UserError(f"cannot reach the Kafka broker at {bootstrap} ({exc})") from exc
         self.messages = self.bytes = 0
@@ -120,7 +121,8 @@ class Publisher:
         return time.monotonic() - self.t0
 
 
-def _load_streams(paths: list[str], stream_id: str | None) -> list[_Stream]:
+def _load_streams(paths: list[str], stream_id: str | None,
+                  resample_to: int | None = None) -> list[_Stream]:
     files: list[Path] = []
     for p in paths:
         try:
@@ -139,8 +141,11 @@ def _load_streams(paths: list[str], stream_id: str | None) -> list[_Stream]:
         if name in names:
             raise UserError(f"{f} and {names[name]} would share stream id {name!r}")
         names[name] = f
-        x = load_audio(f, sr=None)
-        streams.append(_Stream(name, x, int(sf.info(f).samplerate)))
+        # --resample: the whole recording at once, exactly as --source file does, so that
+        # the service sees the same samples either way (per-chunk resampling differs at
+        # the chunk edges by the filter's transients).
+        x = load_audio(f, sr=resample_to)
+        streams.append(_Stream(name, x, resample_to or int(sf.info(f).samplerate)))
     return streams
 
 
@@ -256,6 +261,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="audio per message (default: %(default)s)")
     p.add_argument("--format", choices=("int16", "float32", "wav", "flac"), default="int16",
                    help="payload format (default: %(default)s)")
+    p.add_argument("--resample", type=int, metavar="HZ",
+                   help="resample each recording to HZ before chunking (default: send the "
+                   "file's own rate; the service resamples each chunk)")
     p.add_argument("--rate", type=float, metavar="MSG_PER_S",
                    help="send at most this many messages per second (default: as fast as "
                    "possible)")
@@ -268,6 +276,9 @@ def build_parser() -> argparse.ArgumentParser:
                    metavar="KEY=VALUE",
                    help="kafka-python producer setting, e.g. security_protocol=SSL "
                    "(repeatable; VALUE is JSON when it parses)")
+    p.add_argument("--connect-timeout", type=float, default=10.0, metavar="SECONDS",
+                   help="give up when the broker cannot be reached within this long "
+                   "(default: %(default)s)")
     p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
     return p
 
@@ -286,8 +297,10 @@ def main(argv: list[str] | None = None) -> int:
 
         client = client_options(dict(args.kafka_option), "producer")
         # Loaded up front so that a bad file fails before anything is sent.
-        streams = _load_streams(args.files, args.stream_id) if args.files else []
-        pub = Publisher(args.bootstrap, args.topic, rate=args.rate, client=client)
+        streams = (_load_streams(args.files, args.stream_id, args.resample) if args.files
+                   else [])
+        pub = Publisher(args.bootstrap, args.topic, rate=args.rate, client=client,
+                        connect_timeout=args.connect_timeout)
         summary = (_publish_mic(args, pub) if args.mic
                    else _publish_files(args, pub, streams))
         wall = pub.finish()
