@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from audioclust.models.config import build_config
 from audioclust.stream.assign import AssignConfig
@@ -58,6 +58,9 @@ class MicConfig:
     sample_rate: int | None = None
     #: Stream id in the output records.
     stream: str = "mic"
+    #: Sample format asked of PortAudio. 16-bit is what nearly every device delivers
+    #: natively, so nothing converts it on the way; "float32" suits 24-bit interfaces.
+    dtype: Literal["int16", "float32"] = "int16"
 
     def __post_init__(self) -> None:
         if self.block_seconds <= 0 or self.queue_blocks < 1:

@@ -8,6 +8,11 @@ flags with ``input_overflow``. A dropped block leaves a hole on the stream clock
 next chunk's offset skips it, so the windower sees a gap rather than audio glued across
 it. The device's native rate is converted to the model's with a streaming resampler
 (``soxr.ResampleStream``), restarted after a hole.
+
+Capture is 16-bit by default (``mic.dtype``): nearly every device delivers that natively,
+so no layer converts it. (Observed with ALSA: asking for float32 from a 16-bit ``file``
+PCM through the ``plug`` converter returned scrambled audio after the first periods,
+while 16-bit capture was bit-exact.)
 """
 
 from __future__ import annotations
@@ -95,7 +100,7 @@ class MicSource(Source):
         try:
             self._stream = sd.InputStream(
                 device=self.device["index"], channels=1, samplerate=self.native_rate,
-                dtype="float32", blocksize=self.block, callback=self._callback)
+                dtype=self.config.dtype, blocksize=self.block, callback=self._callback)
             self._stream.start()
         except sd.PortAudioError as exc:
             raise SourceError(f"cannot open input device {self.device['name']!r} at "
@@ -129,6 +134,8 @@ class MicSource(Source):
             pass
         out: list[Chunk | EndOfStream] = []
         for x, lost, captured in blocks:
+            if x.dtype == np.int16:  # the same scaling as soundfile's for 16-bit files
+                x = x.astype(np.float32) / 32768.0
             if self._anchor is None:
                 self._anchor = captured - x.size / self.native_rate
             if lost:
