@@ -7,7 +7,8 @@ BIN := $(VENV)/bin
 # The CPU build of torch 2.13.0; an unpinned torch would pull GBs of CUDA packages.
 TORCH := torch==2.13.0
 EXTRAS ?= cpu,test,dev
-APT_PACKAGES := libsndfile1 libportaudio2
+# prometheus (promtool) and systemd (systemd-analyze): tests/test_deploy.py checks deploy/ with them.
+APT_PACKAGES := libsndfile1 libportaudio2 prometheus systemd
 FSDD ?= ../shared/datasets/fsdd/recordings
 STAMP := $(VENV)/.setup-done
 
