@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -159,9 +160,6 @@ def _open_source(args: argparse.Namespace, cfg: StreamConfig, sample_rate: int,
         from audioclust.stream.sources.mic import MicSource
 
         return MicSource(sample_rate, cfg.mic, metrics=metrics)
-    for flag in ("bootstrap", "topic", "group"):
-        if getattr(args, flag) is None and not cfg.kafka.get(flag):
-            raise UserError(f"--source kafka needs --{flag} (or {flag} in the [kafka] table)")
     try:
         from audioclust.stream.sources.kafka import KafkaSource
     except ImportError as exc:
@@ -247,8 +245,13 @@ def _serve(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
-                        format=f"{PROG}: %(message)s", stream=sys.stderr)
+    logging.basicConfig(level=logging.WARNING, format=f"{PROG}: %(message)s",
+                        stream=sys.stderr)
+    logging.getLogger("audioclust").setLevel(logging.WARNING if args.quiet else logging.INFO)
+    if not os.environ.get("AUDIOCLUST_DEBUG"):
+        # kafka-python logs every failed reconnect attempt; the Kafka source reports the
+        # broker's state in its own lines, and AUDIOCLUST_DEBUG=1 brings these back.
+        logging.getLogger("kafka").setLevel(logging.CRITICAL)
     return run_command(PROG, lambda: _serve(args))
 
 

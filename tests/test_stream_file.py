@@ -229,6 +229,8 @@ def test_command_line_errors(stream_model, fsdd_subset, tmp_path):
         (["--source", "file", clip, "--max-batch", "0"], "max_batch"),
         (["--source", "mic", clip], "PATH arguments are for --source file"),
         (["--source", "file", clip, "--config", str(tmp_path / "none.toml")], "cannot read"),
+        (["--source", "kafka", "--bootstrap", "127.0.0.1:1", "--kafka-option",
+          "startup_timeout_s=1"], "127.0.0.1:1"),
     ]:
         proc = run_cli(*args, "--model", str(stream_model))
         assert proc.returncode == 1, (args, proc.stderr)
