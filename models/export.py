@@ -38,11 +38,14 @@ FORMAT_VERSION = "1"
 
 
 class FullModel(nn.Module):
-    """Waveform (B, T) + lengths (B,) -> (embedding (B, d), posterior (B, K))."""
+    """Waveform (B, T) + lengths (B,) -> (embedding (B, d), posterior (B, K)).
 
-    def __init__(self, embedder: Embedder, head: ClusterHead):
+    Without a head (head-free export) the graph returns the embedding alone.
+    """
+
+    def __init__(self, embedder: Embedder, head: ClusterHead | None):
         super().__init__()
-        if head.config.in_dim != embedder.embed_dim:
+        if head is not None and head.config.in_dim != embedder.embed_dim:
             raise ValueError(f"head expects {head.config.in_dim}-d embeddings, encoder gives "
                              f"{embedder.embed_dim}")
         self.embedder = embedder
@@ -50,8 +53,10 @@ class FullModel(nn.Module):
 
     def forward(
         self, waveform: torch.Tensor, lengths: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, torch.Tensor] | torch.Tensor:
         z = self.embedder(waveform, lengths)
+        if self.head is None:
+            return z
         return z, self.head(z)
 
 
@@ -78,7 +83,7 @@ def _weights_sha256(model: onnx.ModelProto) -> str:
 
 def export_model(
     encoder_path: str | os.PathLike,
-    head_path: str | os.PathLike,
+    head_path: str | os.PathLike | None,
     out: str | os.PathLike,
     window_seconds: float = 1.0,
     hop_seconds: float = 0.5,
@@ -86,6 +91,10 @@ def export_model(
     description: str = "",
 ) -> ExportResult:
     """Export encoder checkpoint + head checkpoint to one ONNX file at ``out``.
+
+    ``head_path=None`` exports the encoder alone (head-free): the graph's only output is
+    the embedding, the metadata says ``n_clusters`` 0, ``prior`` [] and ``head_method``
+    "none", and audioclust-stream clusters the embeddings online instead.
 
     ``window_seconds``/``hop_seconds`` are the streaming window the model is meant for
     (recorded in the metadata; the graph itself takes any length above ``min_samples``).
@@ -98,9 +107,9 @@ def export_model(
         raise ValueError(f"need 0 < hop <= window, got hop {hop_seconds}, window "
                          f"{window_seconds}")
     enc_meta = read_embedder_metadata(encoder_path)
-    head_meta = read_head_metadata(head_path)
+    head_meta = read_head_metadata(head_path) if head_path is not None else None
     embedder = load_embedder(encoder_path)
-    head = load_head(head_path)
+    head = load_head(head_path) if head_path is not None else None
     model = FullModel(embedder, head).eval()
     sr = embedder.frontend.config.sample_rate
     min_samples = max(embedder.min_samples, embedder.frontend.config.n_fft)
@@ -118,23 +127,25 @@ def export_model(
         "min_samples": min_samples,
         "frontend": json.dumps(embedder.frontend.config.to_dict(), sort_keys=True),
         "embedding_dim": embedder.embed_dim,
-        "n_clusters": head.config.n_clusters,
-        "prior": json.dumps([round(float(p), 8) for p in head.prior]),
+        "n_clusters": 0 if head is None else head.config.n_clusters,
+        "prior": json.dumps([] if head is None else [round(float(p), 8) for p in head.prior]),
         "encoder": json.dumps({"name": enc_meta["encoder"], "config": enc_meta["encoder_config"]},
                               sort_keys=True),
         "encoder_method": str(enc_meta["info"].get("method", "unknown")),
-        "head_method": head_meta["method"],
+        "head_method": "none" if head_meta is None else head_meta["method"],
         "training_data": json.dumps({"encoder": enc_meta["info"].get("data", ""),
                                      "encoder_clips": enc_meta["info"].get("clips"),
-                                     "head": head_meta["info"].get("data", "")}),
+                                     "head": "" if head_meta is None
+                                     else head_meta["info"].get("data", "")}),
         "quantization": quantize or "none",
         "description": description,
     }
     out = Path(out)
     example = (torch.zeros(2, int(window_seconds * sr)), torch.full((2,), int(window_seconds * sr)))
     float_path = out if quantize is None else out.with_suffix(".fp32.onnx")
+    outputs = ["embedding"] if head is None else ["embedding", "posterior"]
     export_onnx(
-        model, example, float_path, ["waveform", "lengths"], ["embedding", "posterior"],
+        model, example, float_path, ["waveform", "lengths"], outputs,
         {"waveform": {0: "batch", 1: "samples"}, "lengths": {0: "batch"}},
         min_sizes={"samples": min_samples},
     )
@@ -187,7 +198,8 @@ def main(argv: list[str] | None = None) -> int:
         formatter_class=HelpFormatter,
     )
     parser.add_argument("--encoder", required=True, type=Path, help="encoder .safetensors")
-    parser.add_argument("--head", required=True, type=Path, help="head .safetensors")
+    parser.add_argument("--head", type=Path, help="head .safetensors; without it the model is "
+                        "head-free (embedding only; audioclust-stream clusters online)")
     parser.add_argument("-o", "--output", required=True, type=Path, help="model .onnx to write")
     parser.add_argument("--quantize", choices=("int8",), help="dynamic int8 quantisation")
     parser.add_argument("--window", type=float, default=1.0, help="stream window, seconds")
@@ -203,7 +215,8 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps({"path": str(result.path), "metadata": result.metadata}))
         else:
             size = result.path.stat().st_size / 1e6
-            print(f"wrote {result.path} ({size:.1f} MB, K={result.metadata['n_clusters']}, "
+            k = result.metadata["n_clusters"]
+            print(f"wrote {result.path} ({size:.1f} MB, K={k if k != '0' else 'head-free'}, "
                   f"d={result.metadata['embedding_dim']}, {result.metadata['quantization']})",
                   file=sys.stderr)
         return 0

@@ -100,7 +100,11 @@ class ModelInfo:
             )
         except (KeyError, ValueError, TypeError) as exc:
             raise ModelError(path, f"damaged metadata ({type(exc).__name__}: {exc})") from exc
-        if info.prior.shape != (info.n_clusters,) or not np.isclose(info.prior.sum(), 1, 1e-3):
+        if info.n_clusters == 0:  # head-free: embeddings only, no prior
+            if info.prior.size:
+                raise ModelError(path, f"head-free model (n_clusters 0) with a prior of "
+                                 f"{info.prior.size} values")
+        elif info.prior.shape != (info.n_clusters,) or not np.isclose(info.prior.sum(), 1, 1e-3):
             raise ModelError(path, f"metadata prior has shape {info.prior.shape} / sum "
                              f"{info.prior.sum():.4f}; expected {info.n_clusters} values "
                              "summing to 1")
@@ -166,17 +170,32 @@ class OnnxModel:
                 raise ModelError(self.path, f"input {name!r} is {inputs[name].type}, "
                                  f"expected {dtype}")
         outputs = [o.name for o in self.session.get_outputs()]
-        if list(outputs) != list(_OUTPUTS):
-            raise ModelError(self.path, f"outputs {outputs}, expected {list(_OUTPUTS)}")
+        if list(outputs) != list(self._outputs):
+            raise ModelError(self.path, f"outputs {outputs}, expected {list(self._outputs)}")
 
-    def run(self, clips: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    @property
+    def head_free(self) -> bool:
+        """An encoder without a clustering head: :meth:`run` gives no posterior."""
+        return self.info.n_clusters == 0
+
+    @property
+    def _outputs(self) -> tuple[str, ...]:
+        return _OUTPUTS[:1] if self.head_free else _OUTPUTS
+
+    def _session_run(self, batch: np.ndarray,
+                     lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        out = self.session.run(list(self._outputs), {"waveform": batch, "lengths": lengths})
+        return out[0], (None if self.head_free else out[1])
+
+    def run(self, clips: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
         """Embeddings (B, d) and posteriors (B, K) for mono float32 clips at the model's rate.
 
-        Clips may differ in length; each must be at least ``info.min_samples`` long.
+        Clips may differ in length; each must be at least ``info.min_samples`` long. A
+        head-free model gives None for the posteriors.
         """
         if not clips:
             return (np.zeros((0, self.info.embedding_dim), np.float32),
-                    np.zeros((0, self.info.n_clusters), np.float32))
+                    None if self.head_free else np.zeros((0, self.info.n_clusters), np.float32))
         lengths = np.array([len(c) for c in clips], dtype=np.int64)
         short = int(lengths.min())
         if short < self.info.min_samples:
@@ -185,10 +204,9 @@ class OnnxModel:
         batch = np.zeros((len(clips), int(lengths.max())), dtype=np.float32)
         for row, clip in enumerate(clips):
             batch[row, : len(clip)] = clip
-        emb, post = self.session.run(list(_OUTPUTS), {"waveform": batch, "lengths": lengths})
-        return emb, post
+        return self._session_run(batch, lengths)
 
-    def run_batch(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def run_batch(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """Like :meth:`run` for an equal-length (B, T) float32 array, without copying."""
         batch = np.ascontiguousarray(batch, dtype=np.float32)
         if batch.ndim != 2:
@@ -197,5 +215,4 @@ class OnnxModel:
             raise ValueError(f"{batch.shape[1]} samples is shorter than the model's minimum "
                              f"{self.info.min_samples}")
         lengths = np.full(batch.shape[0], batch.shape[1], dtype=np.int64)
-        emb, post = self.session.run(list(_OUTPUTS), {"waveform": batch, "lengths": lengths})
-        return emb, post
+        return self._session_run(batch, lengths)

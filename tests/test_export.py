@@ -172,3 +172,34 @@ def test_export_cli_errors(tmp_path, checkpoints):
                str(tmp_path / "m.onnx"), "--window", "0.05", "--hop", "0.05")
     assert proc.returncode == 1 and "shorter than the model's minimum" in proc.stderr
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_head_free_export(checkpoints, exported, tmp_path, fsdd_subset):
+    """An encoder without a head: the graph gives the embedding only; metadata says so."""
+    out = tmp_path / "enc_only.onnx"
+    proc = subprocess.run(
+        [sys.executable, "-m", "audioclust.models.export", "--encoder", str(checkpoints[0]),
+         "-o", str(out), "--json"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    meta = json.loads(proc.stdout)["metadata"]
+    assert (meta["n_clusters"], meta["prior"], meta["head_method"]) == ("0", "[]", "none")
+    assert [o.name for o in onnx.load(out).graph.output] == ["embedding"]
+    model = OnnxModel(out)
+    assert model.head_free and model.info.n_clusters == 0 and model.info.prior.size == 0
+    clips = [load_audio(p) for p in sorted(fsdd_subset.iterdir())[:5]]
+    z, p = model.run(clips)
+    assert p is None and z.shape == (5, 64)
+    zb, pb = model.run_batch(np.stack([c[:4000] for c in clips]))
+    assert pb is None and zb.shape == (5, 64)
+    # the same embeddings as the encoder inside a full model
+    zt, _ = _torch_outputs(checkpoints, clips)
+    np.testing.assert_allclose(z, zt, atol=1e-4, rtol=0)
+    assert not OnnxModel(exported).head_free  # a full model stays a full model
+    # head-free metadata with a prior is refused
+    broken = onnx.load(out)
+    meta = {p.key: p.value for p in broken.metadata_props}
+    meta["prior"] = "[1.0]"
+    set_metadata(broken, meta)
+    onnx.save(broken, tmp_path / "broken.onnx")
+    with pytest.raises(ModelError, match="head-free model"):
+        OnnxModel(tmp_path / "broken.onnx")
