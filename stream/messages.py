@@ -189,8 +189,10 @@ def _int_header(h: Mapping[str, str], name: str, reason: str, *, required: bool,
         value = int(text.strip(), 10)
     except ValueError as exc:
         raise MessageError(reason, f"{name} {text[:40]!r} is not an integer") from exc
-    if (lo is not None and value < lo) or (hi is not None and value > hi):
-        raise MessageError(reason, f"{name} {value} is outside [{lo}, {hi}]")
+    if lo is not None and value < lo:
+        raise MessageError(reason, f"{name} {value} is below {lo}")
+    if hi is not None and value > hi:
+        raise MessageError(reason, f"{name} {value} is above {hi}")
     return value
 
 

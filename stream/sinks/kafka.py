@@ -19,7 +19,7 @@ from kafka.errors import KafkaError
 
 from audioclust.stream.metrics import StreamMetrics
 from audioclust.stream.sinks import Sink, SinkError
-from audioclust.stream.sources.kafka import KafkaConfig, client_options
+from audioclust.stream.sources.kafka import KafkaConfig, client_options, quiet_kafka_logs
 
 __all__ = ["KafkaSink", "encode_record"]
 
@@ -47,6 +47,7 @@ class KafkaSink(Sink):
                  delivery_timeout_s: float = 120.0):
         if not topic:
             raise ValueError("kafka sink: the topic must not be empty")
+        quiet_kafka_logs()
         self.topic = topic
         self.metrics = metrics
         self.delivery_timeout_s = delivery_timeout_s

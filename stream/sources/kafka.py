@@ -41,9 +41,17 @@ from audioclust.stream.metrics import StreamMetrics
 from audioclust.stream.sources import EndOfStream, PipelineHooks, Source, SourceError
 from audioclust.stream.window import Chunk
 
-__all__ = ["KafkaConfig", "KafkaSource", "client_options"]
+__all__ = ["KafkaConfig", "KafkaSource", "client_options", "quiet_kafka_logs"]
 
 log = logging.getLogger(__name__)
+
+
+def quiet_kafka_logs() -> None:
+    """kafka-python logs every connection and join at INFO; keep its warnings and errors
+    only, unless someone configured its logger on purpose."""
+    lib = logging.getLogger("kafka")
+    if lib.level == logging.NOTSET:
+        lib.setLevel(logging.WARNING)
 
 
 @dataclass
@@ -198,6 +206,7 @@ class KafkaSource(Source):
 
     def __init__(self, config: KafkaConfig, sample_rate: int,
                  metrics: StreamMetrics | None = None):
+        quiet_kafka_logs()
         self.config = config
         self.sample_rate = int(sample_rate)
         self.metrics = metrics or StreamMetrics()
