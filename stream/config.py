@@ -76,11 +76,15 @@ class HeadFreeConfig:
     chunk_size: int = 16
     #: Temperature of the soft assignment p(c) ∝ exp(cos(z, μ_c) / τ) that gives confidence.
     temperature: float = 0.1
+    #: How far river's k-means moves a centre towards each chunk centre (its ``halflife``).
+    halflife: float = 0.5
     seed: int = 0
 
     def __post_init__(self) -> None:
         if self.n_clusters < 2 or self.chunk_size < 1 or self.temperature <= 0:
             raise ValueError("headfree needs n_clusters >= 2, chunk_size >= 1, temperature > 0")
+        if not 0 < self.halflife <= 1:
+            raise ValueError(f"headfree.halflife must be in (0, 1], got {self.halflife}")
 
 
 @dataclass(frozen=True)
