@@ -29,13 +29,17 @@ from test_kafka_messages import MALFORMED
 from audioclust.stream.messages import encode_pcm
 
 RATE = 16000
-CHUNK = 4000  # 0.25 s per message
+CHUNK = 1600  # 0.1 s per message
 WINDOW, HOP = 16000, 8000  # the stream_model's 1 s window, 0.5 s hop
 
 # tansu makes every join wait for the rebalance timeout (= max_poll_interval_ms): keep it
-# short so that joins take 2 s, not 5 min.
-FAST_GROUP = ["max_poll_interval_ms=2000", "session_timeout_ms=6000",
-              "heartbeat_interval_ms=500", "commit_interval_s=0.2", "backoff_max_s=2"]
+# short so that joins take seconds, not 5 min. It must still exceed the longest stretch
+# between two polls (a full queue of windows through the model on a shared CPU), or the
+# consumer is dropped from the group and its commits fail: hence also a small queue.
+FAST_GROUP = ["max_poll_interval_ms=4000", "session_timeout_ms=6000",
+              "heartbeat_interval_ms=500", "commit_interval_s=0.2", "backoff_max_s=2",
+              "max_poll_records=40"]
+SMALL_QUEUE = "max_batch = 16\nmax_queue = 48\n"
 
 
 class Service:
@@ -45,9 +49,12 @@ class Service:
                  options: list[str] = (), extra: list[str] = ()):
         self.out = tmp / f"{name}.jsonl"
         self.log = tmp / f"{name}.log"
+        config = tmp / f"{name}.toml"
+        config.write_text(SMALL_QUEUE)
         cmd = [sys.executable, "-m", "audioclust.stream.cli", "--source", "kafka",
                "--bootstrap", broker.bootstrap, "--topic", "audio", "--group", group,
-               "--model", str(model), "--sink", f"jsonl:{self.out}", *extra]
+               "--model", str(model), "--sink", f"jsonl:{self.out}", "--config", str(config),
+               *extra]
         for opt in [*FAST_GROUP, *options]:
             cmd += ["--kafka-option", opt]
         env = dict(os.environ, OMP_NUM_THREADS="1")
@@ -138,7 +145,7 @@ def publish(broker, streams: int, chunks: range, total_chunks: int,
 
 
 def expected_windows(streams: int, n_chunks: int, first: int = 0) -> set[tuple[str, int]]:
-    last = (n_chunks * CHUNK - WINDOW) // HOP  # full windows only (no tail: 0.25 s chunks)
+    last = (n_chunks * CHUNK - WINDOW) // HOP  # full windows (a tail window may follow)
     return {(f"s{s}", w) for s in range(streams) for w in range(first, last + 1)}
 
 
@@ -155,7 +162,7 @@ def test_sigkill_midway_loses_nothing_and_replays_only_the_uncommitted_tail(
         kafka_broker, stream_model, tmp_path) -> None:
     b = kafka_broker
     b.create_topic("audio", partitions=4)
-    n_streams, n_chunks = 20, 100  # 2,000 messages, 25 s of audio per stream
+    n_streams, n_chunks = 20, 100  # 2,000 messages, 10 s of audio per stream
     where = publish(b, n_streams, range(n_chunks), n_chunks)
     assert len(where) == 2000
     expected = expected_windows(n_streams, n_chunks)
@@ -218,7 +225,7 @@ def test_malformed_messages_go_to_the_dlq_end_to_end_and_metrics_move(
                   extra=["--metrics-port", "0"])
     port = int(svc.wait_log(r"metrics on http://127\.0\.0\.1:(\d+)/metrics").group(1))
     svc.wait_log(r"partitions assigned: audio")
-    # the good stream's chunks (8,000 bytes) interleaved with every malformed kind
+    # the good stream's chunks (3,200 bytes) interleaved with every malformed kind
     n_chunks = len(MALFORMED) + 4
     # the too_large case is sized for a 2,048-byte limit: make it too large for this one
     bad = [(b"\0" * 12000 if r == "too_large" else v, h) for r, v, h in MALFORMED]

@@ -82,7 +82,9 @@ class KafkaConfig:
     heartbeat_interval_ms: int = 3_000
     #: Also the rebalance timeout: how long a join waits for the other members.
     max_poll_interval_ms: int = 300_000
-    max_poll_records: int = 500
+    #: Messages handed over per poll: the pipeline processes them before it polls again,
+    #: which must happen within max_poll_interval_ms (or the group drops this consumer).
+    max_poll_records: int = 100
     #: How often finished offsets are committed (also on rebalance and at close).
     commit_interval_s: float = 1.0
     #: open() keeps trying to reach the broker this long before giving up.
