@@ -182,7 +182,8 @@ def _publish_files(args: argparse.Namespace, pub: Publisher, streams: list[_Stre
     return {"streams": len(streams), "audio_seconds": round(total_audio, 3)}
 
 
-def _publish_mic(args: argparse.Namespace, pub: Publisher) -> dict:
+def _mic_rate(args: argparse.Namespace) -> int:
+    """The capture rate of the chosen input device; a one-line error when there is none."""
     try:
         import sounddevice as sd
     except OSError as exc:  # PortAudio library missing
@@ -192,7 +193,12 @@ def _publish_mic(args: argparse.Namespace, pub: Publisher) -> dict:
     except (ValueError, sd.PortAudioError) as exc:
         raise UserError(f"no input device{f' {args.device!r}' if args.device else ''}: "
                         f"{exc}") from exc
-    rate = int(info["default_samplerate"])
+    return int(args.mic_rate or info["default_samplerate"])
+
+
+def _publish_mic(args: argparse.Namespace, pub: Publisher, rate: int) -> dict:
+    import sounddevice as sd
+
     block = max(1, round(args.chunk_seconds * rate))
     q: queue.Queue = queue.Queue(maxsize=1000)
     overflows = 0
@@ -252,6 +258,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mic", action="store_true", help="publish the microphone instead")
     p.add_argument("--device", help="input device name or index (with --mic)")
     p.add_argument("--seconds", type=float, help="stop the microphone after this long")
+    p.add_argument("--mic-rate", type=int, metavar="HZ",
+                   help="capture rate (default: the device's own; the service resamples)")
     p.add_argument("--bootstrap", required=True, metavar="HOST:PORT",
                    help="Kafka bootstrap servers (comma-separated)")
     p.add_argument("--topic", required=True, help="topic to publish to")
@@ -299,9 +307,10 @@ def main(argv: list[str] | None = None) -> int:
         # Loaded up front so that a bad file fails before anything is sent.
         streams = (_load_streams(args.files, args.stream_id, args.resample) if args.files
                    else [])
+        mic_rate = _mic_rate(args) if args.mic else 0  # likewise: no device, no connection
         pub = Publisher(args.bootstrap, args.topic, rate=args.rate, client=client,
                         connect_timeout=args.connect_timeout)
-        summary = (_publish_mic(args, pub) if args.mic
+        summary = (_publish_mic(args, pub, mic_rate) if args.mic
                    else _publish_files(args, pub, streams))
         wall = pub.finish()
         summary.update({"topic": args.topic, "messages": pub.messages, "bytes": pub.bytes,

@@ -113,3 +113,73 @@ def test_help_explains_the_format() -> None:
     assert r.returncode == 0
     for word in ("end-of-stream", "--realtime", "--rate", "docs/kafka.md"):
         assert word in r.stdout
+
+
+# An ALSA "file" PCM over the clockless "null" device: PortAudio captures the raw file as if
+# from a microphone, as fast as it is read (the same device as tests/test_stream_mic.py).
+ASOUNDRC = """\
+pcm.acreplay {{
+    type plug
+    slave {{ pcm "acfilecore"; format S16_LE; rate 8000; channels 1 }}
+}}
+pcm.acfilecore {{
+    type file
+    slave.pcm "null"
+    file "/dev/null"
+    infile "{infile}"
+    format "raw"
+}}
+"""
+
+
+def _alsa_env(tmp_path, raw) -> dict[str, str]:
+    import os
+
+    home = tmp_path / "home"
+    home.mkdir(exist_ok=True)
+    (home / ".asoundrc").write_text("" if raw is None else ASOUNDRC.format(infile=raw))
+    return {**os.environ, "HOME": str(home), "OMP_NUM_THREADS": "1"}
+
+
+def test_mic_publishes_what_the_device_captures(kafka_broker, three, tmp_path) -> None:
+    b = kafka_broker
+    b.create_topic("audio")
+    ref = np.concatenate([load_audio(three / f, sr=None) for f in FILES])
+    pcm = np.clip(np.round(ref * 32768), -32768, 32767).astype("<i2")
+    raw = tmp_path / "rec.raw"
+    np.concatenate([pcm, np.zeros(8000, "<i2")]).tofile(raw)
+    r = subprocess.run([sys.executable, "-m", "audioclust.stream.produce", "--bootstrap",
+                        b.bootstrap, "--topic", "audio", "--mic", "--device", "acreplay",
+                        "--mic-rate", "8000", "--seconds", "0.5", "--stream-id", "m", "--json"],
+                       capture_output=True, text=True, env=_alsa_env(tmp_path, raw),
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    summary = json.loads(r.stdout)
+    assert summary["streams"] == 1 and summary["messages"] >= 3
+    got = sorted(b.read_all("audio", summary["messages"]), key=lambda m: m.offset)
+    decoded = [decode_message(m.value, m.headers, target_rate=8000) for m in got]
+    assert {d.stream for d in decoded} == {"m"}
+    assert [d.seq for d in decoded] == list(range(len(decoded)))
+    sizes = [d.samples.size for d in decoded]
+    assert [d.offset for d in decoded] == [sum(sizes[:i]) for i in range(len(sizes))]
+    assert "overflows" in summary
+    # The first block is the start of the recording, sample for sample. A clockless device
+    # overruns PortAudio's buffer now and then, so later blocks are checked to be some
+    # stretch of the file rather than the next one.
+    full = np.concatenate([pcm, np.zeros(8000, "<i2")])
+    assert sizes[0] == 2000
+    np.testing.assert_array_equal(decoded[0].samples, pcm[:2000].astype(np.float32) / 32768)
+    for d in decoded[1:]:
+        block = np.round(d.samples * 32768).astype("<i2")
+        starts = np.flatnonzero(full[: full.size - block.size + 1] == block[0])
+        assert any(np.array_equal(full[k : k + block.size], block) for k in starts)
+
+
+def test_mic_without_an_input_device_is_a_one_line_error(tmp_path) -> None:
+    r = subprocess.run([sys.executable, "-m", "audioclust.stream.produce", "--bootstrap",
+                        "127.0.0.1:1", "--topic", "audio", "--mic", "--device", "no-such-mic"],
+                       capture_output=True, text=True, env=_alsa_env(tmp_path, None),
+                       timeout=60)
+    assert r.returncode == 1
+    assert r.stderr.startswith("audioclust-produce: error: no input device 'no-such-mic'")
+    assert r.stderr.strip().count("\n") == 0
