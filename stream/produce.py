@@ -203,24 +203,29 @@ def _publish_mic(args: argparse.Namespace, pub: Publisher, rate: int) -> dict:
     q: queue.Queue = queue.Queue(maxsize=1000)
     overflows = 0
 
+    captured = 0  # samples PortAudio handed over, including blocks dropped below
+
     def callback(indata: np.ndarray, frames: int, _t: object, status: object) -> None:
-        nonlocal overflows
+        nonlocal overflows, captured
         if status:
             overflows += 1
         try:
-            q.put_nowait((time.time() - frames / rate, indata[:, 0].copy()))
+            # the block's place on the stream clock travels with it: a dropped block then
+            # shows up as a jump in offset, which the service treats as a gap
+            q.put_nowait((time.time() - frames / rate, captured, indata[:, 0].copy()))
         except queue.Full:
             overflows += 1
+        captured += frames
 
     name = args.stream_id or "mic"
-    seq = offset = 0
+    seq = sent = 0
     deadline = time.monotonic() + args.seconds if args.seconds else None
     try:
         with sd.InputStream(device=args.device, channels=1, samplerate=rate,
                             blocksize=block, dtype="float32", callback=callback):
             while deadline is None or time.monotonic() < deadline:
                 try:
-                    ts, x = q.get(timeout=0.5)
+                    ts, offset, x = q.get(timeout=0.5)
                 except queue.Empty:
                     continue
                 kw = {"stream": name, "seq": seq, "sample_rate": rate, "offset": offset,
@@ -230,12 +235,12 @@ def _publish_mic(args: argparse.Namespace, pub: Publisher, rate: int) -> dict:
                                                                         **kw))
                 pub.send(msg)
                 seq += 1
-                offset += x.size
+                sent += x.size
     except KeyboardInterrupt:
         pass  # Ctrl-C ends a mic session normally
     except sd.PortAudioError as exc:
         raise UserError(f"audio input failed: {exc}") from exc
-    return {"streams": 1, "audio_seconds": round(offset / rate, 3), "overflows": overflows}
+    return {"streams": 1, "audio_seconds": round(sent / rate, 3), "overflows": overflows}
 
 
 def _client_option(text: str) -> tuple[str, object]:

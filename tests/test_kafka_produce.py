@@ -161,8 +161,13 @@ def test_mic_publishes_what_the_device_captures(kafka_broker, three, tmp_path) -
     assert {d.stream for d in decoded} == {"m"}
     assert [d.seq for d in decoded] == list(range(len(decoded)))
     sizes = [d.samples.size for d in decoded]
-    assert [d.offset for d in decoded] == [sum(sizes[:i]) for i in range(len(sizes))]
-    assert "overflows" in summary
+    offsets = [d.offset for d in decoded]
+    # offsets grow by at least each block's size; blocks dropped from the full queue are
+    # jumps (gaps for the service), never overlaps
+    assert offsets[0] == 0
+    assert all(b >= a + n for a, b, n in zip(offsets[:-1], offsets[1:], sizes[:-1], strict=True))
+    if summary["overflows"] == 0:
+        assert offsets == [sum(sizes[:i]) for i in range(len(sizes))]
     # The first block is the start of the recording, sample for sample. A clockless device
     # overruns PortAudio's buffer now and then, so later blocks are checked to be some
     # stretch of the file rather than the next one.
