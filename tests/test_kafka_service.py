@@ -46,14 +46,15 @@ class Service:
     """One ``audioclust-stream --source kafka`` process writing JSON lines to its own file."""
 
     def __init__(self, broker, model: Path, tmp: Path, name: str, *, group: str = "g",
-                 options: list[str] = (), extra: list[str] = ()):
+                 options: list[str] = (), extra: list[str] = (), sink: str | None = None):
         self.out = tmp / f"{name}.jsonl"
         self.log = tmp / f"{name}.log"
         config = tmp / f"{name}.toml"
         config.write_text(SMALL_QUEUE)
         cmd = [sys.executable, "-m", "audioclust.stream.cli", "--source", "kafka",
                "--bootstrap", broker.bootstrap, "--topic", "audio", "--group", group,
-               "--model", str(model), "--sink", f"jsonl:{self.out}", "--config", str(config),
+               "--model", str(model), "--sink", sink or f"jsonl:{self.out}",
+               "--config", str(config),
                *extra]
         for opt in [*FAST_GROUP, *options]:
             cmd += ["--kafka-option", opt]
@@ -269,6 +270,37 @@ def test_the_service_rides_out_a_broker_outage(kafka_broker, stream_model, tmp_p
                "the second half after the outage", [svc])
     assert svc.proc.poll() is None  # the same process, never restarted
     assert svc.stop() == 0
+
+
+def test_results_to_a_kafka_sink_are_keyed_by_stream(kafka_broker, stream_model,
+                                                     tmp_path) -> None:
+    b = kafka_broker
+    b.create_topic("audio", partitions=2)
+    b.create_topic("results", partitions=2)
+    svc = Service(b, stream_model, tmp_path, "ksink", sink="kafka:results")
+    svc.wait_log(r"partitions assigned: audio")
+    publish(b, 3, range(30), 30)
+    expected = expected_windows(3, 30)
+    got: list = []
+
+    def all_there() -> bool:
+        got[:] = b.read_all("results", len(expected), timeout=2)
+        return {(json.loads(m.value)["stream"], json.loads(m.value)["seq"])
+                for m in got} >= expected
+
+    wait_until(all_there, 60, "the results on the results topic", [svc])
+    assert svc.stop() == 0
+    for m in got:
+        r = json.loads(m.value)
+        assert m.key.decode() == r["stream"]
+        assert {"cluster", "confidence", "start", "end", "model"} <= set(r)
+    # one stream's results stay on one partition, in window order
+    for s in ("s0", "s1", "s2"):
+        mine = [m for m in got if m.key == s.encode()]
+        assert len({m.partition for m in mine}) == 1
+        seqs = [json.loads(m.value)["seq"] for m in sorted(mine, key=lambda m: m.offset)]
+        assert seqs == sorted(seqs)
+    assert committed(b, "g", 2) and sum(committed(b, "g", 2).values()) == 90
 
 
 @pytest.fixture

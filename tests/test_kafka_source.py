@@ -256,6 +256,42 @@ def test_rebalance_flushes_commits_and_forgets_the_revoked_streams(kafka_broker)
         a.close()
 
 
+def test_a_failed_flush_on_revoke_surfaces_in_poll_and_streams_are_still_forgotten(
+        kafka_broker) -> None:
+    b = kafka_broker
+    b.create_topic("audio", partitions=2)
+    prod = b.producer()
+    for i in range(4):
+        send(prod, "audio", pcm("p0", i), partition=0)
+        send(prod, "audio", pcm("p1", i), partition=1)
+    prod.flush()
+    forgotten: list = []
+    got: list[Chunk] = []
+
+    def flush() -> None:  # the sink wrote the first two chunks of each stream, then failed
+        for c in got:
+            if c.seq < 2:
+                c.ack()
+        raise SinkError("disk full")
+
+    a = KafkaSource(config(b), 16000)
+    a.open(PipelineHooks(flush=flush, forget=forgotten.extend))
+    second = KafkaSource(config(b), 16000)
+    try:
+        got += [i for i in drain(a, 8) if isinstance(i, Chunk)]
+        second.open(None)
+        deadline = time.monotonic() + 20
+        with pytest.raises(SinkError, match="disk full"):
+            while time.monotonic() < deadline:
+                a.poll(0.1)
+                second.poll(0.1)
+        assert sorted(forgotten) == ["p0", "p1"]
+        assert committed(b, "audio", "g", 2) == [2, 2]  # what was written, no more
+    finally:
+        second.close()
+        a.close()
+
+
 def test_open_fails_with_one_clear_error_without_a_broker() -> None:
     from kafka_broker import free_port
 

@@ -228,6 +228,7 @@ class KafkaSource(Source):
         self._acks_at_pause = 0
         self._last_commit = 0.0
         self._closed = False
+        self._listener_error: Exception | None = None  # from the rebalance listener
         #: False while the broker cannot be reached (for /readyz).
         self.connected = False
 
@@ -325,15 +326,7 @@ class KafkaSource(Source):
 
     def poll(self, timeout: float) -> list[Chunk | EndOfStream]:
         if self._consumer is None:
-            if not self._backoff.ready():
-                time.sleep(min(timeout, max(0.0, self._backoff.next_try - time.monotonic())))
-                return []
-            try:
-                self._connect()
-            except Exception as exc:
-                log.warning("kafka: reconnect failed: %s", exc)
-                self._backoff.failed()
-                return []
+            raise SourceError("kafka: poll() before open()")
         self._resend_dead_letters()
         self._flow_control()
         if time.monotonic() - self._last_commit >= self.config.commit_interval_s:
@@ -352,6 +345,9 @@ class KafkaSource(Source):
             log.warning("kafka: poll failed (%s); retrying in %.1f s", exc, delay)
             time.sleep(min(timeout, delay))
             return []
+        if self._listener_error is not None:
+            exc, self._listener_error = self._listener_error, None
+            raise exc
         self._backoff.ok()
         self.connected = bool(self._consumer.assignment())
         out: list[Chunk | EndOfStream] = []
@@ -497,7 +493,14 @@ class KafkaSource(Source):
         # next owner would re-process it; then the streams are forgotten so that no half
         # window mixes our audio with audio the next owner processes.
         if self.hooks is not None and not self._closed:
-            self.hooks.flush()
+            try:
+                self.hooks.flush()
+            except Exception as exc:
+                # Raised again from poll() on the pipeline's own thread; here (kafka-python's
+                # IO thread) it would only be logged. What was acked is still committed and
+                # the streams still forgotten below: acks fire only for written output.
+                log.error("kafka: flush before giving partitions up failed: %s", exc)
+                self._listener_error = exc
         self._flush_dead_letters(timeout=10.0)
         with self._lock:
             parts = [(tp, self._parts[tp]) for tp in revoked if tp in self._parts]
