@@ -271,12 +271,19 @@ class Assigner:
             scalars[name] = sc
         doc = {"version": 1, "model": self.model_id, "config": asdict(self.config),
                "streams": scalars}
+        extra_arrays, extra_doc = self._extra_state()
+        arrays.update(extra_arrays)
+        doc.update(extra_doc)
         arrays["__meta__"] = np.array(json.dumps(doc))
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_name(f".{out.name}.tmp.npz")
         np.savez(tmp, **arrays)
         os.replace(tmp, out)
         return out
+
+    def _extra_state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """Arrays and JSON entries a subclass adds to the state file (none here)."""
+        return {}, {}
 
     def load(self, path: str | os.PathLike) -> int:
         """Restore streams from ``path``; returns how many. Refuses another model's state."""

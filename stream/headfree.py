@@ -126,25 +126,10 @@ class HeadFreeAssigner(Assigner):
         self.clusterer.learn(unit)
         return a
 
-    def save(self, path: str | os.PathLike) -> Path:
-        """One atomic npz: the streams as :meth:`Assigner.save` writes them + the centres."""
-        out = Path(path)
-        arrays: dict[str, np.ndarray] = {}
-        scalars: dict[str, Any] = {}
-        for name, s in self.streams.items():
-            a, sc = s.state()
-            arrays.update({f"{name}/{key}": value for key, value in a.items()})
-            scalars[name] = sc
+    def _extra_state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """The clusterer's centres go into the same atomic npz as the streams."""
         c_arrays, c_scalars = self.clusterer.state()
-        arrays.update({f"{_KEY}{key}": value for key, value in c_arrays.items()})
-        doc = {"version": 1, "model": self.model_id, "config": asdict(self.config),
-               "streams": scalars, "headfree": c_scalars}
-        arrays["__meta__"] = np.array(json.dumps(doc))
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".{out.name}.tmp.npz")
-        np.savez(tmp, **arrays)
-        os.replace(tmp, out)
-        return out
+        return {f"{_KEY}{key}": value for key, value in c_arrays.items()}, {"headfree": c_scalars}
 
     def load(self, path: str | os.PathLike) -> int:
         n = super().load(path)
