@@ -129,9 +129,10 @@ def publish(broker, streams: int, chunks: range, total_chunks: int,
     """Chunks ``chunks`` of each stream (in interleaved order); returns where each landed."""
     prod = broker.producer(linger_ms=5)
     futures = {}
+    audio = [audio_of(s, total_chunks) for s in range(streams)]
     for c in chunks:
         for s in range(streams):
-            x = audio_of(s, total_chunks)[c * CHUNK : (c + 1) * CHUNK]
+            x = audio[s][c * CHUNK : (c + 1) * CHUNK]
             m = encode_pcm(x, stream=f"s{s}", seq=c, sample_rate=RATE, offset=c * CHUNK,
                            timestamp=time.time(), end_of_stream=c == total_chunks - 1)
             futures[(f"s{s}", c)] = prod.send("audio", key=m.key, value=m.value,
