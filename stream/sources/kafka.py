@@ -334,8 +334,7 @@ class KafkaSource(Source):
         try:
             # never fetch past the in-flight bound (pausing alone would overshoot by a batch)
             room = max(1, self.config.max_in_flight - self.in_flight())
-            records = self._consumer.poll(timeout_ms=max(0, int(timeout * 1000)),
-                                          max_records=min(room, self.config.max_poll_records))
+            records = self._poll_records(timeout, min(room, self.config.max_poll_records))
         except Exception as exc:  # e.g. auth failure, broker gone mid-request
             if not isinstance(exc, KafkaError | OSError):
                 raise
@@ -360,6 +359,27 @@ class KafkaSource(Source):
                 out.extend(self._handle(tp, part, m))
         self._update_lag()
         return out
+
+    def _poll_records(self, timeout: float, max_records: int) -> dict:
+        """consumer.poll(), kept going back to back while a group (re)join is pending.
+
+        kafka-python 3.0 drops a join that completes while no poll() is waiting for it (the
+        next poll sends a fresh JoinGroup and the whole group rebalances again), so a join
+        must not straddle the gap between two polls of the pipeline's loop.
+        """
+        records = self._consumer.poll(timeout_ms=max(0, int(timeout * 1000)),
+                                      max_records=max_records)
+        deadline = time.monotonic() + min(self.config.max_poll_interval_ms / 1000 + 2.0, 30.0)
+        while not records and self._rejoining() and time.monotonic() < deadline:
+            records = self._consumer.poll(timeout_ms=100, max_records=max_records)
+        return records
+
+    def _rejoining(self) -> bool:
+        coordinator = getattr(self._consumer, "_coordinator", None)
+        try:
+            return bool(coordinator is not None and coordinator.need_rejoin())
+        except Exception:  # a private API: if it changes, fall back to plain polling
+            return False
 
     def _handle(self, tp: Any, part: _Partition, m: Any) -> list[Chunk | EndOfStream]:
         with self._lock:
