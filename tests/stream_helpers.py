@@ -102,3 +102,30 @@ def concat_clips(paths: list[Path], sr: int = 8000, gap_seconds: float = 0.1) ->
     for p in paths:
         parts += [load_audio(p, sr=sr), np.zeros(round(gap_seconds * sr), np.float32)]
     return np.concatenate(parts)
+
+
+# An ALSA "file" PCM over the clockless "null" device: PortAudio captures the raw file as
+# if from a microphone, as fast as it is read.
+ASOUNDRC = """\
+pcm.acreplay {{
+    type plug
+    slave {{ pcm "acfilecore"; format S16_LE; rate {rate}; channels 1 }}
+    hint {{ show on; description "audioclust replay device" }}
+}}
+pcm.acfilecore {{
+    type file
+    slave.pcm "null"
+    file "/dev/null"
+    infile "{infile}"
+    format "raw"
+}}
+"""
+
+
+def alsa_home(tmp: Path, raw: Path | None, rate: int = 8000) -> dict[str, str]:
+    """An environment whose ~/.asoundrc defines the replay device (or no device at all)."""
+    home = tmp / "home"
+    home.mkdir(exist_ok=True)
+    (home / ".asoundrc").write_text("" if raw is None else
+                                    ASOUNDRC.format(rate=rate, infile=raw))
+    return {**ENV, "HOME": str(home)}

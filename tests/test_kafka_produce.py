@@ -9,6 +9,7 @@ import time
 
 import numpy as np
 import pytest
+from stream_helpers import alsa_home
 
 from audioclust.models.audio import load_audio
 from audioclust.stream.messages import decode_message
@@ -115,32 +116,6 @@ def test_help_explains_the_format() -> None:
         assert word in r.stdout
 
 
-# An ALSA "file" PCM over the clockless "null" device: PortAudio captures the raw file as if
-# from a microphone, as fast as it is read (the same device as tests/test_stream_mic.py).
-ASOUNDRC = """\
-pcm.acreplay {{
-    type plug
-    slave {{ pcm "acfilecore"; format S16_LE; rate 8000; channels 1 }}
-}}
-pcm.acfilecore {{
-    type file
-    slave.pcm "null"
-    file "/dev/null"
-    infile "{infile}"
-    format "raw"
-}}
-"""
-
-
-def _alsa_env(tmp_path, raw) -> dict[str, str]:
-    import os
-
-    home = tmp_path / "home"
-    home.mkdir(exist_ok=True)
-    (home / ".asoundrc").write_text("" if raw is None else ASOUNDRC.format(infile=raw))
-    return {**os.environ, "HOME": str(home), "OMP_NUM_THREADS": "1"}
-
-
 def test_mic_publishes_what_the_device_captures(kafka_broker, three, tmp_path) -> None:
     b = kafka_broker
     b.create_topic("audio")
@@ -151,7 +126,7 @@ def test_mic_publishes_what_the_device_captures(kafka_broker, three, tmp_path) -
     r = subprocess.run([sys.executable, "-m", "audioclust.stream.produce", "--bootstrap",
                         b.bootstrap, "--topic", "audio", "--mic", "--device", "acreplay",
                         "--mic-rate", "8000", "--seconds", "0.5", "--stream-id", "m", "--json"],
-                       capture_output=True, text=True, env=_alsa_env(tmp_path, raw),
+                       capture_output=True, text=True, env=alsa_home(tmp_path, raw),
                        timeout=120)
     assert r.returncode == 0, r.stderr
     summary = json.loads(r.stdout)
@@ -183,7 +158,7 @@ def test_mic_publishes_what_the_device_captures(kafka_broker, three, tmp_path) -
 def test_mic_without_an_input_device_is_a_one_line_error(tmp_path) -> None:
     r = subprocess.run([sys.executable, "-m", "audioclust.stream.produce", "--bootstrap",
                         "127.0.0.1:1", "--topic", "audio", "--mic", "--device", "no-such-mic"],
-                       capture_output=True, text=True, env=_alsa_env(tmp_path, None),
+                       capture_output=True, text=True, env=alsa_home(tmp_path, None),
                        timeout=60)
     assert r.returncode == 1
     assert r.stderr.startswith("audioclust-produce: error: no input device 'no-such-mic'")

@@ -24,31 +24,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from stream_helpers import ENV, assert_same_records, concat_clips, read_jsonl, run_cli
-
-ASOUNDRC = """\
-pcm.acreplay {{
-    type plug
-    slave {{ pcm "acfilecore"; format S16_LE; rate {rate}; channels 1 }}
-    hint {{ show on; description "audioclust replay device" }}
-}}
-pcm.acfilecore {{
-    type file
-    slave.pcm "null"
-    file "/dev/null"
-    infile "{infile}"
-    format "raw"
-}}
-"""
-
-
-def alsa_home(tmp: Path, raw: Path | None, rate: int = 8000) -> dict[str, str]:
-    """An environment whose ~/.asoundrc defines the replay device (or no device at all)."""
-    home = tmp / "home"
-    home.mkdir(exist_ok=True)
-    (home / ".asoundrc").write_text("" if raw is None else
-                                    ASOUNDRC.format(rate=rate, infile=raw))
-    return {**ENV, "HOME": str(home)}
+from stream_helpers import alsa_home, assert_same_records, concat_clips, read_jsonl, run_cli
 
 
 @pytest.fixture(scope="module")
