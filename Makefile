@@ -12,10 +12,12 @@ APT_PACKAGES := libsndfile1 libportaudio2 prometheus systemd
 FSDD ?= ../shared/datasets/fsdd/recordings
 STAMP := $(VENV)/.setup-done
 
-.PHONY: setup run test lint bench clean help
+.PHONY: setup run baselines test lint bench clean help
 
 help:
-	@echo "make run    - set up if needed, then run the main job (baseline benchmark on FSDD)"
+	@echo "make run    - set up if needed, then the main job: stream the shipped demo recording"
+	@echo "             through the shipped default model (one JSON record per window on stdout)"
+	@echo "make baselines - the baseline clustering grid on FSDD digits"
 	@echo "make test   - set up if needed, then ruff and the whole test suite"
 	@echo "make setup  - Debian packages, .venv, torch==2.13.0 (CPU), audioclust[$(EXTRAS)]"
 
@@ -39,6 +41,9 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 run: $(STAMP)
+	$(BIN)/audioclust-stream --source file models/assets/demo-fsdd.flac
+
+baselines: $(STAMP)
 	$(BIN)/audioclust-eval baselines --data $(FSDD) --labels digit --out runs/baselines-digit
 
 test: $(STAMP)

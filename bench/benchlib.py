@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -48,32 +47,11 @@ def log(message: str) -> None:
 
 
 def make_int8(fp32_path: str | os.PathLike, workdir: str | os.PathLike) -> Path:
-    """Quantise an exported fp32 model with ``audioclust-export``'s own int8 path.
+    """``workdir/model.int8.onnx``: the model quantised by ``audioclust-export``'s int8 path."""
+    # torch comes in with the export module: only pay for it when quantising here
+    from audioclust.models.export import quantize_model
 
-    Returns ``workdir/model.int8.onnx`` with the fp32 model's metadata, its
-    ``quantization`` set to int8 and ``weights_sha256`` recomputed, as
-    ``audioclust-export --quantize int8`` writes them.
-    """
-    import onnx  # torch comes in with export: only pay for it when quantising here
-
-    from audioclust.models.export import _quantize_int8, _weights_sha256
-    from audioclust.models.onnx_export import set_metadata
-
-    workdir = Path(workdir)
-    # The quantiser writes a scratch file beside its source: keep that out of the user's
-    # folder (the default model lives in the repo).
-    src = workdir / "model.fp32.onnx"
-    shutil.copyfile(fp32_path, src)
-    dst = workdir / "model.int8.onnx"
-    _quantize_int8(src, dst)
-    src.unlink()
-    meta = {p.key: p.value for p in onnx.load(fp32_path).metadata_props}
-    model = onnx.load(dst)
-    meta["quantization"] = "int8"
-    meta["weights_sha256"] = _weights_sha256(model)
-    set_metadata(model, meta)
-    onnx.save(model, dst)
-    return dst
+    return quantize_model(fp32_path, Path(workdir) / "model.int8.onnx")
 
 
 def check_pair(fp32: Any, int8: Any) -> list[str]:

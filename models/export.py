@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 from dataclasses import dataclass
 from importlib import metadata as importlib_metadata
 from pathlib import Path
@@ -24,7 +25,9 @@ from .embedder import Embedder, load_embedder, read_embedder_metadata
 from .heads import ClusterHead, load_head, read_head_metadata
 from .onnx_export import export_onnx, set_metadata
 
-__all__ = ["METADATA_KEYS", "MODEL_FORMAT", "ExportResult", "FullModel", "export_model"]
+__all__ = [
+    "METADATA_KEYS", "MODEL_FORMAT", "ExportResult", "FullModel", "export_model", "quantize_model",
+]
 
 MODEL_FORMAT = "audioclust-model"
 #: Metadata every exported model carries (all strings; JSON where structured).
@@ -158,6 +161,30 @@ def export_model(
     set_metadata(onnx_model, strings)
     onnx.save(onnx_model, out)
     return ExportResult(out, strings)
+
+
+def quantize_model(src: str | os.PathLike, out: str | os.PathLike) -> Path:
+    """An int8 copy of an exported fp32 model at ``out``, with its metadata carried over
+    (``quantization`` = int8, ``weights_sha256`` recomputed), as ``--quantize int8`` writes.
+    """
+    src, out = Path(src), Path(out)
+    meta = {p.key: p.value for p in onnx.load(src).metadata_props}
+    if meta.get("quantization", "none") != "none":
+        raise ValueError(f"{src}: already quantised ({meta['quantization']})")
+    # The quantiser writes scratch files beside its input: work on a copy next to ``out``
+    # so nothing lands beside the source (the default model lives in the package).
+    scratch = out.with_suffix(".fp32.onnx")
+    shutil.copyfile(src, scratch)
+    try:
+        _quantize_int8(scratch, out)
+    finally:
+        scratch.unlink(missing_ok=True)
+    model = onnx.load(out)
+    meta["quantization"] = "int8"
+    meta["weights_sha256"] = _weights_sha256(model)
+    set_metadata(model, meta)
+    onnx.save(model, out)
+    return out
 
 
 def _quantize_int8(src: Path, dst: Path) -> None:

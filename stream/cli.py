@@ -252,6 +252,8 @@ def main(argv: list[str] | None = None) -> int:
         # kafka-python logs every failed reconnect attempt; the Kafka source reports the
         # broker's state in its own lines, and AUDIOCLUST_DEBUG=1 brings these back.
         logging.getLogger("kafka").setLevel(logging.CRITICAL)
+        # the service's own model line already names the execution provider
+        logging.getLogger("audioclust.models.runtime").setLevel(logging.WARNING)
     return run_command(PROG, lambda: _serve(args))
 
 
