@@ -2,7 +2,8 @@
 
 Three FSDD speakers (george, jackson, lucas) say the digits 0-9 (take 0 of each), one
 speaker after the other, with 0.75 s of silence between words: about 39 s of 16 kHz mono.
-FSDD is CC BY-SA 4.0 (Zohar Jackson et al., https://github.com/Jakobovski/free-spoken-digit-dataset);
+FSDD is CC BY-SA 4.0 (Zohar Jackson and contributors,
+https://github.com/Jakobovski/free-spoken-digit-dataset);
 the recording carries the same licence.
 
     python models/assets/make_demo.py [--fsdd ../shared/datasets/fsdd/recordings]
