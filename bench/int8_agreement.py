@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             start = time.perf_counter()
             int8_path = make_int8(args.model, tmp)
             quantise_s = time.perf_counter() - start
-            made = "made here by audioclust-export's int8 path (models.export._quantize_int8)"
+            made = "made here by audioclust-export's int8 path (models.export.quantize_model)"
         int8 = OnnxModel(int8_path, provider="cpu", threads=args.threads)
         warnings = check_pair(fp32, int8)
         for w in warnings:

@@ -311,7 +311,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         else:
             log("quantising to int8 with audioclust-export's int8 path ...")
             int8_path = make_int8(args.model, tmp)
-            made = "made here by audioclust-export's int8 path (models.export._quantize_int8)"
+            made = "made here by audioclust-export's int8 path (models.export.quantize_model)"
         int8 = OnnxModel(int8_path, provider="cpu", threads=threads)
         warnings = check_pair(fp32, int8)
         for w in warnings:
