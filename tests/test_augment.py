@@ -163,6 +163,25 @@ def test_random_resized_crop_identity_and_fill():
         RandomResizedCrop(virtual_crop_scale=(0.5, 1.0))
 
 
+def test_random_resized_crop_area_scale_keeps_area_and_aspect_in_range():
+    f, t = 64, 96
+    rrc = RandomResizedCrop(virtual_crop_scale=(1.0, 1.0), area_scale=(0.3, 1.0), seed=0)
+    p = rrc.sample(2000, (f, t))
+    area = (p.height * p.width).double() / (f * t)
+    # floor() to whole bins/frames takes at most one row and one column off
+    assert area.max() <= 1.0 and area.min() >= 0.3 - 1 / f - 1 / t
+    assert area.min() < 0.35 and area.max() > 0.8  # the whole range is drawn
+    aspect = (p.height.double() / f) / (p.width.double() / t)
+    unclipped = (p.height < f) & (p.width < t)
+    # one bin/frame less on a side of at least 0.47 of the input moves the aspect < 0.05
+    assert (aspect[unclipped] >= 0.75 - 0.05).all() and (aspect[unclipped] <= 4 / 3 + 0.05).all()
+    assert aspect[unclipped].min() < 0.8 and aspect[unclipped].max() > 1.25
+    out = rrc(batch(b=4, f=f, t=t))
+    assert out.shape == (4, 1, f, t)
+    with pytest.raises(ValueError):
+        RandomResizedCrop(area_scale=(0.0, 1.0))
+
+
 def test_random_linear_fader_adds_a_bounded_ramp():
     x = batch(b=16, f=8, t=50)
     out = RandomLinearFader(gain=0.7, seed=0)(x)

@@ -180,6 +180,12 @@ class RandomResizedCrop(_RandomTransform):
     ``out_size`` (the input size if None). With BYOL-A's defaults the crop stretches or
     squeezes time and frequency by up to 1/0.6 and 1.5 and can shift the clip in time.
 
+    ``area_scale=(0.3, 1.0)`` gives instead torchvision's parametrisation (the issue's
+    "scale 0.3–1.0"): the crop's area is a uniform fraction of the input's, its aspect
+    (frequency factor / time factor) log-uniform in ``aspect_ratio``; ``freq_scale`` and
+    ``time_scale`` are then unused. The SSL methods keep BYOL-A's per-axis defaults, with
+    which the FSDD benchmarks were measured.
+
     Canvas padding is ``fill``, so this belongs after normalisation (where 0 is the
     average level), as in BYOL-A. Bilinear interpolation keeps every output value
     between the input's extremes (and ``fill``).
@@ -194,10 +200,16 @@ class RandomResizedCrop(_RandomTransform):
         mode: Literal["bilinear", "bicubic", "nearest"] = "bilinear",
         fill: float = 0.0,
         *,
+        area_scale: tuple[float, float] | None = None,
+        aspect_ratio: tuple[float, float] = (3 / 4, 4 / 3),
         seed: int | None = None,
         generator: torch.Generator | None = None,
     ):
         super().__init__(seed, generator)
+        if area_scale is not None and not 0.0 < area_scale[0] <= area_scale[1]:
+            raise ValueError(f"area_scale must satisfy 0 < min <= max, got {area_scale}")
+        if not 0.0 < aspect_ratio[0] <= aspect_ratio[1]:
+            raise ValueError(f"aspect_ratio must satisfy 0 < min <= max, got {aspect_ratio}")
         if min(virtual_crop_scale) < 1.0:
             raise ValueError(f"virtual_crop_scale must be >= 1, got {virtual_crop_scale}")
         for name, (lo, hi) in (("freq_scale", freq_scale), ("time_scale", time_scale)):
@@ -211,19 +223,25 @@ class RandomResizedCrop(_RandomTransform):
         self.out_size = None if out_size is None else tuple(out_size)
         self.mode = mode
         self.fill = fill
+        self.area_scale = None if area_scale is None else tuple(area_scale)
+        self.aspect_ratio = tuple(aspect_ratio)
 
     def sample(self, batch: int, in_size: tuple[int, int]) -> CropParams:
         """Draw ``batch`` crops for inputs of ``in_size`` (F, T)."""
         (f, t), (vf, vt) = in_size, self.virtual_crop_scale
         canvas = (int(f * vf), int(t * vt))
 
-        def crop_size(size: int, scale: tuple[float, float], limit: int) -> torch.Tensor:
-            lo, hi = scale
-            factor = lo + (hi - lo) * self._uniform(batch)
-            return torch.floor(factor * size).clamp(1, limit).long()
+        def uniform(lo: float, hi: float) -> torch.Tensor:
+            return lo + (hi - lo) * self._uniform(batch)
 
-        height = crop_size(f, self.freq_scale, canvas[0])
-        width = crop_size(t, self.time_scale, canvas[1])
+        if self.area_scale is None:
+            freq_factor, time_factor = uniform(*self.freq_scale), uniform(*self.time_scale)
+        else:
+            area = uniform(*self.area_scale)
+            aspect = torch.exp(uniform(*(math.log(r) for r in self.aspect_ratio)))
+            freq_factor, time_factor = torch.sqrt(area * aspect), torch.sqrt(area / aspect)
+        height = torch.floor(freq_factor * f).clamp(1, canvas[0]).long()
+        width = torch.floor(time_factor * t).clamp(1, canvas[1]).long()
         top = self._integers(canvas[0] - height + 1, batch)
         left = self._integers(canvas[1] - width + 1, batch)
         return CropParams(top, left, height, width, canvas)
