@@ -172,6 +172,36 @@ def test_state_saved_and_restored_across_runs(stream_model, long_dir, tmp_path):
     assert proc.returncode == 1 and "belongs to another model" in proc.stderr
 
 
+def test_state_is_saved_at_intervals_while_running(stream_model, long_dir, tmp_path):
+    import threading
+    import time
+    from dataclasses import replace
+
+    state = tmp_path / "state.npz"
+    cfg = StreamConfig(state=str(state), state_interval=0.3,
+                       file=replace(FileConfig(), realtime=True))
+    model = OnnxModel(stream_model, threads=1)
+    source = FileSource([long_dir / "rec2.wav"], model.info.sample_rate, cfg.file)
+    pipe = Pipeline(model, source, JsonlSink(tmp_path / "out.jsonl"), cfg)
+    stop = threading.Event()
+    runner = threading.Thread(target=pipe.run, args=(stop,))
+    runner.start()
+    try:
+        deadline = time.monotonic() + 5.0
+        while not state.is_file() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert state.is_file() and runner.is_alive()  # saved mid-run, not only at the end
+        first = state.stat().st_mtime_ns
+        time.sleep(1.0)
+        assert state.stat().st_mtime_ns > first  # and saved again
+        assert Assigner(model.info.prior, model.info.embedding_dim,
+                        model_id=model.info.weights_sha256).load(state) == 1
+    finally:
+        stop.set()
+        runner.join(timeout=30)
+    assert not runner.is_alive()
+
+
 def test_bad_files_are_reported_and_the_rest_carry_on(stream_model, fsdd_subset, tmp_path):
     d = tmp_path / "mixed"
     d.mkdir()
