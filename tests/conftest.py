@@ -28,16 +28,23 @@ def fsdd_dir() -> Path:
     return root
 
 
+def copy_fsdd(fsdd: Path, out: Path, digits: range, speakers: tuple[str, ...],
+              takes: range) -> Path:
+    """Copy the FSDD clips ``{digit}_{speaker}_{take}.wav`` of the given sets into ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    for digit in digits:
+        for speaker in speakers:
+            for take in takes:
+                name = f"{digit}_{speaker}_{take}.wav"
+                shutil.copy(fsdd / name, out / name)
+    return out
+
+
 @pytest.fixture(scope="session")
 def fsdd_subset(tmp_path_factory, fsdd_dir) -> Path:
     """120 FSDD clips (digits 0-3, speakers george/jackson/lucas, 10 takes each), copied."""
-    out = tmp_path_factory.mktemp("fsdd_subset")
-    for digit in range(4):
-        for speaker in ("george", "jackson", "lucas"):
-            for take in range(10):
-                name = f"{digit}_{speaker}_{take}.wav"
-                shutil.copy(fsdd_dir / name, out / name)
-    return out
+    return copy_fsdd(fsdd_dir, tmp_path_factory.mktemp("fsdd_subset"), range(4),
+                     ("george", "jackson", "lucas"), range(10))
 
 
 @pytest.fixture

@@ -35,7 +35,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import yaml
-from conftest import REPO
+from conftest import REPO, copy_fsdd
 
 DEPLOY = REPO / "deploy"
 K8S = DEPLOY / "k8s"
@@ -651,14 +651,7 @@ def _assigned(log: Path) -> set[str]:
 @pytest.fixture
 def recordings(tmp_path, fsdd_dir) -> Path:
     """32 FSDD recordings (two speakers, digits 0-7, two takes): 32 streams to spread."""
-    out = tmp_path / "recordings"
-    out.mkdir()
-    for digit in range(8):
-        for speaker in ("george", "lucas"):
-            for take in range(2):
-                name = f"{digit}_{speaker}_{take}.wav"
-                shutil.copy(fsdd_dir / name, out / name)
-    return out
+    return copy_fsdd(fsdd_dir, tmp_path / "recordings", range(8), ("george", "lucas"), range(2))
 
 
 def _processes(consumers: list[list[str]], tmp: Path) -> Iterator[subprocess.Popen]:

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import copy_fsdd
 from kafka import KafkaConsumer, TopicPartition
 from test_kafka_messages import MALFORMED
 
@@ -306,14 +307,7 @@ def test_results_to_a_kafka_sink_are_keyed_by_stream(kafka_broker, stream_model,
 
 @pytest.fixture
 def fsdd_twelve(tmp_path, fsdd_dir) -> Path:
-    d = tmp_path / "rec"
-    d.mkdir()
-    for digit in range(3):
-        for speaker in ("george", "jackson"):
-            for take in range(2):
-                name = f"{digit}_{speaker}_{take}.wav"
-                (d / name).write_bytes((fsdd_dir / name).read_bytes())
-    return d
+    return copy_fsdd(fsdd_dir, tmp_path / "rec", range(3), ("george", "jackson"), range(2))
 
 
 def test_kafka_assignments_equal_file_replay(kafka_broker, stream_model, tmp_path,

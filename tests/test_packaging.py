@@ -50,6 +50,9 @@ def test_wheel_contents(tmp_path):
         assert pkg.replace(".", "/") + "/__init__.py" in names
     assert "audioclust/models/frontend.py" in names
     assert "audioclust/training/metrics.py" in names
+    # the shipped default model and demo recording travel with the package
+    assert "audioclust/models/assets/default.onnx" in names
+    assert "audioclust/models/assets/demo-fsdd.flac" in names
     meta = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
     assert "audioclust-eval = audioclust.training.evaluate:main" in zipfile.ZipFile(
         wheel).read(meta).decode()
