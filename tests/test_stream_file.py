@@ -237,18 +237,24 @@ def test_bad_files_are_reported_and_the_rest_carry_on(stream_model, fsdd_subset,
     assert_same_records(got, want)
 
 
+def test_missing_default_model_is_one_clear_line(fsdd_subset, tmp_path, monkeypatch, capsys):
+    """A broken install (no shipped model) says what to pass instead of a traceback."""
+    from audioclust.stream import cli
+
+    absent = tmp_path / "assets" / "default.onnx"
+    monkeypatch.setattr(cli, "default_model_path", lambda: absent)
+    assert cli.main(["--source", "file", str(fsdd_subset / "0_george_0.wav")]) == 1
+    err = capsys.readouterr().err
+    assert f"no default model shipped at {absent}; pass --model FILE" in err
+    assert "Traceback" not in err
+
+
 def test_command_line_errors(stream_model, fsdd_subset, tmp_path):
     clip = str(fsdd_subset / "0_george_0.wav")
     proc = run_cli("--source", "file", clip, "--model", str(tmp_path / "absent.onnx"))
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines()[-1] == \
         f"audioclust-stream: error: {tmp_path / 'absent.onnx'}: no such model file"
-    from audioclust.stream.cli import default_model_path
-
-    if not default_model_path().exists():  # until the lead ships the default model
-        proc = run_cli("--source", "file", clip)
-        assert proc.returncode == 1 and "pass --model FILE" in proc.stderr
-        assert "Traceback" not in proc.stderr
     (tmp_path / "garbage.onnx").write_bytes(b"not a model")
     proc = run_cli("--source", "file", clip, "--model", str(tmp_path / "garbage.onnx"))
     assert proc.returncode == 1 and "not a loadable ONNX model" in proc.stderr
