@@ -22,6 +22,11 @@ class HeadEstimator:
     head_: ClusterHead
     labels_: np.ndarray
 
+    @staticmethod
+    def _check_n_clusters(n_clusters: int) -> None:
+        if n_clusters < 2:
+            raise ValueError(f"n_clusters: need at least 2 clusters, got {n_clusters}")
+
     def _check_fitted(self) -> ClusterHead:
         head = getattr(self, "head_", None)
         if head is None:

@@ -102,8 +102,7 @@ class DeepCluster(HeadEstimator):
         progress: bool = False,
         log: Callable[[str], None] | None = None,
     ):
-        if n_clusters < 2:
-            raise ValueError(f"need at least 2 clusters, got {n_clusters}")
+        self._check_n_clusters(n_clusters)
         if min(n_heads, epochs, passes, pca_dim, kmeans_n_init) < 1 or batch_size < 2:
             raise ValueError("n_heads, epochs, passes, pca_dim, kmeans_n_init >= 1 and "
                              "batch_size >= 2 needed")

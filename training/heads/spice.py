@@ -331,8 +331,7 @@ class SPICE(HeadEstimator):
             self.log(message)
 
     def _check(self, n_clips: int) -> None:
-        if self.n_clusters < 2:
-            raise ValueError(f"n_clusters must be >= 2, got {self.n_clusters}")
+        self._check_n_clusters(self.n_clusters)
         if n_clips < 2 * self.n_clusters:
             raise ValueError(f"{n_clips} clips are too few for {self.n_clusters} clusters")
         positive = ("n_heads", "head_epochs", "head_batch_size", "n_view_sets", "n_neighbors",

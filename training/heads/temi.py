@@ -153,8 +153,7 @@ class TEMI(HeadEstimator):
         progress: bool = False,
         log: Callable[[str], None] | None = None,
     ):
-        if n_clusters < 2:
-            raise ValueError(f"need at least 2 clusters, got {n_clusters}")
+        self._check_n_clusters(n_clusters)
         if not 0.5 < beta <= 1.0:
             raise ValueError(f"beta must be in (0.5, 1], got {beta}")
         for name, m in (("prior_momentum", prior_momentum),
