@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -232,3 +233,43 @@ def test_run_all_keeps_clip_order(stream_model):
     _, post = agreement.run_all(model, clips, batch=2)  # sorted by length inside
     for clip, row in zip(clips, post, strict=True):
         np.testing.assert_allclose(model.run([clip])[1][0], row, atol=1e-5)
+
+
+def test_spice_stage2_study_scores_every_head(fsdd_subset, tmp_path):
+    import torch
+
+    from audioclust.models.embedder import Embedder, save_embedder
+    from audioclust.models.encoders import build_encoder
+    from audioclust.models.frontend import FrontendConfig
+
+    torch.manual_seed(0)
+    encoder = build_encoder("audiontt", {"embed_dim": 32, "channels": 8}).eval()
+    ckpt = save_embedder(Embedder(encoder, FrontendConfig(), 0.0, 1.0),
+                         tmp_path / "encoder.safetensors")
+    proc = _run("spice_stage2.py", "--encoder", str(ckpt), "--data", str(fsdd_subset),
+                "--clusters", "4", "--center-ratios", "0.5,0.2", "--seeds", "0",
+                "--epochs", "2", "--heads", "2", "--crop-frames", "32",
+                "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "s.json"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc = json.loads(proc.stdout)
+    assert json.loads((tmp_path / "s.json").read_text()) == doc
+    assert doc["clips"] == 120 and doc["n_clusters"] == 4
+    assert 0 <= doc["kmeans"]["nmi"] <= 1 and 0.25 <= doc["kmeans"]["acc"] <= 1
+    assert [(r["center_ratio"], r["seed"]) for r in doc["runs"]] == [(0.5, 0), (0.2, 0)]
+    for r in doc["runs"]:
+        heads = r["heads"]
+        assert len(heads) == 2
+        assert r["kept"] == heads[r["kept_head"]]
+        assert r["kept"]["loss"] == min(h["loss"] for h in heads)  # SPICE's rule
+        assert r["mean_acc"] == pytest.approx(np.mean([h["acc"] for h in heads]), abs=1e-4)
+        assert all(0.25 <= h["acc"] <= 1 and 1 <= h["clusters_used"] <= 4 for h in heads)
+        assert all(0 <= h["head_agreement"] <= 1 and 0 <= h["knn_agreement"] <= 1
+                   for h in heads)
+        assert set(r["spearman_with_acc"]) == {"loss", "head_agreement", "knn_agreement"}
+        assert all(math.isnan(v) or -1 <= v <= 1 for v in r["spearman_with_acc"].values())
+        assert r["heads_above_kmeans_on_both"] == sum(
+            h["nmi"] > doc["kmeans"]["nmi"] and h["acc"] > doc["kmeans"]["acc"] for h in heads)
+    # the two settings differ only in how centres are formed: their heads differ
+    assert doc["runs"][0]["heads"] != doc["runs"][1]["heads"]
+    proc = _run("spice_stage2.py", "--encoder", str(tmp_path / "absent.safetensors"))
+    assert proc.returncode == 2 and "not found" in proc.stderr

@@ -58,6 +58,23 @@ def test_proto_pseudo_labels_centre_from_top_probabilities_then_cosine_neighbour
     assert labels.tolist() == [0, 0, 1, 1, 2, 2]
 
 
+def test_proto_pseudo_labels_centre_from_the_n_centre_most_probable():
+    # Cluster 0 in the plane: A (0°) and B (60°) are its two most probable clips, C (5°),
+    # D (57°) and E (30°) are not. One centre clip: the centre is A's direction and its
+    # nearest are A, C. Two: the centre is 30° and its nearest are E, then C (25° away;
+    # D is 27°).
+    angles = torch.tensor([0.0, 60.0, 5.0, 57.0, 30.0])
+    feats = torch.stack([torch.cos(torch.deg2rad(angles)), torch.sin(torch.deg2rad(angles))], 1)
+    p0 = torch.tensor([0.9, 0.8, 0.1, 0.1, 0.1])
+    probs = torch.stack([p0, 1 - p0], 1)
+    idx, labels = proto_pseudo_labels(probs, feats, per_cluster=2, n_centre=1)
+    assert idx[labels == 0].tolist() == [0, 2]
+    idx, labels = proto_pseudo_labels(probs, feats, per_cluster=2, n_centre=2)
+    assert idx[labels == 0].tolist() == [4, 2]
+    with pytest.raises(ValueError, match="n_centre"):
+        proto_pseudo_labels(probs, feats, per_cluster=2, n_centre=0)
+
+
 def test_proto_pseudo_labels_shapes_and_errors():
     g = torch.Generator().manual_seed(0)
     probs = torch.softmax(torch.randn(40, 4, generator=g), dim=1)
@@ -223,6 +240,8 @@ def test_tiny_fit_produces_a_used_head_and_a_decreasing_stage3_loss(fitted, tiny
     last = h["stage2"]["last_epoch_per_head"]
     assert len(last) == TINY["n_heads"]
     assert last[h["stage2"]["selected_head"]] == min(last)
+    assert h["head_losses"] == last and sp.head_losses_.tolist() == last
+    assert h["cluster_usage"] == [1.0] and sp.cluster_usage_.tolist() == [1.0]
     assert np.mean(h["stage2"]["loss"][-1]) < np.mean(h["stage2"]["loss"][0])
     epochs = h["stage3"]["epochs"]
     assert len(epochs) == TINY["joint_epochs"]
@@ -271,3 +290,7 @@ def test_fit_rejects_bad_settings(tiny):
         SPICE(3, n_neighbors=60).fit(tiny["encoder"], tiny["bank"], progress=False)
     with pytest.raises(ValueError, match="too few"):
         SPICE(40).fit(tiny["encoder"], tiny["bank"], progress=False)
+    with pytest.raises(ValueError, match="center_ratio"):
+        SPICE(3, center_ratio=0.0).fit(tiny["encoder"], tiny["bank"], progress=False)
+    with pytest.raises(ValueError, match="head_repeats"):
+        SPICE(3, head_repeats=0).fit(tiny["encoder"], tiny["bank"], progress=False)

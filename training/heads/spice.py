@@ -3,20 +3,24 @@
 SPICE (Niu, Shan and Wang, 2022) has three stages; stage 1, self-supervised encoder
 training, is ``audioclust-train ssl``. :class:`SPICE` does the other two.
 
-Stage 2, heads on the frozen encoder (an EM-like loop, per batch of M clips):
+Stage 2, heads on the frozen encoder (EM over batches of M clips, M = 5000 capped at
+the data, as in the reference implementation; on FSDD the whole set):
 
 - views: *original* = the embedding of the whole clip (what the head sees later);
   *weak* and *strong* = embeddings of random ``crop_frames``-long log-mel crops (short
   clips tiled, as in SSL training), each under its own augmentation. The encoder is
   frozen, so ``n_view_sets`` weak and as many strong embedding sets are computed up
-  front and each epoch draws one of each (3 + 3 sets give 9 pairings for 6 passes);
-- E-step (:func:`proto_pseudo_labels`): the weak view's probabilities pick each
-  cluster's top M/K clips; the mean of their original features is the cluster centre;
-  the M/K clips most cosine-similar to a centre get that cluster as proto-pseudo-label;
-- M-step: cross-entropy of those labels on the *double softmax* of the strong view's
-  logits (:func:`double_softmax_cross_entropy`): its floor is log(1 + (K-1)/e), so
-  early, noisy pseudo-labels are never fitted hard;
-- ``n_heads`` heads train on the same batches; the lowest last-epoch loss is kept.
+  front and each E-step draws one of each;
+- E-step, per head (:func:`proto_pseudo_labels`): the weak view's probabilities rank
+  the clips for each cluster; the mean original feature of the top ``center_ratio``
+  of M/K is the cluster centre; the M/K clips most cosine-similar to a centre get that
+  cluster as proto-pseudo-label;
+- M-step: ``head_repeats`` shuffled passes over those clips in steps of
+  ``head_sub_batch``, cross-entropy of the labels on the *double softmax* of the strong
+  view's logits (:func:`double_softmax_cross_entropy`: its floor is log(1 + (K-1)/e),
+  so noisy pseudo-labels are never fitted hard). The head fits one set of labels before
+  the next E-step, as in the reference code (8 passes of 128);
+- ``n_heads`` heads, each with its own labels; the lowest last-epoch loss is kept.
 
 Stage 3, encoder and head together (the stage-2 winner, its input statistics kept):
 
@@ -50,19 +54,22 @@ Choices the papers leave open or that audio forced, each measured on FSDD (3,000
   cluster, in the project's notes): without it FixMatch's self-training collapsed small
   runs onto one cluster.
 
-CPU cost (defaults, full FSDD, 512-d AudioNTT, 64-frame crops): 18,000 augmented crops
-embedded for the views, 60 epochs of 10 heads, 2 stage-3 epochs of 27 steps (16
-labelled + 112 unlabelled clips; forward and backward on 128 clips plus a forward on
-112). Measured end to end: 254 s wall on 2 idle cores (395 s CPU); 430-830 s with the
-cores shared with other training jobs. Views ~35 %, stage 3 ~45 % of the time.
-Stage 2's heads run on one thread: they are small, and two contending threads were
-~8x slower on the shared machine.
+CPU cost (defaults, full FSDD, 64-frame crops, 256-d SLICER AudioNTT): 18,000 augmented
+crops embedded for the views, 30 epochs of 10 heads (one E-step and 8 x 23 steps of 128
+clips per epoch), 2 stage-3 epochs of 27 steps (16 labelled + 112 unlabelled clips).
+Measured end to end: 246 s on the idle machine (views 53 s, stage 2 133 s, stage 3 52 s).
+Stage 2's heads run on one thread: they are small, and two contending threads were ~8x
+slower on the shared machine.
 
-Results on FSDD digits (K = 10), NMI / accuracy: with the 6-epoch BYOL-A encoder, k-means
-on its standardised embeddings 0.173 / 0.219, SPICE after stage 2 0.206 / 0.233, after
-stage 3 0.240 / 0.252. With a random AudioNTT (default BatchNorm statistics) stage 2
-reached 0.235 / 0.267 (k-means 0.206 / 0.256) but stage 3 then hurt (0.194 / 0.207, 7
-clusters used): fine-tune only a trained encoder; ``joint_epochs=0`` skips stage 3.
+Results on FSDD digits (K = 10), NMI / accuracy, with the SLICER encoder (k-means on its
+standardised embeddings 0.252 / 0.261): stage 2 0.303 / 0.290, stages 2 + 3 0.305 /
+0.284 (seed 1: 0.315 / 0.291); over 6 seeds the kept stage-2 head beat k-means on
+both in 5. ``center_ratio`` = 0.2 is what made stage 2 beat k-means: with the reference
+value 0.5 the heads averaged 0.274 / 0.259 (``bench/spice_stage2.py``,
+docs/benchmarks.md). Stage 3 moved the encoder towards the digits (k-means on the tuned
+encoder 0.272 / 0.261) more than it moved the head. With a random AudioNTT (earlier
+stage 2, default BatchNorm statistics) stage 3 hurt (7 clusters used): fine-tune only a
+trained encoder; ``joint_epochs=0`` skips stage 3.
 """
 
 from __future__ import annotations
@@ -104,24 +111,27 @@ AugmentSpec = str | Mapping[str, Any]
 
 
 def proto_pseudo_labels(
-    probs: torch.Tensor, feats: torch.Tensor, per_cluster: int
+    probs: torch.Tensor, feats: torch.Tensor, per_cluster: int, n_centre: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """SPICE's E-step on one batch: (indices, labels) of the proto-pseudo-labelled clips.
 
     ``probs`` (M, K) are cluster probabilities, ``feats`` (M, d) the clips' features. For
-    each cluster k: the ``per_cluster`` clips with the highest ``probs[:, k]`` give the
-    centre (the mean of their features); the ``per_cluster`` clips with the highest
-    cosine similarity to that centre are labelled k. Results are grouped by cluster
-    (cluster 0's clips first), most similar first within a cluster. A clip close to two
-    centres is returned once per cluster, as in SPICE's union of per-cluster sets.
+    each cluster k: the ``n_centre`` clips (default ``per_cluster``) with the highest
+    ``probs[:, k]`` give the centre (the mean of their features); the ``per_cluster``
+    clips with the highest cosine similarity to that centre are labelled k. Results are
+    grouped by cluster (cluster 0's clips first), most similar first within a cluster. A
+    clip close to two centres is returned once per cluster, as in SPICE's union of
+    per-cluster sets.
     """
     if probs.dim() != 2 or feats.dim() != 2 or probs.shape[0] != feats.shape[0]:
         raise ValueError(f"need probs (M, K) and feats (M, d), got {tuple(probs.shape)} "
                          f"and {tuple(feats.shape)}")
     m, k = probs.shape
-    if not 1 <= per_cluster <= m:
-        raise ValueError(f"per_cluster must be in [1, {m}], got {per_cluster}")
-    top = probs.topk(per_cluster, dim=0).indices  # (per_cluster, K)
+    n_centre = per_cluster if n_centre is None else n_centre
+    for name, value in (("per_cluster", per_cluster), ("n_centre", n_centre)):
+        if not 1 <= value <= m:
+            raise ValueError(f"{name} must be in [1, {m}], got {value}")
+    top = probs.topk(n_centre, dim=0).indices  # (n_centre, K)
     centres = feats[top].mean(dim=0)  # (K, d)
     sims = F.normalize(feats, dim=1) @ F.normalize(centres, dim=1).T  # (M, K)
     nearest = sims.topk(per_cluster, dim=0).indices  # (per_cluster, K)
@@ -255,8 +265,11 @@ class SPICE(HeadEstimator):
       ``strong_augment``: a SpecAugment preset name ("weak", "strong"), its keyword
       arguments, or None for the random crop alone (defaults: None / "weak", see the
       module docstring);
-    - stage 2: ``head_epochs``, ``head_batch_size`` (M; M / K clips per cluster),
-      ``head_lr``, ``n_view_sets`` (augmented embedding sets per view);
+    - stage 2: ``head_epochs``, ``head_batch_size`` (M, clips per E-step, capped at the
+      data; M / K pseudo-labelled clips per cluster), ``center_ratio`` (the fraction of
+      those M / K, by probability, whose mean is the centre), ``head_sub_batch`` and
+      ``head_repeats`` (the M-step: that many passes of that many clips per step),
+      ``head_lr`` (Adam), ``n_view_sets`` (augmented embedding sets per view);
     - stage 3: ``n_neighbors`` (N_s), ``reliable_ratio`` (λ; 20 and 0.8 keep about
       70 % of FSDD's clips), ``joint_epochs`` (passes over the unlabelled clips; the
       CPU budget), ``batch_size`` (labelled clips per step), ``mu``
@@ -270,7 +283,9 @@ class SPICE(HeadEstimator):
     embeddings, prior = cluster frequencies), ``embedder_``, ``labels_``, ``reliable_``
     (mask over clips), ``pseudo_labels_`` (stage-2 labels the mask refers to),
     ``embeddings_`` (``embedder_``'s whole-clip embeddings), ``stage2_head_`` (all
-    stage-2 heads, for the input encoder), ``history_`` (losses per stage, timings).
+    stage-2 heads, for the input encoder), ``head_losses_`` (stage 2's last-epoch loss
+    per head), ``cluster_usage_`` (fraction of clusters the kept head uses),
+    ``history_`` (losses per stage, timings).
     """
 
     def __init__(
@@ -283,9 +298,12 @@ class SPICE(HeadEstimator):
         crop_frames: int = 64,
         weak_augment: AugmentSpec | None = None,
         strong_augment: AugmentSpec | None = "weak",
-        head_epochs: int = 60,
-        head_batch_size: int = 512,
-        head_lr: float = 3e-3,
+        head_epochs: int = 30,
+        head_batch_size: int = 5000,
+        center_ratio: float = 0.2,
+        head_sub_batch: int = 128,
+        head_repeats: int = 8,
+        head_lr: float = 5e-3,
         n_view_sets: int = 3,
         n_neighbors: int = 20,
         reliable_ratio: float = 0.8,
@@ -310,6 +328,9 @@ class SPICE(HeadEstimator):
         self.strong_augment = strong_augment
         self.head_epochs = head_epochs
         self.head_batch_size = head_batch_size
+        self.center_ratio = center_ratio
+        self.head_sub_batch = head_sub_batch
+        self.head_repeats = head_repeats
         self.head_lr = head_lr
         self.n_view_sets = n_view_sets
         self.n_neighbors = n_neighbors
@@ -334,8 +355,8 @@ class SPICE(HeadEstimator):
         self._check_n_clusters(self.n_clusters)
         if n_clips < 2 * self.n_clusters:
             raise ValueError(f"{n_clips} clips are too few for {self.n_clusters} clusters")
-        positive = ("n_heads", "head_epochs", "head_batch_size", "n_view_sets", "n_neighbors",
-                    "batch_size", "mu")
+        positive = ("n_heads", "head_epochs", "head_batch_size", "head_sub_batch",
+                    "head_repeats", "n_view_sets", "n_neighbors", "batch_size", "mu")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -345,6 +366,8 @@ class SPICE(HeadEstimator):
             raise ValueError(f"n_neighbors={self.n_neighbors} needs more than that many clips")
         if not 0.0 <= self.reliable_ratio < 1.0 or not 0.0 < self.tau <= 1.0:
             raise ValueError("reliable_ratio must be in [0, 1) and tau in (0, 1]")
+        if not 0.0 < self.center_ratio <= 1.0:
+            raise ValueError(f"center_ratio must be in (0, 1], got {self.center_ratio}")
         if self.crop_frames < 8:
             raise ValueError(f"crop_frames must be >= 8, got {self.crop_frames}")
 
@@ -460,7 +483,12 @@ class SPICE(HeadEstimator):
         timings["total"] = time.perf_counter() - t0
         timings["cpu_total"] = time.process_time() - c0  # all threads; load-independent
         per_cluster = torch.bincount(pseudo[reliable], minlength=self.n_clusters)
+        self.head_losses_ = np.asarray(stage2["last_epoch_per_head"])
+        self.cluster_usage_ = np.asarray([float((counts > 0).double().mean())])
         self.history_ = {
+            "method": "spice",
+            "head_losses": self.head_losses_.tolist(),  # stage 2, every head
+            "cluster_usage": self.cluster_usage_.tolist(),  # the kept head, after stage 3
             "stage2": stage2,
             "reliable": {"count": int(reliable.sum()), "fraction": float(reliable.double().mean()),
                          "per_cluster": per_cluster.tolist()},
@@ -494,42 +522,60 @@ class SPICE(HeadEstimator):
         self, heads: ClusterHead, feats: torch.Tensor, weak_sets: list[torch.Tensor],
         strong_sets: list[torch.Tensor], rng: np.random.Generator, progress: bool,
     ) -> dict[str, Any]:
-        """Stage 2: every head trained on the same batches; selects the best by loss."""
+        """Stage 2: EM over batches of M clips; every head gets its own pseudo-labels.
+
+        Per batch, one E-step per head, then ``head_repeats`` shuffled passes of
+        ``head_sub_batch``-clip steps over the labelled clips' strong views (SPICE's
+        M-step: the head fits one set of pseudo-labels before the next E-step). Keeps
+        the head with the lowest last-epoch loss.
+        """
         n = feats.shape[0]
         m = min(self.head_batch_size, n)
         per_cluster = max(1, m // self.n_clusters)
-        # AdamW's usual small decay, as for TEMI's heads; not worth a setting of its own.
-        opt = torch.optim.AdamW(heads.heads.parameters(), lr=self.head_lr, weight_decay=1e-4)
+        n_centre = max(1, round(self.center_ratio * per_cluster))
+        n_labelled = per_cluster * self.n_clusters
+        sub = min(self.head_sub_batch, n_labelled)
+        opt = torch.optim.Adam(heads.heads.parameters(), lr=self.head_lr)
         heads.train()
         epoch_losses: list[list[float]] = []
         for _ in tqdm(range(self.head_epochs), desc="spice stage 2", unit="epoch",
                       disable=not progress):
-            weak = weak_sets[int(rng.integers(len(weak_sets)))]
-            strong = strong_sets[int(rng.integers(len(strong_sets)))]
             order = torch.from_numpy(rng.permutation(n))
-            # Only full batches: a short tail would change M / K and the loss scale.
-            n_batches = max(1, n // m)
             sums = torch.zeros(self.n_heads, dtype=torch.float64)
-            for b in range(n_batches):
+            steps = 0
+            # Only full batches: a short tail would change M / K.
+            for b in range(max(1, n // m)):
                 idx = order[b * m : (b + 1) * m]
+                weak = weak_sets[int(rng.integers(len(weak_sets)))][idx]
+                strong = strong_sets[int(rng.integers(len(strong_sets)))][idx]
                 with torch.no_grad():
-                    probs = torch.softmax(heads.all_logits(weak[idx]), dim=-1)  # (H, M, K)
-                logits = heads.all_logits(strong[idx])
-                losses = []
-                for h in range(self.n_heads):
-                    sel, target = proto_pseudo_labels(probs[h], feats[idx], per_cluster)
-                    losses.append(double_softmax_cross_entropy(logits[h, sel], target))
-                loss = torch.stack(losses)
-                opt.zero_grad(set_to_none=True)
-                loss.sum().backward()  # heads share no parameters: one step trains each
-                opt.step()
-                sums += loss.detach().double()
-            epoch_losses.append((sums / n_batches).tolist())
+                    probs = torch.softmax(heads.all_logits(weak), dim=-1)  # (H, M, K)
+                    inputs = heads.prepare(strong)
+                picks = [proto_pseudo_labels(probs[h], feats[idx], per_cluster, n_centre)
+                         for h in range(self.n_heads)]
+                rows = torch.stack([p[0] for p in picks])  # (H, n_labelled), into the batch
+                targets = torch.stack([p[1] for p in picks])
+                for _ in range(self.head_repeats):
+                    perm = torch.stack([torch.from_numpy(rng.permutation(n_labelled))
+                                        for _ in range(self.n_heads)])
+                    for s in range(0, n_labelled - sub + 1, sub):
+                        j = perm[:, s : s + sub]
+                        x_rows, y = rows.gather(1, j), targets.gather(1, j)
+                        loss = torch.stack([
+                            double_softmax_cross_entropy(head(inputs[x_rows[h]]), y[h])
+                            for h, head in enumerate(heads.heads)
+                        ])
+                        opt.zero_grad(set_to_none=True)
+                        loss.sum().backward()  # heads share no parameters: one step trains each
+                        opt.step()
+                        sums += loss.detach().double()
+                        steps += 1
+            epoch_losses.append((sums / steps).tolist())
         final = epoch_losses[-1]
         best = int(np.argmin(final))
         heads.select(best)
         return {"loss": epoch_losses, "selected_head": best, "last_epoch_per_head": final,
-                "per_cluster": per_cluster, "batch_size": m}
+                "per_cluster": per_cluster, "centre_clips": n_centre, "batch_size": m}
 
     def _train_joint(
         self, encoder: nn.Module, head: ClusterHead, views: _Views, weak: nn.Module,
