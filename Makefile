@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 # The CPU build of torch 2.13.0; an unpinned torch would pull GBs of CUDA packages.
 TORCH := torch==2.13.0
-EXTRAS ?= cpu,test,dev
+EXTRAS ?= cpu,train,test,dev
 # prometheus (promtool) and systemd (systemd-analyze): tests/test_deploy.py checks deploy/ with them.
 APT_PACKAGES := libsndfile1 libportaudio2 prometheus systemd
 FSDD ?= ../shared/datasets/fsdd/recordings

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -11,7 +12,8 @@ from audioclust.models.audio import AudioError
 from audioclust.models.config import ConfigError
 
 __all__ = [
-    "EXIT_ERROR", "EXIT_USAGE", "HelpFormatter", "UserError", "comma_list", "run_command",
+    "EXIT_ERROR", "EXIT_USAGE", "HelpFormatter", "UserError", "comma_list", "eval_main",
+    "export_main", "run_command", "train_main",
 ]
 
 EXIT_ERROR = 1  # the command ran and failed (bad data, missing file, ...)
@@ -61,3 +63,40 @@ def run_command(prog: str, body: Callable[[], int | None]) -> int:
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
+
+
+# --- entry points of the training side ------------------------------------------------------
+# The streaming service runs on ONNX Runtime alone; training, evaluation and export need the
+# `train` extra (torch, scikit-learn, onnx, ...). Their console scripts start here so that a
+# runtime-only install says what is missing in one line instead of an import traceback.
+
+TRAIN_EXTRA_MODULES = frozenset({"torch", "sklearn", "onnx", "onnxscript", "matplotlib",
+                                 "tqdm", "safetensors", "threadpoolctl"})
+
+
+def _training_command(prog: str, target: str) -> int:
+    module, _, func = target.partition(":")
+    try:
+        main = getattr(importlib.import_module(module), func)
+    except ModuleNotFoundError as e:
+        if (e.name or "").split(".")[0] not in TRAIN_EXTRA_MODULES:
+            raise
+        print(f"{prog}: error: needs {e.name}, part of the training extra: install torch "
+              "(pinned, see the README), then pip install 'audioclust[train]'", file=sys.stderr)
+        return EXIT_ERROR
+    return main()
+
+
+def train_main() -> int:
+    """``audioclust-train``."""
+    return _training_command("audioclust-train", "audioclust.training.train:main")
+
+
+def eval_main() -> int:
+    """``audioclust-eval``."""
+    return _training_command("audioclust-eval", "audioclust.training.evaluate:main")
+
+
+def export_main() -> int:
+    """``audioclust-export``."""
+    return _training_command("audioclust-export", "audioclust.models.export:main")

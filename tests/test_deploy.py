@@ -384,8 +384,13 @@ def test_runtime_requirements_cover_what_the_service_imports(tmp_path, fsdd_dir,
 
     wanted = names(DEPLOY / "requirements-cpu.txt")
     # the package's declared dependencies: the runtime list must not invent new ones
-    declared = {Requirement(r).name.lower() for r in metadata.requires("audioclust") or []}
+    requires = [Requirement(r) for r in metadata.requires("audioclust") or []]
+    declared = {r.name.lower() for r in requires}
     assert wanted - {"onnxruntime"} <= declared and "torch" not in wanted
+    # and it is exactly the base dependencies: the pins cover what `pip install
+    # audioclust[cpu]` would install, training (torch & co.) being the `train` extra
+    base = {r.name.lower() for r in requires if r.marker is None}
+    assert base == wanted - {"onnxruntime"}
     closure, todo = set(), list(wanted)
     while todo:
         name = todo.pop()

@@ -54,8 +54,57 @@ def test_wheel_contents(tmp_path):
     assert "audioclust/models/assets/default.onnx" in names
     assert "audioclust/models/assets/demo-fsdd.flac" in names
     meta = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
-    assert "audioclust-eval = audioclust.training.evaluate:main" in zipfile.ZipFile(
-        wheel).read(meta).decode()
+    entry_points = zipfile.ZipFile(wheel).read(meta).decode()
+    assert "audioclust-eval = audioclust.models.cli:eval_main" in entry_points
+    assert "audioclust-stream = audioclust.stream.cli:main" in entry_points
+    # the service's dependencies leave torch and the rest of training to the `train` extra
+    metadata = zipfile.ZipFile(wheel).read(
+        next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
+    requires = [line.split(":", 1)[1].strip() for line in metadata.splitlines()
+                if line.startswith("Requires-Dist:")]
+    base = {r.split(">")[0].split("=")[0].split(";")[0].strip() for r in requires
+            if "extra ==" not in r}
+    train = {r.split(">")[0].split(";")[0].strip() for r in requires
+             if "extra == \"train\"" in r}
+    assert {"torch", "scikit-learn", "onnx", "matplotlib"} <= train
+    assert not base & {"torch", "scikit-learn", "onnx", "onnxscript", "matplotlib", "tqdm"}
+
+
+def test_training_commands_without_the_train_extra_say_what_to_install(tmp_path):
+    # A runtime-only install, simulated: torch cannot be imported. The training-side
+    # commands fail with one line naming the extra; the stream command is unaffected.
+    code = """
+import importlib.abc, sys
+class NoTorch(importlib.abc.MetaPathFinder):
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname.split(".")[0] == "torch":
+            raise ModuleNotFoundError(f"No module named {fullname!r}", name=fullname)
+sys.meta_path.insert(0, NoTorch())
+from audioclust.models import cli
+rc = [cli.train_main(), cli.eval_main(), cli.export_main()]
+import audioclust.stream.cli
+print(rc)
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[1, 1, 1]"
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 3 and "Traceback" not in proc.stderr
+    for prog, line in zip(("audioclust-train", "audioclust-eval", "audioclust-export"), lines,
+                          strict=True):
+        assert line.startswith(f"{prog}: error: needs torch") or \
+            line.startswith(f"{prog}: error: needs sklearn"), line
+        assert "pip install 'audioclust[train]'" in line
+
+
+def test_training_commands_run_with_the_extra(tmp_path):
+    proc = subprocess.run([sys.executable, "-c",
+                           "import sys; from audioclust.models import cli; "
+                           "sys.argv = ['audioclust-train', '--help']; cli.train_main()"],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "ssl" in proc.stdout and "head" in proc.stdout
 
 
 def test_editable_install_maps_folders():
