@@ -61,7 +61,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from sklearn.preprocessing import StandardScaler
 
     from audioclust.models.embedder import load_embedder
-    from audioclust.models.heads import ClusterHead, HeadConfig
     from audioclust.training.datasets import AudioFolder
     from audioclust.training.features import logmel_bank
     from audioclust.training.heads import spice
@@ -87,10 +86,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     t0 = time.perf_counter()
     original = spice._embed_bank(encoder, bank, mean, std)
     base = estimator(args.center_ratios[0], 0)
-    gen = torch.Generator().manual_seed(0)
-    weak = spice._spec_augment(base.weak_augment, gen)
-    strong = spice._spec_augment(base.strong_augment, gen)
-    views = spice._Views(bank, base.crop_frames, mean, std, seed=0)
+    views, weak, strong = base._augmentations(bank, mean, std)
     weak_sets, strong_sets = base._view_sets(encoder, views, weak, strong, len(bank), False)
     view_seconds = time.perf_counter() - t0
     log(f"{len(bank)} clips embedded, {base.n_view_sets} weak + strong view sets "
@@ -101,19 +97,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     kmeans = {"nmi": round(nmi(y, km), 4), "acc": round(accuracy(y, km), 4)}
     log(f"k-means: NMI {kmeans['nmi']:.3f}, ACC {kmeans['acc']:.3f}")
 
+    # the heads' input space (standardised, L2-normalised) does not depend on the seed
+    feats = base._stage2_heads(original).prepare(original)
+    neighbours = knn(feats.numpy(), 20, seed=0)[0]  # as stage 3 uses them
     runs = []
-    neighbours = None  # the 20 nearest clips in the heads' input space, as stage 3 uses
     for center_ratio in args.center_ratios:
         for seed in args.seeds:
             sp = estimator(center_ratio, seed)
             torch.manual_seed(seed)
-            heads = ClusterHead(HeadConfig(in_dim=original.shape[1], n_clusters=args.clusters,
-                                           n_heads=args.heads, hidden_dim=sp.hidden_dim,
-                                           n_layers=sp.n_layers))
-            heads.set_input_stats(original.mean(dim=0), original.std(dim=0))
-            feats = heads.prepare(original)
-            if neighbours is None:
-                neighbours = knn(feats.numpy(), 20, seed=0)[0]
+            heads = sp._stage2_heads(original)
             t1 = time.perf_counter()
             history = sp._train_heads(heads, feats, weak_sets, strong_sets,
                                       np.random.default_rng(seed), progress=False)

@@ -410,19 +410,12 @@ class SPICE(HeadEstimator):
         t0, c0 = time.perf_counter(), time.process_time()
         mean, std = float(embedder.norm_mean), float(embedder.norm_std)
         encoder = copy.deepcopy(embedder.encoder).cpu()
-        gen = torch.Generator().manual_seed(self.seed)
-        weak = _spec_augment(self.weak_augment, gen)
-        strong = _spec_augment(self.strong_augment, gen)
-        views = _Views(bank, self.crop_frames, mean, std, self.seed)
+        views, weak, strong = self._augmentations(bank, mean, std)
         rng = np.random.default_rng(self.seed)
         timings: dict[str, float] = {}
 
         original = _embed_bank(encoder, bank, mean, std)
-        heads = ClusterHead(HeadConfig(
-            in_dim=original.shape[1], n_clusters=self.n_clusters, n_heads=self.n_heads,
-            hidden_dim=self.hidden_dim, n_layers=self.n_layers,
-        ))
-        heads.set_input_stats(original.mean(dim=0), original.std(dim=0))
+        heads = self._stage2_heads(original)
         feats = heads.prepare(original)  # the space cosine similarities are taken in
 
         weak_sets, strong_sets = self._view_sets(encoder, views, weak, strong, len(bank),
@@ -495,6 +488,24 @@ class SPICE(HeadEstimator):
             "stage3": stage3,
             "seconds": timings,
         }
+
+    def _augmentations(
+        self, bank: LogMelBank, mean: float, std: float,
+    ) -> tuple[_Views, nn.Module, nn.Module]:
+        """The crops of ``bank`` and the weak and strong augmentations, seeded by ``seed``."""
+        gen = torch.Generator().manual_seed(self.seed)
+        weak = _spec_augment(self.weak_augment, gen)
+        strong = _spec_augment(self.strong_augment, gen)
+        return _Views(bank, self.crop_frames, mean, std, self.seed), weak, strong
+
+    def _stage2_heads(self, original: torch.Tensor) -> ClusterHead:
+        """``n_heads`` fresh heads (global RNG) standardising like ``original`` (n, d)."""
+        heads = ClusterHead(HeadConfig(
+            in_dim=original.shape[1], n_clusters=self.n_clusters, n_heads=self.n_heads,
+            hidden_dim=self.hidden_dim, n_layers=self.n_layers,
+        ))
+        heads.set_input_stats(original.mean(dim=0), original.std(dim=0))
+        return heads
 
     @torch.inference_mode()
     def _view_sets(
