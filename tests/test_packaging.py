@@ -10,6 +10,7 @@ import zipfile
 from pathlib import Path
 
 from conftest import REPO
+from packaging.requirements import Requirement
 
 CODE_DIRS = ("models", "training", "stream")
 
@@ -60,12 +61,11 @@ def test_wheel_contents(tmp_path):
     # the service's dependencies leave torch and the rest of training to the `train` extra
     metadata = zipfile.ZipFile(wheel).read(
         next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
-    requires = [line.split(":", 1)[1].strip() for line in metadata.splitlines()
+    requires = [Requirement(line.split(":", 1)[1]) for line in metadata.splitlines()
                 if line.startswith("Requires-Dist:")]
-    base = {r.split(">")[0].split("=")[0].split(";")[0].strip() for r in requires
-            if "extra ==" not in r}
-    train = {r.split(">")[0].split(";")[0].strip() for r in requires
-             if "extra == \"train\"" in r}
+    base = {r.name for r in requires if r.marker is None}
+    train = {r.name for r in requires
+             if r.marker is not None and r.marker.evaluate({"extra": "train"})}
     assert {"torch", "scikit-learn", "onnx", "matplotlib"} <= train
     assert not base & {"torch", "scikit-learn", "onnx", "onnxscript", "matplotlib", "tqdm"}
 
