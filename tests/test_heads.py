@@ -352,8 +352,11 @@ def test_deepcluster_cli_with_auto_clusters(encoders, fsdd_subset, cache_dir, tm
                        "--cache-dir", str(cache_dir)]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["clusters"] == "auto" and 2 <= summary["n_clusters"] <= 6
-    scores = json.loads((out / "history.json").read_text())["auto_k_scores"]
-    assert summary["n_clusters"] == int(max(scores, key=scores.get))  # JSON keys: strings
+    scores = {int(k): v for k, v in  # JSON keys: strings
+              json.loads((out / "history.json").read_text())["auto_k_scores"].items()}
+    rejected = [k for k in sorted(scores) if scores[k] >= 0.5]
+    assert summary["n_clusters"] == (max(rejected[0] - 1, 2) if rejected else max(scores))
+    assert (out / "n_clusters.png").stat().st_size > 1000  # the criterion curve, drawn
     assert read_head_metadata(out / "head.safetensors")["method"] == "deepcluster"
 
 

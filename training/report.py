@@ -14,7 +14,7 @@ import numpy as np
 
 from audioclust.training.metrics import contingency, hungarian_mapping
 
-__all__ = ["markdown_table", "plot_cluster_map", "plot_confusion", "plot_curves"]
+__all__ = ["markdown_table", "plot_cluster_map", "plot_confusion", "plot_curves", "save_figure"]
 
 
 def markdown_table(rows: Sequence[dict], columns: Sequence[str]) -> str:
@@ -112,8 +112,13 @@ def plot_curves(
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
+    return save_figure(fig, path)
+
+
+def save_figure(fig, path: str | os.PathLike, dpi: int = 110) -> Path:
+    """Lay out, write as an image at ``path`` and close ``fig``."""
     fig.tight_layout()
     out = Path(path)
-    fig.savefig(out, dpi=110)
+    fig.savefig(out, dpi=dpi)
     plt.close(fig)
     return out

@@ -10,13 +10,11 @@ frozen encoder (cached on disk), trains the heads and writes ``head.safetensors`
 the encoder checkpoint's SHA-256), ``history.json`` and ``loss.png``.
 
 ``--clusters auto`` picks K before training, by a label-free rule
-(:func:`choose_n_clusters`): the clip embeddings as the heads see them (standardised,
-L2-normalised) are projected on their first 32 principal components; k-means (3
-restarts) is run for every K from 2 to ``k_max`` (default 50, ``--k-max``) on at most
-5,000 of them, and the K with the highest mean silhouette (on at most 2,000 points) wins.
-Silhouette rewards compact, well-separated clusters, so it finds well-separated groups
-and tends to under-count heavily overlapping ones; the scores of every K are kept in
-``history.json``.
+(:func:`~audioclust.training.nclusters.choose_n_clusters`, on the embeddings as the heads
+see them): the K after which k-means starts cutting a cluster whose halves mostly lie
+within each other's radius, the same notion of distinct clusters the stream's open-set
+clusterer creates and merges by. The criterion of every K is kept in ``history.json``
+and drawn in ``n_clusters.png``.
 """
 
 from __future__ import annotations
@@ -38,6 +36,7 @@ from audioclust.models.cli import HelpFormatter, UserError, run_command
 from audioclust.models.config import build_config
 from audioclust.models.encoders import ENCODERS
 from audioclust.training.datasets import AudioFolder
+from audioclust.training.nclusters import choose_n_clusters, plot_n_clusters
 from audioclust.training.ssl.trainer import SSLConfig, train_ssl
 
 PROG = "audioclust-train"
@@ -175,46 +174,6 @@ def parse_clusters(value: int | str | None) -> int | None:
     return value
 
 
-def choose_n_clusters(
-    embeddings: np.ndarray,
-    k_max: int = 50,
-    k_min: int = 2,
-    seed: int = 0,
-    n_components: int = 32,
-    fit_points: int = 5000,
-    score_points: int = 2000,
-) -> tuple[int, dict[int, float]]:
-    """K by the module's label-free rule (highest silhouette); returns (K, {K: score})."""
-    from sklearn.decomposition import PCA
-    from sklearn.metrics import silhouette_score
-
-    from audioclust.training.kmeans import KMeans
-
-    x = np.asarray(embeddings, dtype=np.float64)
-    n = x.shape[0]
-    rng = np.random.default_rng(seed)
-    fit_idx = rng.choice(n, min(n, fit_points), replace=False)
-    k_max = min(k_max, fit_idx.size - 1)
-    if k_min < 2 or k_max < k_min:
-        raise ValueError(f"cannot choose K in [{k_min}, {k_max}] for {n} clips")
-    # The heads' input space: standardised, then unit length.
-    z = (x - x.mean(0)) / np.maximum(x.std(0), 1e-6)
-    z /= np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)
-    if z.shape[1] > n_components:
-        z = PCA(n_components, random_state=seed).fit_transform(z)
-    z = z[fit_idx]
-    score_idx = rng.choice(z.shape[0], min(z.shape[0], score_points), replace=False)
-    scores: dict[int, float] = {}
-    for k in range(k_min, k_max + 1):
-        labels = KMeans(k, n_init=3, random_state=seed).fit_predict(z)[score_idx]
-        if 2 <= np.unique(labels).size < labels.size:  # silhouette's domain
-            scores[k] = round(float(silhouette_score(z[score_idx], labels)), 5)
-    if not scores:
-        raise ValueError(f"cannot choose K for {n} clips: no K in [{k_min}, {k_max}] gives "
-                         "a scorable clustering")
-    return max(scores, key=lambda k: scores[k]), scores
-
-
 def _estimator_class(method: str) -> type:
     module_name, class_name = _ESTIMATORS[method]
     try:
@@ -308,9 +267,10 @@ def _add_head(sub: argparse._SubParsersAction) -> None:
             "Embed every clip with the encoder checkpoint (cached on disk, labels ignored), "
             "train clustering heads and write head.safetensors (all heads, the best one "
             "selected, its cluster prior and input statistics, and the encoder's SHA-256), "
-            "history.json and loss.png. --clusters auto chooses K by silhouette (see "
-            "training/train.py). Settings: defaults, then --config ([head] table; method "
-            "settings in [head.temi], [head.deepcluster], [head.spice]), then flags."
+            "history.json and loss.png. --clusters auto chooses K by the open-set notion "
+            "of distinct clusters and draws it in n_clusters.png (training/nclusters.py). "
+            "Settings: defaults, then --config ([head] table; method settings in "
+            "[head.temi], [head.deepcluster], [head.spice]), then flags."
         ),
         formatter_class=HelpFormatter,
     )
@@ -382,8 +342,12 @@ def _head(args: argparse.Namespace) -> int:
         if k_given is None:
             t1 = time.perf_counter()
             k, auto_scores = choose_n_clusters(x, run.k_max, seed=run.seed)
-            log(f"--clusters auto: K = {k} (silhouette {auto_scores[k]:.3f}, K in 2.."
-                f"{max(auto_scores)}, {time.perf_counter() - t1:.1f} s)")
+            args.out.mkdir(parents=True, exist_ok=True)
+            plot_n_clusters(auto_scores, k, args.out / "n_clusters.png",
+                            f"--clusters auto on {len(dataset)} clips: K = {k}")
+            log(f"--clusters auto: K = {k} (share {auto_scores[k]:.2f} < 1/2; "
+                f"K = {k + 1} gives {auto_scores.get(k + 1, float('nan')):.2f}; "
+                f"{time.perf_counter() - t1:.1f} s; {args.out / 'n_clusters.png'})")
         else:
             k = k_given
         log(f"{run.method}: {k} clusters")
