@@ -4,6 +4,14 @@ Inputs: ``waveform`` (B, T) float32 and ``lengths`` (B,) int64 (real samples per
 rows of a batch may be zero-padded to a common T). Outputs: ``embedding`` (B, d) and
 ``posterior`` (B, K). Batch and length are dynamic. The metadata properties carry what a
 runtime needs to use the model without any training code: see :data:`METADATA_KEYS`.
+
+With training audio (``reference_data``; ``audioclust-export --data DIR``) the metadata
+also carries ``novelty_reference``: the exported graph embeds that audio cut into the
+stream's windows and :class:`~audioclust.models.reference.NoveltyReference` summarises
+it, so the stream can tell audio unlike the training data from the first window on.
+It is computed from the audio rather than carried by the head checkpoint because it must
+describe what the stream sees: the exported (possibly int8) graph, on windows, behind the
+energy gate; head-free models get one the same way. One pass of the model over the data.
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
 import torch
 from torch import nn
@@ -26,7 +35,8 @@ from .heads import ClusterHead, load_head, read_head_metadata
 from .onnx_export import export_onnx, set_metadata
 
 __all__ = [
-    "METADATA_KEYS", "MODEL_FORMAT", "ExportResult", "FullModel", "export_model", "quantize_model",
+    "METADATA_KEYS", "MODEL_FORMAT", "REFERENCE_KEY", "ExportResult", "FullModel", "export_model",
+    "quantize_model",
 ]
 
 MODEL_FORMAT = "audioclust-model"
@@ -37,6 +47,8 @@ METADATA_KEYS = (
     "encoder", "encoder_method", "head_method", "training_data", "weights_sha256",
     "quantization", "description",
 )
+#: Optional metadata: the novelty reference (JSON), present when exported with audio.
+REFERENCE_KEY = "novelty_reference"
 FORMAT_VERSION = "1"
 
 
@@ -92,6 +104,8 @@ def export_model(
     hop_seconds: float = 0.5,
     quantize: str | None = None,
     description: str = "",
+    reference_data: str | os.PathLike | None = None,
+    progress: bool = False,
 ) -> ExportResult:
     """Export encoder checkpoint + head checkpoint to one ONNX file at ``out``.
 
@@ -109,6 +123,7 @@ def export_model(
     if not 0 < hop_seconds <= window_seconds:
         raise ValueError(f"need 0 < hop <= window, got hop {hop_seconds}, window "
                          f"{window_seconds}")
+    reference_paths = None if reference_data is None else _reference_paths(reference_data)
     enc_meta = read_embedder_metadata(encoder_path)
     head_meta = read_head_metadata(head_path) if head_path is not None else None
     embedder = load_embedder(encoder_path)
@@ -160,7 +175,43 @@ def export_model(
     strings = {k: str(v) for k, v in meta.items()}
     set_metadata(onnx_model, strings)
     onnx.save(onnx_model, out)
+    if reference_paths is not None:
+        try:
+            strings[REFERENCE_KEY] = _novelty_reference(out, reference_paths, progress)
+        except BaseException:
+            out.unlink(missing_ok=True)  # no model that silently lacks what was asked for
+            raise
+        set_metadata(onnx_model, strings)
+        onnx.save(onnx_model, out)
     return ExportResult(out, strings)
+
+
+def _reference_paths(data: str | os.PathLike) -> list[Path]:
+    from .audio import find_audio_files
+
+    root = Path(data)
+    paths = [root] if root.is_file() else find_audio_files(root) if root.is_dir() else []
+    if not paths:
+        raise ValueError(f"{root}: no audio files for the novelty reference")
+    return paths
+
+
+def _novelty_reference(model_path: Path, paths: list[Path], progress: bool) -> str:
+    """The reference of the audio files ``paths``, embedded by the model at ``model_path``."""
+    from .reference import NoveltyReference, reference_embeddings
+    from .runtime import OnnxModel
+
+    z, posterior = reference_embeddings(OnnxModel(model_path, provider="cpu"), paths,
+                                        progress=progress)
+    if posterior is not None:
+        labels, source = posterior.argmax(1), "head"
+    else:  # head-free: the clusters --clusters auto finds in the training windows
+        from audioclust.training.nclusters import auto_clusters
+
+        _, _, rows, found = auto_clusters(z)
+        labels, source = np.full(z.shape[0], -1), "auto"
+        labels[rows] = found
+    return NoveltyReference.fit(z, labels, source).to_json()
 
 
 def quantize_model(src: str | os.PathLike, out: str | os.PathLike) -> Path:
@@ -232,20 +283,32 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--window", type=float, default=1.0, help="stream window, seconds")
     parser.add_argument("--hop", type=float, default=0.5, help="stream hop, seconds")
     parser.add_argument("--description", default="", help="free text stored in the model")
+    parser.add_argument("--data", type=Path, help="the training audio (folder or file): the "
+                        "model embeds it in stream windows and stores a novelty reference, so "
+                        "audioclust-stream flags sound unlike it from the first window; "
+                        "without it novelty rests on the stream's running statistics alone")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--json", action="store_true", help="print the metadata as JSON")
     args = parser.parse_args(argv)
 
     def body() -> int:
+        if args.data is None:
+            print("audioclust-export: no --data: the model carries no novelty reference",
+                  file=sys.stderr)
         result = export_model(args.encoder, args.head, args.output, args.window, args.hop,
-                              args.quantize, args.description)
+                              args.quantize, args.description, reference_data=args.data,
+                              progress=not args.quiet)
         if args.json:
             print(json.dumps({"path": str(result.path), "metadata": result.metadata}))
         else:
             size = result.path.stat().st_size / 1e6
             k = result.metadata["n_clusters"]
+            ref = result.metadata.get(REFERENCE_KEY)
+            ref_text = "no novelty reference" if ref is None else \
+                f"novelty reference of {json.loads(ref)['windows']} windows"
             print(f"wrote {result.path} ({size:.1f} MB, K={k if k != '0' else 'head-free'}, "
-                  f"d={result.metadata['embedding_dim']}, {result.metadata['quantization']})",
-                  file=sys.stderr)
+                  f"d={result.metadata['embedding_dim']}, {result.metadata['quantization']}, "
+                  f"{ref_text})", file=sys.stderr)
         return 0
 
     return run_command("audioclust-export", body)

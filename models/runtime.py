@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from .reference import NoveltyReference
+
 __all__ = ["ModelError", "ModelInfo", "OnnxModel", "available_providers"]
 
 log = logging.getLogger(__name__)
@@ -57,6 +59,9 @@ class ModelInfo:
     weights_sha256: str
     quantization: str
     description: str
+    #: What the training audio looked like to the model (``novelty_reference``), if exported
+    #: with it; the stream's novelty test rests on it.
+    reference: NoveltyReference | None = None
 
     @property
     def window_samples(self) -> int:
@@ -69,6 +74,9 @@ class ModelInfo:
     def to_dict(self) -> dict[str, Any]:
         d = dict(self.__dict__)
         d["prior"] = [float(p) for p in self.prior]
+        ref = d.pop("reference")
+        d["novelty_reference"] = None if ref is None else {"windows": ref.windows,
+                                                           "alpha": ref.alpha}
         return d
 
     @classmethod
@@ -97,9 +105,14 @@ class ModelInfo:
                 weights_sha256=meta["weights_sha256"],
                 quantization=meta["quantization"],
                 description=meta.get("description", ""),
+                reference=None if "novelty_reference" not in meta
+                else NoveltyReference.from_json(meta["novelty_reference"]),
             )
         except (KeyError, ValueError, TypeError) as exc:
             raise ModelError(path, f"damaged metadata ({type(exc).__name__}: {exc})") from exc
+        if info.reference is not None and info.reference.dim != info.embedding_dim:
+            raise ModelError(path, f"novelty reference of {info.reference.dim}-d embeddings in a "
+                             f"model of {info.embedding_dim}-d ones")
         if info.n_clusters == 0:  # head-free: embeddings only, no prior
             if info.prior.size:
                 raise ModelError(path, f"head-free model (n_clusters 0) with a prior of "

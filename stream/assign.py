@@ -11,12 +11,20 @@ in the spirit of Saerens et al. (2002) online label-shift adaptation:
 for a long time can favour it at most r² over any other, so the others can still win
 when the sound changes. π_t starts from π_train (or the restored state).
 
-The confidence is max_c q(c|x). A window is *novel* when the confidence is below
-``min_confidence``, or when its cosine similarity to the assigned cluster's running
-centroid (an EMA of the L2-normalised embeddings assigned to it, used once it has seen
-``centroid_warmup`` windows) is below ``min_similarity``. Novel windows report no cluster
-and do not move the prior or the centroids. The nearest centroid is also reported; with
-many clusters it is found with a faiss inner-product index.
+The confidence is max_c q(c|x). Novelty, when the model carries a novelty reference
+(:class:`~audioclust.models.reference.NoveltyReference`, exported with the training
+audio): the window's novelty score is the fraction of training windows more typical than
+it, and the window is *novel* when that exceeds 1 − α (α = 1 %: audio like the training
+data is flagged 1 % of the time), from the first window on, whatever the stream did
+before. Novel windows do not move the prior or the centroids; they gather into clusters
+discovered on this stream (:class:`~audioclust.stream.openset.OpenSetClusterer` in the
+reference's unit space, its radius prior from the reference), reported as cluster
+K + j with ``discovered`` set. A model without a reference falls back to the stream's own
+statistics: novel when the confidence is below ``min_confidence``, or when the cosine
+similarity to the assigned cluster's running centroid (an EMA of the L2-normalised
+embeddings assigned to it, used once it has seen ``centroid_warmup`` windows) is below
+``min_similarity``; such windows report no cluster. The nearest running centroid is
+also reported; with many clusters it is found with a faiss inner-product index.
 
 Drift: river's ADWIN watches the confidence and the novelty indicator; a detected change
 is reported on the window where it happened.
@@ -37,7 +45,13 @@ from typing import Any
 import numpy as np
 from river import drift
 
+from audioclust.models.reference import NoveltyReference
+from audioclust.stream.openset import OpenSetClusterer, OpenSetConfig, StreamSpace
+
 __all__ = ["AssignConfig", "Assigner", "Assignment", "StreamAssigner"]
+
+#: Prefix of the discovered clusters' arrays in a stream's state.
+_DISCOVERY = "discovery."
 
 
 @dataclass(frozen=True)
@@ -74,6 +88,10 @@ class Assignment:
     nearest: int | None  # nearest centroid (cosine), whatever the posterior says
     top: int  # argmax of the corrected posterior, even when novel
     drift: list[str] = field(default_factory=list)
+    #: Fraction of the training windows more typical than this one (None: no reference).
+    novelty: float | None = None
+    #: ``cluster`` was discovered on this stream (ids from K on) rather than by the head.
+    discovered: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -102,8 +120,11 @@ class _Detector:
 class StreamAssigner:
     """Assignment state of one stream (river style: ``predict_one`` then ``learn_one``)."""
 
-    def __init__(self, train_prior: np.ndarray, dim: int, config: AssignConfig | None = None):
+    def __init__(self, train_prior: np.ndarray, dim: int, config: AssignConfig | None = None,
+                 reference: NoveltyReference | None = None,
+                 openset: OpenSetConfig | None = None):
         self.config = config or AssignConfig()
+        self.reference = reference
         prior = np.asarray(train_prior, dtype=np.float64)
         if prior.ndim != 1 or prior.size < 2 or (prior <= 0).any():
             raise ValueError("the training prior must be a positive vector of >= 2 clusters")
@@ -117,6 +138,13 @@ class StreamAssigner:
         self._confidence = _Detector(c.adwin_delta, c.detector_memory)
         self._novelty = _Detector(c.adwin_delta, c.detector_memory)
         self._index = None
+        #: Clusters of the novel windows (needs a reference that knows the cluster scale).
+        self.discovery = self.discovery_space = None
+        if reference is not None and reference.cluster_radius is not None:
+            self.discovery = OpenSetClusterer(dim, reference.cluster_radius,
+                                              reference.cluster_similarity, openset)
+            # standardised by the novel windows' own statistics (the reference's at first)
+            self.discovery_space = StreamSpace(reference.mean, reference.std)
 
     @property
     def n_clusters(self) -> int:
@@ -161,11 +189,16 @@ class StreamAssigner:
         if self.counts[top] > 0:
             cn = np.linalg.norm(self.centroids[top])
             similarity = float(sims[top] / cn) if cn > 0 else None
-        novel = confidence < c.min_confidence or (
-            similarity is not None
-            and self.counts[top] >= c.centroid_warmup
-            and similarity < c.min_similarity
-        )
+        novelty = None
+        if self.reference is not None:
+            novelty = float(self.reference.novelty(z)[0])
+            novel = bool(self.reference.is_novel(novelty))
+        else:
+            novel = confidence < c.min_confidence or (
+                similarity is not None
+                and self.counts[top] >= c.centroid_warmup
+                and similarity < c.min_similarity
+            )
         return Assignment(
             cluster=None if novel else top,
             confidence=round(confidence, 6),
@@ -173,6 +206,7 @@ class StreamAssigner:
             similarity=None if similarity is None else round(similarity, 6),
             nearest=nearest,
             top=top,
+            novelty=None if novelty is None else round(novelty, 6),
         )
 
     def learn_one(self, embedding: np.ndarray, posterior: np.ndarray, a: Assignment) -> list[str]:
@@ -184,6 +218,8 @@ class StreamAssigner:
             events.append("confidence")
         if self._novelty.update(1.0 if a.novel else 0.0):
             events.append("novelty")
+        if a.novel and self.discovery is not None:
+            self._discover(embedding, a)
         if a.novel or a.cluster is None:
             return events
         q = self.corrected(posterior)
@@ -201,6 +237,18 @@ class StreamAssigner:
         self.counts[k] += 1
         return events
 
+    def _discover(self, embedding: np.ndarray, a: Assignment) -> None:
+        """A novel window joins (or founds) a discovered cluster: ``a`` reports it as K + j
+        with the open-set clusterer's confidence and similarity."""
+        assert self.discovery is not None and self.discovery_space is not None
+        unit = self.discovery_space.learn_transform(embedding)
+        j = self.discovery.learn_one(unit)
+        a.cluster = self.n_clusters + j
+        a.discovered = True
+        a.confidence = round(self.discovery.proba_one(unit)[j], 6)
+        sim = self.discovery.similarity(unit, j)
+        a.similarity = None if sim is None else round(sim, 6)
+
     def process(self, embedding: np.ndarray, posterior: np.ndarray) -> Assignment:
         """``predict_one`` then ``learn_one``; the drift events go into the assignment."""
         a = self.predict_one(embedding, posterior)
@@ -216,9 +264,16 @@ class StreamAssigner:
             "confidence_recent": list(self._confidence.recent),
             "novelty_recent": list(self._novelty.recent),
         }
+        if self.discovery is not None and self.discovery_space is not None:
+            d_arrays, scalars["discovery"] = self.discovery.state()
+            d_arrays.update({f"space.{k}": v for k, v in self.discovery_space.state().items()})
+            arrays.update({f"{_DISCOVERY}{k}": v for k, v in d_arrays.items()})
         return arrays, scalars
 
     def load_state(self, arrays: dict[str, np.ndarray], scalars: dict[str, Any]) -> None:
+        missing = [k for k in ("prior", "centroids", "counts") if k not in arrays]
+        if missing:
+            raise ValueError(f"not the state of a model with a head (no {', '.join(missing)})")
         if arrays["centroids"].shape != self.centroids.shape:
             raise ValueError(f"state has {arrays['centroids'].shape} centroids, the model "
                              f"needs {self.centroids.shape}")
@@ -228,6 +283,12 @@ class StreamAssigner:
         self.windows = int(scalars["windows"])
         self._confidence.restore(scalars["confidence_recent"])
         self._novelty.restore(scalars["novelty_recent"])
+        if self.discovery is not None and self.discovery_space is not None and \
+                "discovery" in scalars:
+            mine = {k[len(_DISCOVERY):]: v for k, v in arrays.items() if k.startswith(_DISCOVERY)}
+            self.discovery.load_state(mine, scalars["discovery"])
+            self.discovery_space.load_state({k[6:]: v for k, v in mine.items()
+                                             if k.startswith("space.")})
 
 
 class Assigner:
@@ -245,16 +306,25 @@ class Assigner:
         dim: int,
         config: AssignConfig | None = None,
         model_id: str = "",
+        reference: NoveltyReference | None = None,
+        openset: OpenSetConfig | None = None,
     ):
         self.train_prior = np.asarray(train_prior, dtype=np.float64)
         self.dim = dim
         self.config = config or AssignConfig()
         self.model_id = model_id
-        self.streams: dict[str, StreamAssigner] = {}
+        self.reference = reference
+        self.openset = openset or OpenSetConfig()
+        self.streams: dict[str, Any] = {}
 
-    def stream(self, name: str) -> StreamAssigner:
+    def _new_stream(self) -> Any:
+        """The per-stream object: ``process``, ``state`` and ``load_state``."""
+        return StreamAssigner(self.train_prior, self.dim, self.config, self.reference,
+                              self.openset)
+
+    def stream(self, name: str) -> Any:
         if name not in self.streams:
-            self.streams[name] = StreamAssigner(self.train_prior, self.dim, self.config)
+            self.streams[name] = self._new_stream()
         return self.streams[name]
 
     def process(self, stream: str, embedding: np.ndarray, posterior: np.ndarray) -> Assignment:

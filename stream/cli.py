@@ -30,8 +30,10 @@ log = logging.getLogger("audioclust.stream")
 EPILOG = """\
 records: one JSON object per window on the sink:
   stream, seq (window index), start, end (seconds on the stream clock),
-  cluster (null when silent or novel), confidence, novel, silent, model,
-  timestamp (capture time, unix s, or null), level_dbfs, top, nearest, similarity, drift
+  cluster (null when silent; ids from K on: discovered on this stream), confidence,
+  novel (unlike the training audio), silent, model, timestamp (capture time, unix s, or
+  null), level_dbfs, top, nearest, similarity, drift, novelty (fraction of the model's
+  training windows more typical than this one; null without a reference), discovered
 examples:
   audioclust-stream --source file recordings/ --sink jsonl:out.jsonl
   audioclust-stream --source mic --device "USB" --metrics-port 9100 --state mic.npz

@@ -23,8 +23,9 @@ from typing import Any, Literal
 
 from audioclust.models.config import build_config
 from audioclust.stream.assign import AssignConfig
+from audioclust.stream.openset import OpenSetConfig
 
-__all__ = ["FileConfig", "HeadFreeConfig", "MicConfig", "StreamConfig", "load_stream_config"]
+__all__ = ["FileConfig", "MicConfig", "OpenSetConfig", "StreamConfig", "load_stream_config"]
 
 
 @dataclass(frozen=True)
@@ -68,26 +69,6 @@ class MicConfig:
 
 
 @dataclass(frozen=True)
-class HeadFreeConfig:
-    """Online clustering of embeddings when the model has no head (river STREAMKMeans)."""
-
-    n_clusters: int = 8
-    #: Points river's STREAMKMeans gathers before it updates the centres.
-    chunk_size: int = 16
-    #: Temperature of the soft assignment p(c) ∝ exp(cos(z, μ_c) / τ) that gives confidence.
-    temperature: float = 0.1
-    #: How far river's k-means moves a centre towards each chunk centre (its ``halflife``).
-    halflife: float = 0.5
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.n_clusters < 2 or self.chunk_size < 1 or self.temperature <= 0:
-            raise ValueError("headfree needs n_clusters >= 2, chunk_size >= 1, temperature > 0")
-        if not 0 < self.halflife <= 1:
-            raise ValueError(f"headfree.halflife must be in (0, 1], got {self.halflife}")
-
-
-@dataclass(frozen=True)
 class StreamConfig:
     """Everything the service needs besides the source's own address."""
 
@@ -119,7 +100,8 @@ class StreamConfig:
     #: /healthz fails when the loop has not beaten for this long.
     stall_seconds: float = 60.0
     assign: AssignConfig = field(default_factory=AssignConfig)
-    headfree: HeadFreeConfig = field(default_factory=HeadFreeConfig)
+    #: Clusters discovered online: head-free models, and novel windows of a head model.
+    openset: OpenSetConfig = field(default_factory=OpenSetConfig)
     file: FileConfig = field(default_factory=FileConfig)
     mic: MicConfig = field(default_factory=MicConfig)
     #: Settings for the Kafka source and sink (their own dataclass checks them).

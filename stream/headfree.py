@@ -1,142 +1,114 @@
-"""Head-free mode: clustering the embeddings online when the model has no clustering head.
+"""Head-free mode: clusters discovered online when the model has no clustering head.
 
-The clusterer is river's :class:`~river.cluster.STREAMKMeans`, on L2-normalised
-embeddings, shared by all streams (cluster 3 means the same sound whichever stream it
-came from, as with a trained head). Why STREAMKMeans rather than DBSTREAM:
+Every stream runs its own :class:`~audioclust.stream.openset.OpenSetClusterer` over the
+window embeddings in a unit space standardised by the stream's running statistics, which
+start from the model reference's (:class:`~audioclust.stream.openset.StreamSpace`): a
+window far from every cluster founds a new one, clusters that converge merge, the stalest
+is forgotten beyond ``openset.max_clusters``, ids never change meaning. How far is far
+comes from the training audio: the prior radius of the reference
+(:class:`~audioclust.models.reference.NoveltyReference`, computed at export by the rule of
+``--clusters auto``), which is why a head-free model needs one (``audioclust-export --data
+DIR``).
 
-- its cluster ids are stable: each id is one centre that moves a little per chunk,
-  whereas DBSTREAM re-derives its macro-clusters from the micro-cluster graph at every
-  request and renumbers them, so an id in the output would not keep its meaning;
-- its state is K centres (plus the partly filled chunk): plain arrays in the state file,
-  no pickle; DBSTREAM's is micro-clusters, weights, timestamps and a shared-density graph;
-- it costs O(K·d) per window in pure Python; DBSTREAM's cleanup and reclustering cost more.
+Per stream, not shared: a stream's records then depend only on its own windows in order,
+so a file, a microphone and a Kafka topic (whose streams move between consumer instances
+with their state) give the same records. The price: cluster 3 of one stream and cluster 3
+of another are unrelated (with a head, ids below K mean the same sound everywhere).
 
-The price is a fixed K (``headfree.n_clusters``); novel sounds are still flagged by the
-novelty test below. river initialises centres with Gaussian values: we use σ = 0.01 so
-they start near the origin with random directions; centres of a chunk's k-means that got
-no point stay there, and feeding them to the global k-means then only shrinks a centre
-without turning it, which leaves cosine assignments unchanged.
-
-Per window (predict, then learn, like river): z ← z/‖z‖; with the centres' directions μ̂_c,
-
-    p(c|z) ∝ exp(cos(z, μ̂_c) / τ) = exp(−‖z − μ̂_c‖² / 2τ) · const
-
-(a softmax over the negative squared distances to the unit centres, temperature τ =
-``headfree.temperature``). That posterior goes through the same per-stream
-:class:`~audioclust.stream.assign.StreamAssigner` as a head's, with a uniform training
-prior: prior correction, confidence = max corrected posterior, novelty (low confidence or
-low similarity to the stream's running centroid), ADWIN drift. Then the clusterer learns z.
+Per window (in stream order): novelty from the reference, as with a head; the cluster the
+clusterer puts the window in (every window gets one; ``discovered`` is always true);
+confidence p(c|x) ∝ exp(cos(x, μ_c)/τ) for that cluster after learning; ``top`` and
+``nearest`` the most similar live cluster; ``similarity`` the cosine to the cluster's
+centroid; ADWIN drift on the confidence and the novelty flag.
 """
 
 from __future__ import annotations
 
-import json
-import os
-from collections import defaultdict
-from dataclasses import asdict
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-from river import cluster
 
-from audioclust.stream.assign import AssignConfig, Assigner, Assignment
-from audioclust.stream.config import HeadFreeConfig
+from audioclust.models.reference import NoveltyReference
+from audioclust.stream.assign import AssignConfig, Assigner, Assignment, _Detector
+from audioclust.stream.openset import OpenSetClusterer, OpenSetConfig, StreamSpace
 
-__all__ = ["HeadFreeAssigner", "OnlineClusterer"]
+__all__ = ["HeadFreeAssigner", "HeadFreeStream"]
 
-#: Prefix of the clusterer's arrays in the state file (stream arrays are "<stream>/...").
-_KEY = "__headfree__."
-
-
-def _unit(z: np.ndarray) -> np.ndarray:
-    z = np.asarray(z, dtype=np.float64).ravel()
-    n = np.linalg.norm(z)
-    return z / n if n > 0 else z
+#: Prefix of the clusterer's arrays in a stream's state.
+_KEY = "openset."
 
 
-class OnlineClusterer:
-    """river STREAMKMeans over unit vectors, with array access to its centres."""
+class HeadFreeStream:
+    """One stream's open-set clusters and drift detectors (``process``, state)."""
 
-    def __init__(self, dim: int, config: HeadFreeConfig | None = None):
-        self.dim = dim
-        self.config = c = config or HeadFreeConfig()
-        self.model = cluster.STREAMKMeans(chunk_size=c.chunk_size, n_clusters=c.n_clusters,
-                                          halflife=c.halflife, mu=0.0, sigma=0.01, seed=c.seed)
+    def __init__(self, reference: NoveltyReference, openset: OpenSetConfig | None = None,
+                 config: AssignConfig | None = None):
+        if reference.cluster_radius is None or reference.cluster_similarity is None:
+            raise ValueError("the model's novelty reference has no cluster scale; re-export "
+                             "it with this version's audioclust-export --data DIR")
+        self.reference = reference
+        self.config = c = config or AssignConfig()
+        self.clusterer = OpenSetClusterer(reference.dim, reference.cluster_radius,
+                                          reference.cluster_similarity, openset)
+        self.space = StreamSpace(reference.mean, reference.std)
+        self.windows = 0
+        self._confidence = _Detector(c.adwin_delta, c.detector_memory)
+        self._novelty = _Detector(c.adwin_delta, c.detector_memory)
 
-    def _features(self, unit: np.ndarray) -> dict[int, float]:
-        return {i: float(v) for i, v in enumerate(unit)}
-
-    def centres(self) -> np.ndarray:
-        """(K, d) centres of the global k-means (river fills unseen dimensions lazily)."""
-        cs = self.model._kmeans.centers
-        return np.array([[cs[k][j] for j in range(self.dim)] for k in sorted(cs)])
-
-    def posterior(self, unit: np.ndarray) -> np.ndarray:
-        """p(c|z) ∝ exp(cos(z, μ_c)/τ) for a unit vector z."""
-        mu = self.centres()
-        norms = np.linalg.norm(mu, axis=1)
-        cos = (mu @ unit) / np.where(norms > 0, norms, 1.0)
-        logits = cos / self.config.temperature
-        p = np.exp(logits - logits.max())
-        return p / p.sum()
-
-    def learn(self, unit: np.ndarray) -> None:
-        self.model.learn_one(self._features(unit))
-
-    # --- state (arrays only) --------------------------------------------------------------
+    def process(self, embedding: np.ndarray, posterior: np.ndarray | None = None) -> Assignment:
+        ref = self.reference
+        novelty = float(ref.novelty(embedding)[0])
+        novel = bool(ref.is_novel(novelty))
+        unit = self.space.learn_transform(embedding)
+        cluster = self.clusterer.learn_one(unit)
+        proba = self.clusterer.proba_one(unit)
+        top = max(proba, key=proba.__getitem__)
+        similarity = self.clusterer.similarity(unit, cluster)
+        self.windows += 1
+        a = Assignment(cluster=cluster, confidence=round(proba[cluster], 6), novel=novel,
+                       similarity=None if similarity is None else round(similarity, 6),
+                       nearest=top, top=top, novelty=round(novelty, 6), discovered=True)
+        if self._confidence.update(a.confidence):
+            a.drift.append("confidence")
+        if self._novelty.update(1.0 if novel else 0.0):
+            a.drift.append("novelty")
+        return a
 
     def state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        m = self.model
-        chunk = [[x[j] for j in range(self.dim)] for _, x in sorted(m._temp_chunk.items())]
-        arrays = {"centres": self.centres(),
-                  "chunk": np.array(chunk, dtype=np.float64).reshape(-1, self.dim)}
-        return arrays, {"time_stamp": m.time_stamp, "config": asdict(self.config)}
+        arrays, clusterer = self.clusterer.state()
+        arrays.update({f"space.{k}": v for k, v in self.space.state().items()})
+        scalars = {"windows": self.windows, "openset": clusterer,
+                   "confidence_recent": list(self._confidence.recent),
+                   "novelty_recent": list(self._novelty.recent)}
+        return {f"{_KEY}{k}": v for k, v in arrays.items()}, scalars
 
     def load_state(self, arrays: dict[str, np.ndarray], scalars: dict[str, Any]) -> None:
-        centres = arrays["centres"]
-        if centres.shape != (self.config.n_clusters, self.dim):
-            raise ValueError(f"state holds {centres.shape} head-free centres, this run needs "
-                             f"{(self.config.n_clusters, self.dim)}")
-        m = self.model
-        km = m._kmeans
-        # river's centres are defaultdicts that draw unseen dimensions from its RNG
-        factory = next(iter(km.centers.values())).default_factory
-        km.centers = {k: defaultdict(factory, {j: float(v) for j, v in enumerate(row)})
-                      for k, row in enumerate(centres)}
-        m.centers = km.centers
-        m.time_stamp = int(scalars["time_stamp"])
-        m._temp_chunk = {i: self._features(row) for i, row in enumerate(arrays["chunk"])}
+        if "openset" not in scalars:
+            raise ValueError("state of a model with a head, not of a head-free one")
+        mine = {k[len(_KEY):]: v for k, v in arrays.items() if k.startswith(_KEY)}
+        self.clusterer.load_state(mine, scalars["openset"])
+        self.space.load_state({k[6:]: v for k, v in mine.items() if k.startswith("space.")})
+        self.windows = int(scalars["windows"])
+        self._confidence.restore(scalars["confidence_recent"])
+        self._novelty.restore(scalars["novelty_recent"])
 
 
 class HeadFreeAssigner(Assigner):
-    """:class:`Assigner` whose posteriors come from the :class:`OnlineClusterer`."""
+    """:class:`Assigner` whose streams are :class:`HeadFreeStream` objects."""
 
-    def __init__(self, dim: int, config: HeadFreeConfig | None = None,
+    def __init__(self, reference: NoveltyReference | None, openset: OpenSetConfig | None = None,
                  assign: AssignConfig | None = None, model_id: str = ""):
-        self.headfree = config or HeadFreeConfig()
-        k = self.headfree.n_clusters
-        super().__init__(np.full(k, 1.0 / k), dim, assign, model_id)
-        self.clusterer = OnlineClusterer(dim, self.headfree)
+        if reference is None:
+            raise ValueError("a head-free model needs a novelty reference (its clusters' scale "
+                             "comes from the training audio): re-export it with "
+                             "audioclust-export --data DIR")
+        super().__init__(np.full(2, 0.5), reference.dim, assign, model_id, reference, openset)
+        HeadFreeStream(reference, openset, assign)  # a reference without a scale fails here
+
+    def _new_stream(self) -> HeadFreeStream:
+        assert self.reference is not None
+        return HeadFreeStream(self.reference, self.openset, self.config)
 
     def process(self, stream: str, embedding: np.ndarray,
                 posterior: np.ndarray | None = None) -> Assignment:
-        unit = _unit(embedding)
-        a = self.stream(stream).process(unit, self.clusterer.posterior(unit))
-        self.clusterer.learn(unit)
-        return a
-
-    def _extra_state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        """The clusterer's centres go into the same atomic npz as the streams."""
-        c_arrays, c_scalars = self.clusterer.state()
-        return {f"{_KEY}{key}": value for key, value in c_arrays.items()}, {"headfree": c_scalars}
-
-    def load(self, path: str | os.PathLike) -> int:
-        n = super().load(path)
-        with np.load(Path(path), allow_pickle=False) as z:
-            doc = json.loads(str(z["__meta__"]))
-            if "headfree" not in doc:
-                raise ValueError(f"{path}: state of a model with a head, not head-free")
-            arrays = {k[len(_KEY):]: z[k] for k in z.files if k.startswith(_KEY)}
-        self.clusterer.load_state(arrays, doc["headfree"])
-        return n
+        return self.stream(stream).process(embedding)

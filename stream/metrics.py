@@ -29,9 +29,14 @@ class StreamMetrics:
     def __init__(self, registry: CollectorRegistry | None = None):
         r = self.registry = registry or CollectorRegistry()
         self.windows = Counter("audioclust_windows", "Windows processed", ["source"], registry=r)
-        self.assignments = Counter("audioclust_assignments", "Windows assigned, by cluster",
+        self.assignments = Counter("audioclust_assignments", "Windows assigned, by cluster "
+                                   "(clusters discovered online: cluster=\"discovered\")",
                                    ["cluster"], registry=r)
         self.novel = Counter("audioclust_novel_windows", "Windows judged novel", registry=r)
+        self.novelty = Histogram(
+            "audioclust_novelty", "Novelty score of windows: the fraction of the model's "
+            "training windows more typical than the window (novel above 1 - alpha)",
+            buckets=(0.5, 0.9, 0.95, 0.99, 0.995, 0.999, 1.0), registry=r)
         self.silent = Counter("audioclust_silent_windows", "Windows below the energy gate",
                               registry=r)
         self.drift = Counter("audioclust_drift_events", "ADWIN drift detections", ["signal"],

@@ -63,15 +63,16 @@ def model_id(model: OnnxModel) -> str:
 
 
 def build_assigner(model: OnnxModel, config: StreamConfig) -> AssignerLike:
-    """The model's head prior feeds an :class:`Assigner`; a head-free model gets river's
-    online clusterer (:class:`~audioclust.stream.headfree.HeadFreeAssigner`)."""
+    """The model's head prior and novelty reference feed an :class:`Assigner`; a head-free
+    model gets the open-set clusterer (:class:`~audioclust.stream.headfree.HeadFreeAssigner`)."""
     info = model.info
     if info.n_clusters == 0:
         from audioclust.stream.headfree import HeadFreeAssigner
 
-        return HeadFreeAssigner(info.embedding_dim, config.headfree, config.assign,
+        return HeadFreeAssigner(info.reference, config.openset, config.assign,
                                 model_id=info.weights_sha256)
-    return Assigner(info.prior, info.embedding_dim, config.assign, model_id=info.weights_sha256)
+    return Assigner(info.prior, info.embedding_dim, config.assign, model_id=info.weights_sha256,
+                    reference=info.reference, openset=config.openset)
 
 
 @dataclass
@@ -355,6 +356,8 @@ class Pipeline:
             "nearest": None if a is None else a.nearest,
             "similarity": None if a is None else a.similarity,
             "drift": [] if a is None else list(a.drift),
+            "novelty": None if a is None else a.novelty,
+            "discovered": False if a is None else a.discovered,
         }
         if rec["confidence"] is not None and not math.isfinite(rec["confidence"]):
             rec["confidence"] = None  # a NaN from a broken model must not break the JSON line
@@ -370,7 +373,11 @@ class Pipeline:
             m = self.metrics
             if rec_a.novel:
                 m.novel.inc()
-            elif rec_a.cluster is not None:
+            if rec_a.novelty is not None:
+                m.novelty.observe(rec_a.novelty)
+            if rec_a.discovered:  # ids keep growing over a long stream: one series for all
+                m.assignments.labels(cluster="discovered").inc()
+            elif rec_a.cluster is not None and not rec_a.novel:
                 m.assignments.labels(cluster=str(rec_a.cluster)).inc()
             for signal in rec_a.drift:
                 m.drift.labels(signal=signal).inc()

@@ -1,7 +1,9 @@
-"""Head-free mode: an encoder-only model, clustered online by river's STREAMKMeans."""
+"""Head-free mode: an encoder-only model with a novelty reference, clustered online per
+stream by the open-set clusterer; the same records whatever the batching and interleaving."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -11,27 +13,33 @@ from stream_helpers import concat_clips, read_jsonl, run_cli, windows_of
 
 from audioclust.models.audio import load_audio
 from audioclust.models.runtime import OnnxModel
-from audioclust.stream.config import FileConfig, HeadFreeConfig, StreamConfig
-from audioclust.stream.headfree import HeadFreeAssigner, OnlineClusterer
+from audioclust.stream.config import FileConfig, StreamConfig
+from audioclust.stream.headfree import HeadFreeAssigner
 from audioclust.stream.pipeline import Pipeline
 from audioclust.stream.sinks.jsonl import JsonlSink
 from audioclust.stream.sources.file import FileSource
 
 
 @pytest.fixture(scope="module")
-def headfree_model(tmp_path_factory) -> Path:
+def encoder(tmp_path_factory) -> Path:
     import torch
 
     from audioclust.models.embedder import Embedder, save_embedder
     from audioclust.models.encoders import build_encoder
-    from audioclust.models.export import export_model
 
     d = tmp_path_factory.mktemp("headfree")
     torch.manual_seed(0)
     embedder = Embedder(build_encoder("audiontt", {"embed_dim": 64, "channels": 16}),
                         mean=-6.0, std=5.0).eval()
-    enc = save_embedder(embedder, d / "enc.safetensors", {"method": "random", "data": "none"})
-    return export_model(enc, None, d / "enc_only.onnx").path
+    return save_embedder(embedder, d / "enc.safetensors", {"method": "random", "data": "none"})
+
+
+@pytest.fixture(scope="module")
+def headfree_model(encoder, fsdd_subset) -> Path:
+    from audioclust.models.export import export_model
+
+    return export_model(encoder, None, encoder.with_name("enc_only.onnx"),
+                        reference_data=fsdd_subset).path
 
 
 @pytest.fixture(scope="module")
@@ -45,77 +53,89 @@ def recordings(tmp_path_factory, fsdd_subset) -> list[Path]:
     return out
 
 
-def test_confidence_is_a_softmax_of_cosines():
-    c = OnlineClusterer(4, HeadFreeConfig(n_clusters=3, temperature=0.2))
-    mu = c.centres()
-    assert mu.shape == (3, 4) and np.abs(mu).max() < 0.1  # river's init: near the origin
-    z = np.array([0.6, 0.0, 0.8, 0.0])
-    cos = mu @ z / np.linalg.norm(mu, axis=1)
-    want = np.exp(cos / 0.2) / np.exp(cos / 0.2).sum()
-    np.testing.assert_allclose(c.posterior(z), want, rtol=1e-9)
-    for _ in range(3 * c.config.chunk_size):  # learning pulls a centre towards z
-        c.learn(z)
-    best = int(np.argmax(c.posterior(z)))
-    m = c.centres()[best]
-    assert m @ z / np.linalg.norm(m) > 0.99 and c.posterior(z)[best] > 0.9
+def _run(model: OnnxModel, paths: list[Path], out: Path, **kw) -> list[dict]:
+    cfg = StreamConfig(**kw)
+    Pipeline(model, FileSource(paths, 16000, cfg.file), JsonlSink(out), cfg).run()
+    return read_jsonl(out)
 
 
 def test_head_free_pipeline_matches_direct_runs(headfree_model, recordings, tmp_path):
     model = OnnxModel(headfree_model, threads=1)
     assert model.head_free
-    cfg = StreamConfig(max_batch=6, file=FileConfig(parallel=1))  # one file after another
-    out = tmp_path / "o.jsonl"
-    Pipeline(model, FileSource(recordings, 16000, cfg.file), JsonlSink(out), cfg).run()
-    got = read_jsonl(out)
-    # reference: each window alone through the model, the same assigner in the same order
-    ref = HeadFreeAssigner(64, cfg.headfree, cfg.assign)
+    ref = model.info.reference
+    assert ref is not None and ref.cluster_source == "auto" and ref.clusters >= 2
+    got = _run(model, recordings, tmp_path / "o.jsonl", max_batch=6,
+               file=FileConfig(parallel=1))
+    # reference: each window alone through the model, assigned in order, stream by stream
+    cfg = StreamConfig()
+    direct = HeadFreeAssigner(ref, cfg.openset, cfg.assign)
     want = []
     for path in recordings:
         audio = load_audio(path, 16000)
         for index, _start, x in windows_of(audio, 16000, 8000, model.info.min_samples):
             if 20 * np.log10(np.sqrt(np.mean(x.astype(np.float64) ** 2))) < cfg.silence_dbfs:
-                want.append((str(path), index, None, None))
+                want.append((str(path), index, None, None, None))
                 continue
             z, p = model.run([x])
             assert p is None
-            a = ref.process(str(path), z[0])
-            want.append((str(path), index, a.cluster, a.confidence))
+            a = direct.process(str(path), z[0])
+            want.append((str(path), index, a.cluster, a.confidence, a.novelty))
     assert len(got) == len(want) > 30
-    for r, (stream, seq, cluster, confidence) in zip(got, want, strict=True):
+    for r, (stream, seq, cluster, confidence, novelty) in zip(got, want, strict=True):
         assert (r["stream"], r["seq"], r["cluster"]) == (stream, seq, cluster)
         assert (r["confidence"] is None) == (confidence is None)
         if confidence is not None:
             assert abs(r["confidence"] - confidence) < 1e-4
+            assert abs(r["novelty"] - novelty) < 1e-4
     heard = [r for r in got if not r["silent"]]
-    assert all(0 <= r["top"] < 8 and 0 < r["confidence"] <= 1 for r in heard)
-    assert sum(r["cluster"] is not None for r in heard) > 0
+    assert all(r["discovered"] and r["cluster"] >= 0 for r in heard)
+    assert all(0 < r["confidence"] <= 1 and 0 <= r["novelty"] <= 1 for r in heard)
+    per_stream = {s: {r["cluster"] for r in heard if r["stream"] == s} for s in map(str,
+                                                                                   recordings)}
+    assert all(len(ids) >= 2 for ids in per_stream.values())  # 12 words are not one sound
+
+
+def test_streams_do_not_depend_on_each_other(headfree_model, recordings, tmp_path):
+    """Per-stream clusters: interleaving and batching change nothing in a stream's records."""
+    model = OnnxModel(headfree_model, threads=1)
+    alone = _run(model, recordings, tmp_path / "a.jsonl", max_batch=1,
+                 file=FileConfig(parallel=1))
+    mixed = _run(model, recordings, tmp_path / "b.jsonl", max_batch=16,
+                 file=FileConfig(parallel=3))
+
+    def key(r):
+        return r["stream"], r["seq"]
+
+    a, b = sorted(alone, key=key), sorted(mixed, key=key)
+    assert [key(r) for r in a] == [key(r) for r in b]
+    for ra, rb in zip(a, b, strict=True):
+        assert (ra["cluster"], ra["novel"], ra["discovered"]) == \
+            (rb["cluster"], rb["novel"], rb["discovered"])
+        if ra["confidence"] is not None:
+            assert abs(ra["confidence"] - rb["confidence"]) < 1e-4
 
 
 def test_head_free_state_round_trip(headfree_model, recordings, tmp_path):
     model = OnnxModel(headfree_model, threads=1)
+    ref = model.info.reference
     audio = load_audio(recordings[0], 16000)
     zs = [model.run([x])[0][0] for _, _, x in windows_of(audio, 16000, 8000, 2000)]
-    cfg = HeadFreeConfig(chunk_size=5)
-    a = HeadFreeAssigner(64, cfg, model_id="m")
-    for z in zs[:13]:  # mid-chunk: the partial chunk must be saved too
+    a = HeadFreeAssigner(ref, model_id="m")
+    for z in zs[:13]:
         a.process("s", z)
     a.save(tmp_path / "hf.npz")
-    b = HeadFreeAssigner(64, cfg, model_id="m")
+    b = HeadFreeAssigner(ref, model_id="m")
     assert b.load(tmp_path / "hf.npz") == 1
-    np.testing.assert_allclose(b.clusterer.centres(), a.clusterer.centres())
     for z in zs[13:]:
         ra, rb = a.process("s", z), b.process("s", z)
         assert (ra.cluster, ra.top, ra.novel) == (rb.cluster, rb.top, rb.novel)
         assert abs(ra.confidence - rb.confidence) < 1e-9
-    np.testing.assert_allclose(b.clusterer.centres(), a.clusterer.centres())
+    np.testing.assert_allclose(b.stream("s").clusterer.centroids, a.stream("s").clusterer.centroids)
     with np.load(tmp_path / "hf.npz", allow_pickle=False) as z:  # arrays only, no pickle
-        assert "__headfree__.centres" in z.files
-    with pytest.raises(ValueError, match=r"centroids|head-free centres"):
-        HeadFreeAssigner(64, HeadFreeConfig(n_clusters=3), model_id="m").load(
-            tmp_path / "hf.npz")
+        assert "s/openset.centroids" in z.files and "s/openset.space.mean" in z.files
 
 
-def test_head_free_cli_with_state(headfree_model, recordings, tmp_path):
+def test_head_free_cli_with_state(headfree_model, recordings, stream_model, tmp_path):
     state = tmp_path / "state.npz"
     args = ["--source", "file", str(recordings[1]), "--model", str(headfree_model),
             "--state", str(state)]
@@ -127,6 +147,29 @@ def test_head_free_cli_with_state(headfree_model, recordings, tmp_path):
     a, b = read_jsonl(tmp_path / "a.jsonl"), read_jsonl(tmp_path / "b.jsonl")
     assert len(a) == len(b) > 5
     assert set(a[0]) == set(b[0]) >= {"stream", "seq", "start", "end", "cluster",
-                                      "confidence", "novel", "silent", "model"}
-    # the second run starts from the learnt state, not from scratch
-    assert a[0]["similarity"] is None and b[0]["similarity"] is not None
+                                      "confidence", "novel", "silent", "model", "novelty",
+                                      "discovered"}
+    # the second run went on from the learnt clusters, not from scratch
+    heard = sum(not r["silent"] for r in a)
+    with np.load(state, allow_pickle=False) as z:
+        doc = json.loads(str(z["__meta__"]))
+    assert doc["streams"][str(recordings[1])]["openset"]["seen"] == 2 * heard
+    # a head model's state is refused, in one line
+    other = tmp_path / "head.npz"
+    assert run_cli("--source", "file", str(recordings[1]), "--model", str(stream_model),
+                   "--state", str(other), "--sink", f"jsonl:{tmp_path / 'c.jsonl'}"
+                   ).returncode == 0
+    bad = run_cli("--source", "file", str(recordings[1]), "--model", str(headfree_model),
+                  "--state", str(other), "--sink", f"jsonl:{tmp_path / 'd.jsonl'}")
+    assert bad.returncode == 1 and len(bad.stderr.strip().splitlines()) >= 1
+    assert "error:" in bad.stderr.strip().splitlines()[-1]
+
+
+def test_head_free_model_without_reference_is_refused(encoder, recordings, tmp_path):
+    from audioclust.models.export import export_model
+
+    bare = export_model(encoder, None, tmp_path / "bare.onnx").path
+    proc = run_cli("--source", "file", str(recordings[0]), "--model", str(bare))
+    assert proc.returncode == 1
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "needs a novelty reference" in last and "--data" in last
