@@ -7,8 +7,9 @@ BIN := $(VENV)/bin
 # The CPU build of torch 2.13.0; an unpinned torch would pull GBs of CUDA packages.
 TORCH := torch==2.13.0
 EXTRAS ?= cpu,train,test,dev
-# prometheus (promtool) and systemd (systemd-analyze): tests/test_deploy.py checks deploy/ with them.
-APT_PACKAGES := libsndfile1 libportaudio2 prometheus systemd
+# prometheus (promtool) and systemd (systemd-analyze): tests/test_deploy.py checks deploy/ with them;
+# chromium: tests/test_report.py loads audioclust-report's page in it (headless).
+APT_PACKAGES := libsndfile1 libportaudio2 prometheus systemd chromium
 FSDD ?= ../shared/datasets/fsdd/recordings
 STAMP := $(VENV)/.setup-done
 
