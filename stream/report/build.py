@@ -254,7 +254,7 @@ def build_report(records: Records, audio: AudioMatch, config: ReportConfig | Non
     novel_view = ClusterView(Cluster(NOVEL, windows=novel_windows), NOVEL_COLOUR) \
         if novel_windows else None
 
-    jobs: list[tuple[ClusterView, list[Candidate], str]] = []
+    jobs: list[tuple[ClusterView, list[tuple[Candidate, str]], str]] = []
     for cv in views:
         cid = cv.cluster.id
         cands = _candidates(all_streams, audio.files,
@@ -270,12 +270,12 @@ def build_report(records: Records, audio: AudioMatch, config: ReportConfig | Non
             novel_view.note = "none of the novel windows is in a stream with audio"
 
     total = sum(len(p) for _, p, _ in jobs)
-    say(f"cutting {total} snippets from {len(set(id(f) for f in audio.files.values()))} "
-        "audio files")
+    if total:
+        files = len({id(f) for f in audio.files.values()})
+        say(f"cutting {total} snippets from {files} audio file{'s' if files != 1 else ''}")
     key = 0
-    half = math.ceil(cfg.snippets / 2)
-    for cv, picks, first_why in jobs:
-        for rank, c in enumerate(picks):
+    for cv, picks, best_why in jobs:
+        for c, why in picks:
             f = audio.files[c.stream]
             lo, hi = c.start, c.end
             if hi - lo > cfg.snippet_seconds:
@@ -287,11 +287,12 @@ def build_report(records: Records, audio: AudioMatch, config: ReportConfig | Non
                 warnings.append(f"audio {exc}: snippet skipped")
                 continue
             key += 1
-            why = first_why if rank < half else "spread"
-            cv.snippets.append(Snippet(f"s{key}", c, encode(x, f.sample_rate), why))
+            cv.snippets.append(Snippet(f"s{key}", c, encode(x, f.sample_rate),
+                                       best_why if why == "best" else why))
 
     notes = [
-        f"Snippets: up to {cfg.snippets} per cluster (the {half} most confident windows, then "
+        f"Snippets: up to {cfg.snippets} per cluster (the {math.ceil(cfg.snippets / 2)} most "
+        "confident windows, then "
         "a spread over streams and time among the more confident half), each its window "
         f"cut from the stream's audio (at most {cfg.snippet_seconds:g} s), peak-normalised "
         "to -1 dBFS (at most +30 dB) with 5 ms fades.",

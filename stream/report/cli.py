@@ -80,6 +80,7 @@ def _run(args: argparse.Namespace) -> int:
         match_audio,
         write_report,
     )
+    from audioclust.stream.report.page import plural
     from audioclust.stream.report.records import RecordsError, read_records
 
     cfg = build_config(ReportConfig, args.config, {
@@ -96,14 +97,15 @@ def _run(args: argparse.Namespace) -> int:
         print(f"{PROG}: warning: {message}", file=sys.stderr)
 
     try:
-        records = read_records(args.records)
+        records = read_records(args.records,
+                               progress=lambda n: say(f"{args.records}: {n:,} lines read"))
     except RecordsError as exc:
         raise UserError(str(exc)) from exc
     if not records.streams:
         raise UserError(f"{args.records}: no records in {records.lines} lines"
                         + (" (none of them is a record)" if records.skipped else ""))
-    say(f"read {records.windows:,} windows of {len(records.streams)} streams, "
-        f"{len(records.clusters)} clusters")
+    say(f"read {plural(records.windows, 'window')} of {plural(len(records.streams), 'stream')}, "
+        f"{plural(len(records.clusters), 'cluster')}")
     audio = match_audio(records, args.audio or [])
     report = build_report(records, audio, cfg, progress=say)
     for w in report.warnings:
@@ -112,8 +114,10 @@ def _run(args: argparse.Namespace) -> int:
         size = write_report(report, args.output)
     except OSError as exc:
         raise UserError(f"{args.output}: cannot write ({exc.strerror or exc})") from exc
-    say(f"wrote {args.output} ({size / 1e6:.1f} MB): {len(records.streams)} streams, "
-        f"{len(report.page.clusters)} cluster cards, {report.snippets} snippets")
+    say(f"wrote {args.output} ({size / 1e6:.1f} MB): "
+        f"{plural(len(records.streams), 'stream')}, "
+        f"{plural(len(report.page.clusters), 'cluster card')}, "
+        f"{plural(report.snippets, 'snippet')}")
     if args.json:
         print(json.dumps({
             "output": str(args.output), "bytes": size, "streams": len(records.streams),

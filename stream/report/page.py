@@ -21,7 +21,7 @@ from audioclust.stream.report.records import NO_CLUSTER, Cluster, Records, Strea
 from audioclust.stream.report.snippets import Candidate, Clip
 
 __all__ = ["NOVEL", "ClusterView", "Page", "Snippet", "StreamView", "cluster_colour",
-           "render"]
+           "plural", "render"]
 
 #: Pseudo cluster id of novel windows without a cluster in timelines and charts.
 NOVEL = -2
@@ -130,7 +130,7 @@ def _ticks(span: float, most: int = 8) -> list[float]:
     return [i * step for i in range(int(span / step + 1e-9) + 1)]
 
 
-def _n(count: int, word: str) -> str:
+def plural(count: int, word: str) -> str:
     """``1 window``, ``2 windows``, ``1,234 windows``."""
     return f"{count:,} {word}{'' if count == 1 else 's'}"
 
@@ -218,7 +218,8 @@ def _timeline(view: StreamView, page: Page) -> str:
     for lo, hi, code, n in _segments(s, bins):
         t0, t1 = lo / bins * span, hi / bins * span
         fill = "url(#novel-hatch)" if code == NOVEL else page.colours.get(code, OTHER_COLOUR)
-        tip = f"{_label_of(code, page)} · {_clock(t0, span)}–{_clock(t1, span)} · {_n(n, 'window')}"
+        tip = (f"{_label_of(code, page)} · {_clock(t0, span)}–{_clock(t1, span)} · "
+               f"{plural(n, 'window')}")
         rect = (f'<rect x="{_pct(lo / bins)}" y="4" width="{_pct((hi - lo) / bins)}" '
                 f'height="20" fill="{fill}" data-code="{code}"><title>{_e(tip)}</title></rect>')
         href = "#novel" if code == NOVEL else f"#cluster-{code}"
@@ -289,7 +290,7 @@ def _sizes_chart(page: Page) -> str:
         pts_bot = " ".join(f"{x:.1f},{100 - y:.2f}"
                            for x, y in zip(xs[::-1], below[::-1], strict=True))
         paths.append(f'<path d="M{pts_top} L{pts_bot} Z" fill="{colour}">'
-                     f"<title>{_e(name)}: {_n(ts.size, 'window')}</title></path>")
+                     f"<title>{_e(name)}: {plural(ts.size, 'window')}</title></path>")
         below = top
     ticks = []
     for tick in _ticks(span):
@@ -337,7 +338,8 @@ def _summary(page: Page) -> str:
         ("audio", _duration(audio_seconds), f"{windows:,} windows"),
         ("clusters", f"{len(r.clusters):,}", extra or "in the records"),
         ("novel", f"{novel_pct:.1f} %", f"{flagged:,} of {sounding:,} sounding windows"),
-        ("silent", f"{100 * silent / windows:.1f} %" if windows else "0 %", _n(silent, "window")),
+        ("silent", f"{100 * silent / windows:.1f} %" if windows else "0 %",
+         plural(silent, "window")),
         ("drift", f"{drift:,}", "detections"),
     ]
     cells = "".join(f'<div class="tile"><div class="k">{_e(k)}</div><div class="v">{_e(v)}'
@@ -374,11 +376,11 @@ def _streams(page: Page) -> str:
         s = v.records
         present = len({int(c) for c in s.cluster[(s.cluster != NO_CLUSTER) & ~s.silent]})
         novel = int((_codes(s) == NOVEL).sum())
-        facts = [_duration(s.duration), _n(len(s), "window"), _n(present, "cluster")]
+        facts = [_duration(s.duration), plural(len(s), "window"), plural(present, "cluster")]
         if novel:
             facts.append(f"{novel:,} novel")
         if s.drift:
-            facts.append(_n(len(s.drift), "drift detection"))
+            facts.append(plural(len(s.drift), "drift detection"))
         audio = (f'<span class="ok" title="{_e(v.audio)}">audio</span>' if v.audio
                  else '<span class="warn">no audio</span>')
         folder, _, file = s.name.rpartition("/")
@@ -440,9 +442,9 @@ def _card(cv: ClusterView, page: Page, total: int) -> str:
     if c.discovered:
         badges += '<span class="badge new">discovered</span>'
     sub = f'<span class="id">#{c.id}</span>' if c.label else ""
-    facts = [_n(c.windows, "window"), f"{share:.1f} % of assigned"]
+    facts = [plural(c.windows, "window"), f"{share:.1f} % of assigned"]
     top_stream, top_n = c.streams.most_common(1)[0]
-    facts.append(_n(len(c.streams), "stream")
+    facts.append(plural(len(c.streams), "stream")
                  + (f" (most in {_base(top_stream, 40)}, {100 * top_n / c.windows:.0f} %)"
                     if len(c.streams) > 1 else ""))
     if c.mean_confidence is not None:
@@ -464,8 +466,8 @@ def _novel_card(page: Page) -> str:
                 if len(cv.snippets) > 1 else "")
     return ('<article class="card novel" id="novel"><header><span class="sw big hatch"></span>'
             f"<h3>Novel windows</h3>{play_all}</header>"
-            f'<p class="facts">{_n(page.novel_windows, "window")} unlike every cluster (no cluster '
-            "assigned); the most novel first, then a spread over streams and time</p>"
+            f'<p class="facts">{plural(page.novel_windows, "window")} unlike every cluster (no '
+            "cluster assigned); the most novel first, then a spread over streams and time</p>"
             f"{_snippets(cv, page)}</article>")
 
 

@@ -20,6 +20,7 @@ import math
 import os
 from array import array
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -196,8 +197,11 @@ class _Columns:
         )
 
 
-def read_records(path: str | os.PathLike) -> Records:
-    """Read a records file. Raises :class:`RecordsError` when it cannot be read at all."""
+def read_records(path: str | os.PathLike,
+                 progress: Callable[[int], None] | None = None) -> Records:
+    """Read a records file. Raises :class:`RecordsError` when it cannot be read at all.
+
+    ``progress`` is called with the number of lines read every 250,000 lines."""
     p = Path(path)
     try:
         fh = p.open("r", encoding="utf-8")
@@ -216,6 +220,8 @@ def read_records(path: str | os.PathLike) -> Records:
     try:
         with fh:
             for n, line in enumerate(fh, 1):
+                if progress is not None and n % 250_000 == 0:
+                    progress(n)
                 if not line.strip():
                     continue
                 try:

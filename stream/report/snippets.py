@@ -36,46 +36,62 @@ class Candidate:
     score: float  # higher first: the confidence (or, for novel windows, the novelty)
 
 
-def _overlaps(a: Candidate, b: Candidate) -> bool:
-    return a.stream == b.stream and a.start < b.end and b.start < a.end
+def _near(a: Candidate, b: Candidate, gap: float) -> bool:
+    """Same stream, and less than ``gap`` window lengths apart (0: overlapping)."""
+    margin = gap * (a.end - a.start)
+    return a.stream == b.stream and a.start < b.end + margin and b.start < a.end + margin
 
 
-def choose(candidates: list[Candidate], k: int, durations: dict[str, float]) -> list[Candidate]:
-    """Up to ``k`` windows: ⌈k/2⌉ highest scores, then a spread over streams and time.
+def choose(candidates: list[Candidate], k: int,
+           durations: dict[str, float]) -> list[tuple[Candidate, str]]:
+    """Up to ``k`` windows, each with why it was chosen: ⌈k/2⌉ highest scores ("best"),
+    then a spread over streams and time ("spread").
 
     The spread picks, among candidates scoring at least the median, the one farthest from
     every pick so far: a stream not yet heard counts as farthest; within a stream, the
     distance is the time to the nearest pick as a fraction of the stream's duration.
+    Picks keep a window's length apart on a stream (adjacent windows are mostly the same
+    sound); where that leaves fewer than ``k``, the rest only must not overlap.
     """
     if k <= 0 or not candidates:
         return []
     ranked = sorted(candidates, key=lambda c: (-c.score, c.stream, c.start))
-    picks: list[Candidate] = []
-    for c in ranked:
-        if len(picks) >= math.ceil(k / 2):
-            break
-        if not any(_overlaps(c, p) for p in picks):
-            picks.append(c)
     median = float(np.median([c.score for c in candidates]))
     pool = [c for c in ranked if c.score >= median]
-    while len(picks) < k:
-        best, best_key = None, None
-        for c in pool:
-            if any(_overlaps(c, p) for p in picks):
-                continue
-            same = [p for p in picks if p.stream == c.stream]
-            if same:
-                span = max(durations.get(c.stream, 0.0), c.end, 1e-9)
-                distance = min(abs(c.start - p.start) for p in same) / span
-            else:
-                distance = 2.0  # a stream not heard yet beats any distance within one
-            key = (distance, c.score)
-            if best_key is None or key > best_key:
-                best, best_key = c, key
-        if best is None:
-            break
-        picks.append(best)
-    return picks
+    picks: list[Candidate] = []
+    why: list[str] = []
+    for gap in (1.0, 0.0):
+        for c in ranked:
+            if len(picks) >= math.ceil(k / 2):
+                break
+            if not any(_near(c, p, gap) for p in picks):
+                picks.append(c)
+                why.append("best")
+        while len(picks) < k:
+            far = _farthest(pool, picks, durations, gap)
+            if far is None:
+                break
+            picks.append(far)
+            why.append("spread")
+    return list(zip(picks, why, strict=True))
+
+
+def _farthest(pool: list[Candidate], picks: list[Candidate], durations: dict[str, float],
+              gap: float) -> Candidate | None:
+    best, best_key = None, None
+    for c in pool:
+        if any(_near(c, p, gap) for p in picks):
+            continue
+        same = [p for p in picks if p.stream == c.stream]
+        if same:
+            span = max(durations.get(c.stream, 0.0), c.end, 1e-9)
+            distance = min(abs(c.start - p.start) for p in same) / span
+        else:
+            distance = 2.0  # a stream not heard yet beats any distance within one
+        key = (distance, c.score)
+        if best_key is None or key > best_key:
+            best, best_key = c, key
+    return best
 
 
 class AudioFile:
@@ -141,14 +157,15 @@ _MAX_GAIN = 10 ** (30 / 20)
 def encode(x: np.ndarray, sample_rate: int, width: int = 180, height: int = 72) -> Clip:
     """A playable clip of ``x`` (peak-normalised, 5 ms fades) and its spectrogram."""
     x = np.asarray(x, dtype=np.float32)
-    peak = float(np.abs(x).max()) if x.size else 0.0
-    y = x * min(_MAX_GAIN, _PEAK / peak) if peak > 0 else x
+    y = x.copy()
     fade = min(y.size // 2, round(0.005 * sample_rate))
-    if fade > 0:
+    if fade > 0:  # a window cut mid-sound would click
         ramp = (0.5 - 0.5 * np.cos(np.linspace(0, np.pi, fade))).astype(np.float32)
-        y = y.copy()
         y[:fade] *= ramp
         y[-fade:] *= ramp[::-1]
+    peak = float(np.abs(y).max()) if y.size else 0.0
+    if peak > 0:
+        y *= min(_MAX_GAIN, _PEAK / peak)
     # Chromium's Vorbis decoder drops up to a packet (~8 ms here) at the end of a stream:
     # a little silence after the sound keeps the end of the sound.
     y = np.concatenate([y, np.zeros(round(0.025 * sample_rate), np.float32)])
