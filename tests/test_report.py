@@ -144,7 +144,7 @@ def test_clusters_sorted_by_size_with_their_most_confident_window_first(real_run
     for card in cards:
         cid = int(card["data-cluster"])
         figs = [f for f in doc.figures if f["card"] == card["id"]]
-        best = max(r["confidence"] for r in recs if r["cluster"] == cid and not r["silent"])
+        best = max(r["confidence"] or 0.0 for r in recs if r["cluster"] == cid and not r["silent"])
         assert figs and float(figs[0]["data-score"]) == pytest.approx(best, abs=1e-6)
         assert len(figs) <= 6
         for i, a in enumerate(figs):  # no two snippets of one stream overlap
