@@ -217,11 +217,8 @@ def _novelty(s: StreamRecords) -> np.ndarray:
     return np.where(np.isnan(s.novelty), 1 - np.nan_to_num(s.confidence, nan=0.0), s.novelty)
 
 
-def build_report(records: Records, audio: AudioMatch, config: ReportConfig | None = None,
-                 progress: Callable[[str], None] | None = None) -> Report:
-    """Choose and cut the snippets and render the page."""
-    cfg = config or ReportConfig()
-    say = progress or (lambda _msg: None)
+def _input_warnings(records: Records, audio: AudioMatch) -> list[str]:
+    """What the page cannot show as asked: skipped lines, mixed models, missing audio."""
     warnings = []
     if records.skipped:
         n, (line, why) = len(records.skipped), records.skipped[0]
@@ -241,7 +238,15 @@ def build_report(records: Records, audio: AudioMatch, config: ReportConfig | Non
                                            if len(no_audio) > 5 else "")
         warnings.append(f"{len(no_audio)} stream{'s have' if len(no_audio) > 1 else ' has'} "
                         f"no audio (timeline only): {listed}")
+    return warnings
 
+
+def build_report(records: Records, audio: AudioMatch, config: ReportConfig | None = None,
+                 progress: Callable[[str], None] | None = None) -> Report:
+    """Choose and cut the snippets and render the page."""
+    cfg = config or ReportConfig()
+    say = progress or (lambda _msg: None)
+    warnings = _input_warnings(records, audio)
     ranked = records.by_size()
     colours = {c.id: cluster_colour(i) for i, c in enumerate(ranked)}
     colours[NOVEL] = NOVEL_COLOUR
@@ -273,22 +278,7 @@ def build_report(records: Records, audio: AudioMatch, config: ReportConfig | Non
     if total:
         files = len({id(f) for f in audio.files.values()})
         say(f"cutting {total} snippets from {files} audio file{'s' if files != 1 else ''}")
-    key = 0
-    for cv, picks, best_why in jobs:
-        for c, why in picks:
-            f = audio.files[c.stream]
-            lo, hi = c.start, c.end
-            if hi - lo > cfg.snippet_seconds:
-                mid = (lo + hi) / 2
-                lo, hi = mid - cfg.snippet_seconds / 2, mid + cfg.snippet_seconds / 2
-            try:
-                x = f.read(lo, hi)
-            except AudioError as exc:
-                warnings.append(f"audio {exc}: snippet skipped")
-                continue
-            key += 1
-            cv.snippets.append(Snippet(f"s{key}", c, encode(x, f.sample_rate),
-                                       best_why if why == "best" else why))
+    cut = _cut(jobs, audio.files, cfg.snippet_seconds, warnings)
 
     notes = [
         f"Snippets: up to {cfg.snippets} per cluster (the {math.ceil(cfg.snippets / 2)} most "
@@ -317,7 +307,29 @@ def build_report(records: Records, audio: AudioMatch, config: ReportConfig | Non
         novel=novel_view, novel_windows=novel_windows, warnings=warnings, notes=notes,
         timeline_bins=cfg.timeline_bins,
     )
-    return Report(render(page), page, key, warnings)
+    return Report(render(page), page, cut, warnings)
+
+
+def _cut(jobs: list[tuple[ClusterView, list[tuple[Candidate, str]], str]],
+         files: dict[str, AudioFile], longest: float, warnings: list[str]) -> int:
+    """Cut, encode and attach each job's snippets; the number made."""
+    key = 0
+    for cv, picks, best_why in jobs:
+        for c, why in picks:
+            f = files[c.stream]
+            lo, hi = c.start, c.end
+            if hi - lo > longest:  # the middle of a long window
+                mid = (lo + hi) / 2
+                lo, hi = mid - longest / 2, mid + longest / 2
+            try:
+                x = f.read(lo, hi)
+            except AudioError as exc:
+                warnings.append(f"audio {exc}: snippet skipped")
+                continue
+            key += 1
+            cv.snippets.append(Snippet(f"s{key}", c, encode(x, f.sample_rate),
+                                       best_why if why == "best" else why))
+    return key
 
 
 def _no_audio_note(streams: Counter, files: dict[str, AudioFile]) -> str | None:
