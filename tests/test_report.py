@@ -585,6 +585,18 @@ def test_stream_ids_and_labels_are_escaped(tmp_path):
     assert {f["data-stream"] for f in doc.figures} == {odd}
 
 
+def test_sizes_over_capture_time_when_every_record_has_one(tmp_path):
+    recs = [_record("mic", i, i % 2, 0.9, timestamp=1_700_000_000 + i * 0.5) for i in range(60)]
+    out = tmp_path / "r.html"
+    proc = run_report(str(_write_jsonl(tmp_path / "r.jsonl", recs)), "-o", str(out))
+    assert proc.returncode == 0, proc.stderr
+    text = out.read_text()
+    assert "against capture time (UTC)" in text and ">22:13:20<" in text  # the first tick
+    recs[3]["timestamp"] = None  # one window without: the stream clock
+    proc = run_report(str(_write_jsonl(tmp_path / "r.jsonl", recs)), "-o", str(out))
+    assert "against time into each stream" in out.read_text()
+
+
 def test_bad_settings_and_output(tmp_path):
     records = _write_jsonl(tmp_path / "r.jsonl", [_record("dev", 0, 0, 0.9)])
     _one_error(run_report(str(records), "--snippets", "-1", "-o", str(tmp_path / "r.html")),
