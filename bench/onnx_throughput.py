@@ -330,8 +330,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             for batch in args.batches:
                 log(f"{precision} batch {batch} ...")
                 clips = _clips(batch, samples)
-                rate = measure(lambda m=model, c=clips: m.run_batch(c), batch, args.warmup,
-                               args.repeats, args.min_time)
+                rate = measure(lambda m=model, c=clips: m.embed(c, max_batch=len(c)), batch,
+                               args.warmup, args.repeats, args.min_time)
                 achieved = rate.median * flops.flops / 1e9
                 results.append({
                     "precision": precision,

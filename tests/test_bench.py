@@ -225,16 +225,6 @@ def test_int8_agreement_of_a_model_with_itself_is_total(stream_model, fsdd_dir, 
     assert any("not int8" in w for w in doc["warnings"])
 
 
-def test_run_all_keeps_clip_order(stream_model):
-    agreement = _import("int8_agreement")
-    model = OnnxModel(stream_model, threads=1)
-    rng = np.random.default_rng(0)
-    clips = [(rng.standard_normal(n) * 0.1).astype(np.float32) for n in (9000, 2000, 16000, 4000)]
-    _, post = agreement.run_all(model, clips, batch=2)  # sorted by length inside
-    for clip, row in zip(clips, post, strict=True):
-        np.testing.assert_allclose(model.run([clip])[1][0], row, atol=1e-5)
-
-
 def test_spice_stage2_study_scores_every_head(fsdd_subset, tmp_path):
     import torch
 
