@@ -263,3 +263,35 @@ def test_spice_stage2_study_scores_every_head(fsdd_subset, tmp_path):
     assert doc["runs"][0]["heads"] != doc["runs"][1]["heads"]
     proc = _run("spice_stage2.py", "--encoder", str(tmp_path / "absent.safetensors"))
     assert proc.returncode == 2 and "not found" in proc.stderr
+
+
+def test_throughput_against_a_baseline(stream_model, int8_model, tmp_path):
+    # the model as its own baseline: timed in turns, every row gets a ratio
+    proc = _run("onnx_throughput.py", "--model", str(stream_model), "--int8", str(int8_model),
+                "--baseline", str(stream_model), "--batches", "2", "--json", *TINY)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc = json.loads(proc.stdout)
+    rows = {(r["model"], r["precision"]): r for r in doc["results"]}
+    assert set(rows) == {("model", "fp32"), ("model", "int8"), ("baseline", "fp32")}
+    assert doc["baseline"]["weights_sha256"] == doc["model"]["weights_sha256"]
+    assert doc["flops"]["baseline_graph"]["flops"] == doc["flops"]["per_clip"]
+    base = rows["baseline", "fp32"]["clips_per_s"]["median"]
+    for r in rows.values():
+        assert r["vs_baseline"] == pytest.approx(r["clips_per_s"]["median"] / base)
+        assert r["clips_per_s_per_thread"] == r["clips_per_s"]["median"]  # one thread
+        assert r["clips_per_s"]["per_cpu_second"]["median"] > 0
+    assert "| baseline | fp32 | 2 |" in proc.stderr
+
+
+def test_profile_attributes_node_time_to_the_model_parts(stream_model):
+    proc = _run("onnx_profile.py", "--model", str(stream_model), "--threads", "1", "--batch",
+                "2", "--calls", "3", "--warmup", "1", "--json")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc = json.loads(proc.stdout)
+    assert sum(doc["by_part"].values()) == pytest.approx(1.0)
+    assert sum(doc["by_op"].values()) == pytest.approx(1.0)
+    assert doc["by_part"]["frontend"] > 0 and doc["by_part"]["encoder"] > 0
+    # the frontend's convolution and the encoder's convolutions are told apart
+    convs = {n["part"] for n in doc["nodes"] if n["op"] == "Conv"}
+    assert {"frontend", "encoder"} <= convs
+    assert doc["windows_per_s"] > 0 and "| frontend |" in proc.stderr
