@@ -124,11 +124,15 @@ def test_flops_of_the_exported_model(tp, stream_model, int8_model):
     n = 16000
     feeds = {"waveform": np.zeros((1, n), np.float32), "lengths": np.array([n], np.int64)}
     count = tp.count_flops(onnx.load(stream_model), feeds)
-    fe = OnnxModel(stream_model).info.frontend
-    frames, bins = 1 + n // fe["hop_length"], fe["n_fft"] // 2 + 1
-    # the DFT convolution (cos and sin kernels of n_fft taps) and the mel matmul
-    assert count.frontend_flops == 2 * (2 * bins * frames * fe["n_fft"]
-                                        + fe["n_mels"] * bins * frames)
+    from audioclust.models.frontend import FrontendConfig, LogMelFrontend
+
+    frontend = LogMelFrontend(FrontendConfig(**OnnxModel(stream_model).info.frontend))
+    stft, frames = frontend.stft, frontend.config.num_frames(n)
+    (channels, _, taps), rows = stft.stage1.shape, stft.stage2.shape[0]
+    # the STFT's grouped convolution and matrix product, and the mel matmul
+    assert count.frontend_flops == 2 * (channels * frames * taps
+                                        + rows * channels * frames
+                                        + frontend.mel.numel() * frames)
     assert count.flops > count.frontend_flops  # the encoder and head count too
     assert count.nodes["Gemm"] == 3  # the head's three linear layers
     # per clip means per clip: a batch of 3 costs three times one
@@ -295,3 +299,16 @@ def test_profile_attributes_node_time_to_the_model_parts(stream_model):
     convs = {n["part"] for n in doc["nodes"] if n["op"] == "Conv"}
     assert {"frontend", "encoder"} <= convs
     assert doc["windows_per_s"] > 0 and "| frontend |" in proc.stderr
+
+
+def test_frontend_candidates_are_exact(tmp_path):
+    proc = _run("frontend_candidates.py", "--threads", "1", "--batch", "2", "--samples", "4000",
+                "--warmup", "0", "--repeats", "1", "--min-time", "0.01", "--json",
+                timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads(proc.stdout)["candidates"]
+    assert {"dft-conv", "onnx-dft", "onnx-stft", "factorised-16"} <= set(rows)
+    for r in rows.values():
+        assert r["max_abs_diff_loud"] <= 1e-4 and r["windows_per_s"]["median"] > 0
+    # the factorisation does a sixth of the direct DFT's multiplications or less
+    assert rows["factorised-16"]["mflops_per_clip"] * 6 < rows["dft-conv"]["mflops_per_clip"]
