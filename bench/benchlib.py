@@ -22,6 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 __all__ = [
     "REPO",
     "Rate",
+    "batch_sizes",
     "check_pair",
     "default_fsdd",
     "default_threads",
@@ -31,8 +32,22 @@ __all__ = [
     "measure",
     "measure_side_by_side",
     "report",
+    "run_and_report",
     "write_json",
 ]
+
+
+def batch_sizes(text: str) -> list[int]:
+    """argparse type: "1,8,32" -> [1, 8, 32], positive sizes only."""
+    import argparse
+
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give positive batch sizes like 1,32")
+    return values
 
 
 def default_threads() -> int:
@@ -119,6 +134,20 @@ def report(doc: dict[str, Any], table: str, as_json: bool,
         print(json.dumps(doc, indent=2))
     else:
         print(table)
+
+
+def run_and_report(prog: str, compute: Callable[[], dict[str, Any]],
+                   table: Callable[[dict[str, Any]], str], as_json: bool,
+                   path: str | os.PathLike | None) -> int:
+    """A bench's main: ``compute()`` then :func:`report`; a missing or unusable model or
+    file is one line on stderr and exit status 1."""
+    try:
+        doc = compute()
+    except (OSError, ValueError) as exc:  # ModelError and AudioError are ValueErrors
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 1
+    report(doc, table(doc), as_json, path)
+    return 0
 
 
 def write_json(data: dict[str, Any], path: str | os.PathLike | None) -> None:

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from benchlib import default_threads, log, machine_info, measure_side_by_side, report
+from benchlib import default_threads, log, machine_info, measure_side_by_side, run_and_report
 
 SR, N_FFT, HOP, N_MELS, F_MIN, F_MAX, FLOOR = 16000, 1024, 160, 64, 60.0, 7800.0, 1e-10
 
@@ -194,9 +194,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    doc = run(args)
-    report(doc, markdown(doc), args.json, args.out)
-    return 0
+    return run_and_report("frontend_candidates", lambda: run(args), markdown, args.json,
+                          args.out)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 import onnx
-from benchlib import default_threads, machine_info, report
+from benchlib import default_threads, machine_info, run_and_report
 
 #: Module scopes (as the exporter writes them into node metadata) -> part of the model.
 PARTS = (("embedder.frontend", "frontend"), ("embedder.encoder", "encoder"),
@@ -179,14 +179,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        doc = profile(args.model, args.threads, args.batch, args.samples, args.calls,
-                      args.warmup)
-    except (OSError, ValueError) as exc:
-        print(f"onnx_profile: error: {exc}", file=sys.stderr)
-        return 1
-    report(doc, markdown(doc, args.top), args.json, args.out)
-    return 0
+    return run_and_report(
+        "onnx_profile", lambda: profile(args.model, args.threads, args.batch, args.samples,
+                                        args.calls, args.warmup),
+        lambda doc: markdown(doc, args.top), args.json, args.out)
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import onnx
 from benchlib import (
+    batch_sizes,
     check_pair,
     default_threads,
     log,
@@ -38,7 +39,7 @@ from benchlib import (
     make_int8,
     measure,
     measure_side_by_side,
-    report,
+    run_and_report,
 )
 from onnx import TensorProto, helper, shape_inference
 
@@ -418,16 +419,6 @@ def markdown(doc: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _batches(text: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        values = []
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: give positive batch sizes like 1,32")
-    return values
-
-
 def _positive(kind: type) -> Callable[[str], Any]:
     def parse(text: str) -> Any:
         value = kind(text)
@@ -455,7 +446,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "change) timed in turns with --model, for ratios from one run")
     parser.add_argument("--threads", type=_positive(int), default=default_threads(),
                         help="intra-op threads for the model and the peak measurement")
-    parser.add_argument("--batches", type=_batches, default="1,32", help="batch sizes")
+    parser.add_argument("--batches", type=batch_sizes, default="1,32", help="batch sizes")
     parser.add_argument("--clip-seconds", type=_positive(float),
                         help="clip length; default: the model's window from its metadata")
     parser.add_argument("--warmup", type=int, default=5, help="untimed calls first")
@@ -478,13 +469,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        doc = run(args)
-    except (OSError, ValueError) as exc:  # ModelError is a ValueError
-        print(f"onnx_throughput: error: {exc}", file=sys.stderr)
-        return 1
-    report(doc, markdown(doc), args.json, args.out)
-    return 0
+    return run_and_report("onnx_throughput", lambda: run(args), markdown, args.json, args.out)
 
 
 if __name__ == "__main__":

@@ -312,3 +312,51 @@ def test_frontend_candidates_are_exact(tmp_path):
         assert r["max_abs_diff_loud"] <= 1e-4 and r["windows_per_s"]["median"] > 0
     # the factorisation does a sixth of the direct DFT's multiplications or less
     assert rows["factorised-16"]["mflops_per_clip"] * 6 < rows["dft-conv"]["mflops_per_clip"]
+
+
+def _gpu_check(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    import os
+
+    return subprocess.run(["bash", str(BENCH / "gpu_check.sh"), *args], capture_output=True,
+                          text=True, timeout=300, cwd=REPO, env={**os.environ, **env})
+
+
+def test_gpu_check_without_a_gpu_says_so_and_succeeds(tmp_path):
+    proc = _gpu_check({"NVIDIA_SMI": str(tmp_path / "absent-nvidia-smi")})
+    assert proc.returncode == 0 and "no NVIDIA GPU here" in proc.stdout
+    assert "nothing measured" in proc.stdout
+    # nvidia-smi present but finding no GPU (as on a host without the driver loaded)
+    smi = tmp_path / "nvidia-smi"
+    smi.write_text("#!/bin/sh\necho 'No devices were found'\nexit 6\n")
+    smi.chmod(0o755)
+    proc = _gpu_check({"NVIDIA_SMI": str(smi)})
+    assert proc.returncode == 0 and "lists none" in proc.stdout
+
+
+def test_gpu_check_with_a_gpu_but_no_cuda_build_fails_in_one_line(tmp_path, stream_model):
+    # A listed GPU, but this Python's ONNX Runtime is the CPU build: a clear error, exit 1.
+    smi = tmp_path / "nvidia-smi"
+    smi.write_text("#!/bin/sh\necho 'GPU 0: Test GPU (UUID: GPU-0)'\n")
+    smi.chmod(0o755)
+    proc = _gpu_check({"NVIDIA_SMI": str(smi), "PYTHON": sys.executable},
+                      "--model", str(stream_model))
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert "gpu_check: GPU 0: Test GPU" in proc.stdout
+    assert proc.stderr.strip().splitlines()[-1].startswith("gpu_throughput: error: ")
+    assert "CUDAExecutionProvider is not available" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_gpu_throughput_sweep_runs_the_loader_path_on_cpu(stream_model):
+    proc = _run("gpu_throughput.py", "--model", str(stream_model), "--provider", "cpu",
+                "--threads", "1", "--batches", "1,3", "--warmup", "0", "--repeats", "1",
+                "--min-time", "0.01", "--json")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc = json.loads(proc.stdout)
+    assert doc["provider"]["used"] == "CPUExecutionProvider"
+    assert doc["provider"]["node_time_share_at_largest_batch"] == \
+        {"CPUExecutionProvider": pytest.approx(1.0)}
+    assert [r["batch"] for r in doc["results"]] == [1, 3]
+    for r in doc["results"]:
+        assert r["io_binding"]["median"] > 0 and r["session_run"]["median"] > 0
+    assert "provider used: **CPUExecutionProvider**" in proc.stderr
