@@ -272,35 +272,9 @@ class Pipeline:
         log.warning("%s: %s (%s%s)", stream, kind, detail, more)
         self._event_log[key] = (now, 0)
 
-    def _infer(self, windows: list[Window]) -> tuple[list[np.ndarray], list[np.ndarray | None]]:
-        """Embeddings and posteriors for ``windows``, in batches of at most ``max_batch``.
-
-        Full windows (equal length) run unpadded; the odd-length tails of ended streams
-        run together, zero-padded (the graph masks the padding by their lengths).
-        """
-        n = len(windows)
-        emb: list[np.ndarray] = [np.empty(0)] * n
-        post: list[np.ndarray | None] = [None] * n
-        by_length: dict[int, list[int]] = defaultdict(list)
-        for i, w in enumerate(windows):
-            by_length[len(w.samples)].append(i)
-        full = by_length.pop(self.window_samples, [])
-        groups = [(full, True), ([i for idx in by_length.values() for i in idx], False)]
-        mb = self.config.max_batch
-        for idx, equal in groups:
-            for lo in range(0, len(idx), mb):
-                part = idx[lo : lo + mb]
-                t0 = time.perf_counter()
-                if equal:
-                    z, p = self.model.run_batch(np.stack([windows[i].samples for i in part]))
-                else:
-                    z, p = self.model.run([windows[i].samples for i in part])
-                self.metrics.inference_latency.observe(time.perf_counter() - t0)
-                self.metrics.batch_size.observe(len(part))
-                for row, i in enumerate(part):
-                    emb[i] = z[row]
-                    post[i] = None if p is None else p[row]
-        return emb, post
+    def _observe_batch(self, size: int, seconds: float) -> None:
+        self.metrics.inference_latency.observe(seconds)
+        self.metrics.batch_size.observe(size)
 
     def _process(self) -> None:
         """Run, assign, write, flush, then ack everything queued."""
@@ -308,8 +282,10 @@ class Pipeline:
             return
         entries, self.queue = self.queue, []
         todo = [e.item for e in entries if isinstance(e.item, Window) and not e.silent]
-        emb, post = self._infer(todo) if todo else ([], [])
-        results = {id(w): (emb[i], post[i]) for i, w in enumerate(todo)}
+        emb, post = self.model.embed([w.samples for w in todo], self.config.max_batch,
+                                     self._observe_batch)
+        results = {id(w): (emb[i], None if post is None else post[i])
+                   for i, w in enumerate(todo)}
         records: list[dict[str, Any]] = []
         kind = self.source.kind
         for e in entries:

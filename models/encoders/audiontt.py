@@ -66,6 +66,13 @@ def frame_mask(lengths: torch.Tensor, num_frames: int) -> torch.Tensor:
     return torch.arange(num_frames, device=lengths.device) < lengths[:, None]
 
 
+def _zero_padding(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``x`` (B, C, F, T) with its padded frames (``mask`` (B, T) False) set to zero."""
+    # A product with the 0/1 mask rather than a select: the same values for finite input,
+    # and ONNX Runtime's broadcasting Mul runs faster than its Where (docs/benchmarks.md).
+    return x * mask[:, None, None, :].to(x.dtype)
+
+
 class MaskedBatchNorm2d(nn.BatchNorm2d):
     """BatchNorm2d whose training statistics can skip padded time frames.
 
@@ -166,7 +173,7 @@ class AudioNTT(nn.Module):
             lengths = lengths.to(device=x.device, dtype=torch.long)
             mask = frame_mask(lengths, x.shape[-1])
             # Whatever the padding holds, the convs must see zeros there.
-            x = torch.where(mask[:, None, None, :], x, torch.zeros((), dtype=x.dtype))
+            x = _zero_padding(x, mask)
         h = x
         for block in self.blocks:
             h = block(h, mask)
@@ -174,7 +181,7 @@ class AudioNTT(nn.Module):
                 lengths = lengths // 2
                 mask = frame_mask(lengths, h.shape[-1])
                 # Frames the unpadded clip would not have must be zero for the next conv.
-                h = torch.where(mask[:, None, None, :], h, torch.zeros((), dtype=h.dtype))
+                h = _zero_padding(h, mask)
         b, ch, bands, frames = h.shape
         h = h.permute(0, 3, 1, 2).reshape(b, frames, ch * bands)
         return self.fc(h), mask
