@@ -27,7 +27,6 @@ windows were batched for inference (file, Kafka and microphone give the same out
 
 from __future__ import annotations
 
-import json
 import os
 from collections import deque
 from dataclasses import asdict, dataclass, field
@@ -36,6 +35,8 @@ from typing import Any
 
 import numpy as np
 from river import drift
+
+from audioclust.stream.state import StateError, read_state_file, write_state_file
 
 __all__ = ["AssignConfig", "Assigner", "Assignment", "StreamAssigner"]
 
@@ -233,10 +234,10 @@ class StreamAssigner:
 class Assigner:
     """Per-stream :class:`StreamAssigner` objects, and their state file.
 
-    The state file is one ``.npz`` (no pickle): each stream's arrays under
-    ``<stream>/<name>`` and a JSON document with the scalars, the model's weight hash and
-    the config. It is written to a temporary file and renamed, so a crash never leaves a
-    half-written state.
+    The state file (format: :mod:`audioclust.stream.state`) holds each stream's
+    ``state()``, a JSON document with the model's weight hash and the config, and what a
+    subclass adds through ``_extra_state``. It is written to a temporary file and renamed,
+    so a crash never leaves a half-written state.
     """
 
     def __init__(
@@ -252,53 +253,46 @@ class Assigner:
         self.model_id = model_id
         self.streams: dict[str, StreamAssigner] = {}
 
+    def _new_stream(self) -> StreamAssigner:
+        return StreamAssigner(self.train_prior, self.dim, self.config)
+
     def stream(self, name: str) -> StreamAssigner:
         if name not in self.streams:
-            self.streams[name] = StreamAssigner(self.train_prior, self.dim, self.config)
+            self.streams[name] = self._new_stream()
         return self.streams[name]
 
     def process(self, stream: str, embedding: np.ndarray, posterior: np.ndarray) -> Assignment:
         return self.stream(stream).process(embedding, posterior)
 
     def save(self, path: str | os.PathLike) -> Path:
-        out = Path(path)
-        arrays: dict[str, np.ndarray] = {}
-        scalars: dict[str, Any] = {}
-        for name, s in self.streams.items():
-            a, sc = s.state()
-            for key, value in a.items():
-                arrays[f"{name}/{key}"] = value
-            scalars[name] = sc
-        doc = {"version": 1, "model": self.model_id, "config": asdict(self.config),
-               "streams": scalars}
         extra_arrays, extra_doc = self._extra_state()
-        arrays.update(extra_arrays)
-        doc.update(extra_doc)
-        arrays["__meta__"] = np.array(json.dumps(doc))
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".{out.name}.tmp.npz")
-        np.savez(tmp, **arrays)
-        os.replace(tmp, out)
-        return out
+        doc = {"model": self.model_id, "config": asdict(self.config), **extra_doc}
+        return write_state_file(path, doc, {name: s.state() for name, s in self.streams.items()},
+                                extra_arrays)
 
     def _extra_state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         """Arrays and JSON entries a subclass adds to the state file (none here)."""
         return {}, {}
 
     def load(self, path: str | os.PathLike) -> int:
-        """Restore streams from ``path``; returns how many. Refuses another model's state."""
+        """Restore streams from ``path``; returns how many. Refuses another model's state;
+        a file that is not a readable state raises one line (ValueError) naming it, and then
+        nothing has been restored."""
         p = Path(path)
-        try:
-            with np.load(p, allow_pickle=False) as z:
-                doc = json.loads(str(z["__meta__"]))
-                arrays = {k: z[k] for k in z.files if k != "__meta__"}
-        except (OSError, ValueError, KeyError) as exc:
-            raise ValueError(f"{p}: not a readable audioclust state file ({exc})") from exc
-        if self.model_id and doc.get("model") and doc["model"] != self.model_id:
-            raise ValueError(f"{p}: state belongs to another model ({doc['model'][:12]}…); "
+        state = read_state_file(p)
+        model = state.doc.get("model")
+        if self.model_id and model and model != self.model_id:
+            raise StateError(f"{p}: state belongs to another model ({str(model)[:12]}…); "
                              "move it away to start fresh")
-        for name, scalars in doc["streams"].items():
-            prefix = f"{name}/"
-            own = {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
-            self.stream(name).load_state(own, scalars)
-        return len(doc["streams"])
+        restored: dict[str, StreamAssigner] = {}
+        for name, (arrays, scalars) in state.streams.items():
+            s = self._new_stream()
+            try:
+                s.load_state(arrays, scalars)
+            except (KeyError, ValueError, TypeError, AttributeError, IndexError) as exc:
+                what = f"missing {exc}" if isinstance(exc, KeyError) else str(exc)
+                raise StateError(f"{p}: stream {name[:60]!r}: {' '.join(what.split())[:200]}"
+                                 ) from exc
+            restored[name] = s
+        self.streams.update(restored)
+        return len(restored)

@@ -23,6 +23,7 @@ from typing import Any, Literal
 
 from audioclust.models.config import build_config
 from audioclust.stream.assign import AssignConfig
+from audioclust.stream.messages import check_stream_id
 
 __all__ = ["FileConfig", "HeadFreeConfig", "MicConfig", "StreamConfig", "load_stream_config"]
 
@@ -65,6 +66,9 @@ class MicConfig:
     def __post_init__(self) -> None:
         if self.block_seconds <= 0 or self.queue_blocks < 1:
             raise ValueError("mic.block_seconds must be > 0 and mic.queue_blocks >= 1")
+        problem = check_stream_id(self.stream)
+        if problem:
+            raise ValueError(f"mic.stream: {problem}")
 
 
 @dataclass(frozen=True)

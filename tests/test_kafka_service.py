@@ -27,6 +27,7 @@ from conftest import copy_fsdd
 from kafka import KafkaConsumer, TopicPartition
 from test_kafka_messages import MALFORMED
 
+from audioclust.stream.assign import Assigner
 from audioclust.stream.messages import encode_pcm
 
 RATE = 16000
@@ -224,8 +225,9 @@ def test_malformed_messages_go_to_the_dlq_end_to_end_and_metrics_move(
     b = kafka_broker
     b.create_topic("audio")
     b.create_topic("audio.dlq")
+    state = tmp_path / "dlq-state.npz"
     svc = Service(b, stream_model, tmp_path, "dlq", options=["max_message_bytes=9000"],
-                  extra=["--metrics-port", "0"])
+                  extra=["--metrics-port", "0", "--state", str(state)])
     port = int(svc.wait_log(r"metrics on http://127\.0\.0\.1:(\d+)/metrics").group(1))
     svc.wait_log(r"partitions assigned: audio")
     # the good stream's chunks (3,200 bytes) interleaved with every malformed kind
@@ -234,7 +236,18 @@ def test_malformed_messages_go_to_the_dlq_end_to_end_and_metrics_move(
     bad = [(b"\0" * 12000 if r == "too_large" else v, h) for r, v, h in MALFORMED]
     publish(b, 1, range(n_chunks), n_chunks, extra=bad)
     expected = expected_windows(1, n_chunks)
-    wait_until(lambda: keys(svc.records()) >= expected, 60, "the good stream's windows", [svc])
+    # a stream id that once made the state file unloadable (the zip member name was cut
+    # at the NUL) is only data now
+    prod = b.producer()
+    odd = "odd\0/id"
+    for c in range(12):
+        m = encode_pcm(audio_of(7, 12)[c * CHUNK : (c + 1) * CHUNK], stream=odd, seq=c,
+                       sample_rate=RATE, offset=c * CHUNK, end_of_stream=c == 11)
+        prod.send("audio", key=m.key, value=m.value, headers=m.headers)
+    prod.flush()
+    prod.close()
+    expected |= {(odd, 0), (odd, 1)}  # a full window and the tail
+    wait_until(lambda: keys(svc.records()) >= expected, 60, "the good streams' windows", [svc])
     dlq = b.read_all("audio.dlq", len(MALFORMED))
     reasons = sorted(dict(m.headers)["dlq-reason"].decode() for m in dlq)
     assert reasons == sorted(r for r, _, _ in MALFORMED)
@@ -247,7 +260,9 @@ def test_malformed_messages_go_to_the_dlq_end_to_end_and_metrics_move(
     assert re.search(r'audioclust_consumer_lag\{partition="0",topic="audio"\} 0\.0', body)
     assert svc.stop() == 0
     # every message, good or bad, was committed at the end
-    assert committed(b, "g", 1)[0] == n_chunks + len(MALFORMED)
+    assert committed(b, "g", 1)[0] == n_chunks + len(MALFORMED) + 12
+    restored = Assigner(np.full(4, 0.25), 64)
+    assert restored.load(state) == 2 and odd in restored.streams
 
 
 def test_the_service_rides_out_a_broker_outage(kafka_broker, stream_model, tmp_path) -> None:
