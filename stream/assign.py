@@ -60,8 +60,16 @@ class AssignConfig:
     def __post_init__(self) -> None:
         if not 0 <= self.prior_momentum < 1 or not 0 <= self.centroid_momentum < 1:
             raise ValueError("momenta must be in [0, 1)")
-        if self.max_prior_ratio < 1:
+        if not 1 <= self.max_prior_ratio < float("inf"):
             raise ValueError(f"max_prior_ratio must be >= 1, got {self.max_prior_ratio}")
+        if not 0 <= self.min_confidence <= 1 or not -1 <= self.min_similarity <= 1:
+            raise ValueError("min_confidence must be in [0, 1] and min_similarity in [-1, 1]")
+        if not 0 < self.adwin_delta < 1:
+            raise ValueError(f"adwin_delta must be in (0, 1), got {self.adwin_delta}")
+        if self.centroid_warmup < 0 or not 0 <= self.detector_memory <= 1_000_000 \
+                or self.faiss_min_clusters < 1:
+            raise ValueError("need centroid_warmup >= 0, 0 <= detector_memory <= 1e6 and "
+                             "faiss_min_clusters >= 1")
 
 
 @dataclass

@@ -27,6 +27,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from audioclust.models.files import check_writable
 from audioclust.models.runtime import OnnxModel
 from audioclust.stream.assign import Assigner, Assignment
 from audioclust.stream.config import StreamConfig
@@ -138,9 +139,15 @@ class Pipeline:
         self._last_save = time.monotonic()
         self._event_log: dict[tuple[str, str], tuple[float, int]] = {}
         self.health.model_loaded = True
-        if config.state and Path(config.state).exists():
-            n = self.assigner.load(config.state)
-            log.info("restored the state of %d streams from %s", n, config.state)
+        if config.state:
+            if Path(config.state).exists():
+                n = self.assigner.load(config.state)
+                log.info("restored the state of %d streams from %s", n, config.state)
+            try:  # now, not at the first save minutes into the run
+                check_writable(config.state)
+            except OSError as exc:
+                raise ValueError(f"{config.state}: cannot write the state file there "
+                                 f"({exc.strerror or exc})") from exc
 
     # --- hooks for sources -----------------------------------------------------------------
 
@@ -204,13 +211,24 @@ class Pipeline:
         return self.summary
 
     def save_state(self) -> None:
+        """Write the state file now (a failure is a one-line ValueError)."""
         if self.config.state:
-            self.assigner.save(self.config.state)
             self._last_save = time.monotonic()
+            try:
+                self.assigner.save(self.config.state)
+            except OSError as exc:
+                raise ValueError(f"{self.config.state}: state not saved "
+                                 f"({exc.strerror or exc})") from exc
 
     def _maybe_save(self) -> None:
         if self.config.state and time.monotonic() - self._last_save >= self.config.state_interval:
-            self.save_state()
+            try:
+                self.save_state()
+            except ValueError as exc:  # a full disk must not stop the service; retried later
+                if not isinstance(exc.__cause__, OSError):
+                    raise
+                self.metrics.errors.labels(kind="state_save").inc()
+                log.error("%s; retrying in %g s", exc, self.config.state_interval)
 
     def _queued_windows(self) -> int:
         return sum(isinstance(e.item, Window) for e in self.queue)

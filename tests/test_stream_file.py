@@ -258,7 +258,24 @@ def test_command_line_errors(stream_model, fsdd_subset, tmp_path):
     (tmp_path / "garbage.onnx").write_bytes(b"not a model")
     proc = run_cli("--source", "file", clip, "--model", str(tmp_path / "garbage.onnx"))
     assert proc.returncode == 1 and "not a loadable ONNX model" in proc.stderr
+    (tmp_path / "kafka.toml").write_text('[kafka]\nmax_poll_records = "x"\n')
+    (tmp_path / "nan.toml").write_text("silence_dbfs = nan\n")
+    (tmp_path / "binary.toml").write_bytes(b"\x89PNG\r\n\x1a\n\xff\x00")
+    (tmp_path / "a-file").write_text("")
     for args, message in [
+        # [kafka] is checked even when Kafka is not used
+        (["--source", "file", clip, "--config", str(tmp_path / "kafka.toml")],
+         "kafka.max_poll_records: expected int, got 'x'"),
+        (["--source", "kafka", "--bootstrap", "127.0.0.1:1", "--kafka-option",
+          'max_poll_records="x"'], "kafka.max_poll_records: expected int, got 'x'"),
+        (["--source", "kafka", "--bootstrap", "127.0.0.1:1", "--kafka-option",
+          "request_timeout_ms=[1]"], "kafka.request_timeout_ms: expected int"),
+        (["--source", "file", clip, "--config", str(tmp_path / "nan.toml")], "silence_dbfs"),
+        (["--source", "file", clip, "--config", str(tmp_path / "binary.toml")],
+         f"{tmp_path / 'binary.toml'}: not a text file"),
+        # found at start, not when the state is first saved
+        (["--source", "file", clip, "--state", str(tmp_path / "a-file" / "state.npz")],
+         f"{tmp_path / 'a-file' / 'state.npz'}: cannot write the state file"),
         (["--source", "file"], "needs at least one PATH"),
         (["--source", "file", str(tmp_path / "nowhere")], "no such file or folder"),
         (["--source", "file", clip, "--sink", "carrier-pigeon"], "use stdout, jsonl:FILE"),
@@ -268,10 +285,13 @@ def test_command_line_errors(stream_model, fsdd_subset, tmp_path):
         (["--source", "kafka", "--bootstrap", "127.0.0.1:1", "--kafka-option",
           "startup_timeout_s=1"], "127.0.0.1:1"),
     ]:
-        proc = run_cli(*args, "--model", str(stream_model))
+        out = tmp_path / "records.jsonl"
+        sink = [] if "--sink" in args else ["--sink", f"jsonl:{out}"]
+        proc = run_cli(*args, "--model", str(stream_model), *sink)
         assert proc.returncode == 1, (args, proc.stderr)
         assert message in proc.stderr, (args, proc.stderr)
         assert "Traceback" not in proc.stderr
+        assert not out.exists() or not out.read_text(), (args, "records were written")
     proc = run_cli("--source", "radio")
     assert proc.returncode == 2 and "invalid choice" in proc.stderr
     proc = run_cli("--help")

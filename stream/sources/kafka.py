@@ -36,6 +36,8 @@ from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
 from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 
+from audioclust.models.config import ConfigError, config_from_dict
+from audioclust.stream.config import in_range
 from audioclust.stream.messages import MAX_MESSAGE_BYTES, MessageError, decode_message
 from audioclust.stream.metrics import StreamMetrics
 from audioclust.stream.sources import EndOfStream, PipelineHooks, Source, SourceError
@@ -105,26 +107,43 @@ class KafkaConfig:
             self.dead_letter_topic = f"{self.topic}.dlq"
         if self.dead_letter_topic == self.topic:
             raise ValueError("kafka: the dead-letter topic must differ from the topic")
-        if self.max_in_flight < 1 or self.max_poll_records < 1 or self.max_message_bytes < 1:
-            raise ValueError("kafka: max_in_flight, max_poll_records and max_message_bytes "
-                             "must be >= 1")
+        for name, lo, hi in [("max_in_flight", 1, 10_000_000), ("max_poll_records", 1, 100_000),
+                             ("max_message_bytes", 1, 1 << 30),
+                             ("dead_letter_max_bytes", 1, 1 << 30),
+                             ("session_timeout_ms", 1, 86_400_000),
+                             ("heartbeat_interval_ms", 1, 86_400_000),
+                             ("max_poll_interval_ms", 1, 86_400_000),
+                             ("commit_interval_s", 0.001, 3600),
+                             ("startup_timeout_s", 0.001, 86_400),
+                             ("backoff_min_s", 0.001, 3600), ("backoff_max_s", 0.001, 3600),
+                             ("pause_stall_s", 0.001, 3600)]:
+            in_range(f"kafka.{name}", getattr(self, name), lo, hi)
         if self.auto_offset_reset not in ("earliest", "latest"):
             raise ValueError(f"kafka: auto_offset_reset must be earliest or latest, got "
                              f"{self.auto_offset_reset!r}")
-        if not 0 < self.backoff_min_s <= self.backoff_max_s:
-            raise ValueError("kafka: need 0 < backoff_min_s <= backoff_max_s")
+        if not self.backoff_min_s <= self.backoff_max_s:
+            raise ValueError("kafka: need backoff_min_s <= backoff_max_s")
         client_options(self.client, "consumer")  # unknown keys fail here, not at connect
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None = None, **overrides: Any) -> KafkaConfig:
-        """From a config-file section; ``overrides`` (e.g. CLI flags) win unless None."""
+        """From a config-file section; ``overrides`` (e.g. CLI flags) win unless None.
+
+        Values are checked against their types; every problem is a one-line
+        :class:`~audioclust.models.config.ConfigError` naming the setting.
+        """
+        if d is not None and not isinstance(d, Mapping):
+            raise ConfigError(f"kafka: expected a table, got {type(d).__name__}")
         values = dict(d or {})
         values.update({k: v for k, v in overrides.items() if v is not None})
         known = {f.name for f in dataclasses.fields(cls)}
         # kafka-python settings may sit at the top level (security_protocol = "SSL") as
         # well as under ``client``; both end up in ``client``.
         passthrough = set(KafkaConsumer.DEFAULT_CONFIG) | set(KafkaProducer.DEFAULT_CONFIG)
-        client = dict(values.get("client") or {})
+        client = values.get("client") or {}
+        if not isinstance(client, Mapping):
+            raise ConfigError(f"kafka.client: expected a table, got {type(client).__name__}")
+        client = dict(client)
         for k in sorted(set(values) - known):
             if k in passthrough:
                 client[k] = values.pop(k)
@@ -132,9 +151,9 @@ class KafkaConfig:
             values["client"] = client
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ValueError(f"kafka: unknown setting {unknown[0]!r} (known: "
-                             f"{', '.join(sorted(known))})")
-        return cls(**values)
+            raise ConfigError(f"kafka: unknown setting {unknown[0]!r} (known: "
+                              f"{', '.join(sorted(known))})")
+        return config_from_dict(cls, values, "kafka")
 
 
 # Settings we set ourselves: a passthrough must not silently undo at-least-once.
@@ -146,13 +165,30 @@ def client_options(client: Mapping[str, Any], kind: str) -> dict[str, Any]:
     """The subset of ``client`` that a kafka-python ``kind`` ("consumer"/"producer") accepts."""
     consumer_keys = set(KafkaConsumer.DEFAULT_CONFIG)
     producer_keys = set(KafkaProducer.DEFAULT_CONFIG)
-    for key in client:
+    for key, value in client.items():
         if key in _RESERVED:
-            raise ValueError(f"kafka: client setting {key!r} is set by audioclust itself")
+            raise ConfigError(f"kafka: client setting {key!r} is set by audioclust itself")
         if key not in consumer_keys | producer_keys:
-            raise ValueError(f"kafka: {key!r} is not a kafka-python client setting")
+            raise ConfigError(f"kafka: {str(key)[:60]!r} is not a kafka-python client setting")
+        default = {**KafkaProducer.DEFAULT_CONFIG, **KafkaConsumer.DEFAULT_CONFIG}[key]
+        if not _fits(value, default):
+            raise ConfigError(f"kafka.{key}: expected {type(default).__name__} like the "
+                              f"default {default!r}, got {str(value)[:60]!r}")
     keys = consumer_keys if kind == "consumer" else producer_keys
     return {k: v for k, v in client.items() if k in keys}
+
+
+def _fits(value: Any, default: Any) -> bool:
+    """Whether a setting's value has the type of kafka-python's default (None: anything)."""
+    if default is None or value is None:
+        return True
+    if isinstance(default, bool) or isinstance(value, bool):
+        return isinstance(value, bool) and isinstance(default, bool)
+    if isinstance(default, int | float) and isinstance(value, int | float):
+        return isinstance(value, int) or isinstance(default, float)
+    if isinstance(default, list | tuple):
+        return isinstance(value, list | tuple)
+    return isinstance(value, type(default)) if isinstance(default, str | dict) else False
 
 
 class _Partition:
