@@ -179,7 +179,7 @@ class Pipeline:
         clean = False
         try:
             self.source.open(PipelineHooks(flush=self.flush, forget=self.forget))
-            self.health.source_connected = True
+            self.health.attach(self.source)
             self.health.beat()
             log.info("ready: %s source open, model %s", self.source.kind, self.model_name)
             while not stop.is_set():
@@ -198,7 +198,7 @@ class Pipeline:
             self._process()
             clean = True
         finally:
-            self.health.source_connected = False
+            self.health.attach(None)
             self.summary.wall_seconds = time.monotonic() - started
             try:
                 if clean:

@@ -18,6 +18,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -265,20 +266,32 @@ def test_malformed_messages_go_to_the_dlq_end_to_end_and_metrics_move(
     assert restored.load(state) == 2 and odd in restored.streams
 
 
+def readyz(port: int) -> int:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as r:
+            return r.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
 def test_the_service_rides_out_a_broker_outage(kafka_broker, stream_model, tmp_path) -> None:
     b = kafka_broker
     b.create_topic("audio", partitions=2)
-    svc = Service(b, stream_model, tmp_path, "outage")
+    svc = Service(b, stream_model, tmp_path, "outage", extra=["--metrics-port", "0"])
+    port = int(svc.wait_log(r"metrics on http://127\.0\.0\.1:(\d+)/metrics").group(1))
     svc.wait_log(r"partitions assigned: audio")
     n_streams, n_chunks = 4, 80
     publish(b, n_streams, range(40), n_chunks)
     first_half = expected_windows(n_streams, 40)
     wait_until(lambda: keys(svc.records()) >= first_half, 60, "the first half", [svc])
+    assert readyz(port) == 200
     b.stop()
-    time.sleep(10)
+    # readiness follows the broker connection (docs/deploy.md: "broker connected")
+    wait_until(lambda: readyz(port) == 503, 30, "/readyz to say not ready", [svc])
     # Memory storage: the restarted broker has no topics, messages or offsets. Re-creating
     # the topic stands in for a broker that keeps its data; the service must find it again.
     b.restart()
+    wait_until(lambda: readyz(port) == 200, 60, "/readyz to say ready again", [svc])
     publish(b, n_streams, range(40, n_chunks), n_chunks)
     # windows that start inside the second half (the one across the boundary may be
     # skipped: the rejoin made the service forget the first half's buffered audio)

@@ -63,5 +63,10 @@ class Source(ABC):
     def exhausted(self) -> bool:
         """True when no more input will ever come (end of the files); never for live input."""
 
+    @property
+    def connected(self) -> bool:
+        """Whether the input can be reached right now (``/readyz``); read from any thread."""
+        return True
+
     def close(self) -> None:  # noqa: B027 - optional for sources
         """Release the input; called once after the pipeline has flushed."""

@@ -265,8 +265,7 @@ class KafkaSource(Source):
         self._last_commit = 0.0
         self._closed = False
         self._listener_error: Exception | None = None  # from the rebalance listener
-        #: False while the broker cannot be reached (for /readyz).
-        self.connected = False
+        self._poll_ok = False  # the last poll did not fail
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -331,13 +330,27 @@ class KafkaSource(Source):
         consumer.subscribe([c.topic], listener=_Listener(self))
         self._consumer, self._producer = consumer, producer
         self._backoff.ok()
-        self.connected = True
+        self._poll_ok = True
         log.info("kafka: consuming %s as group %s from %s (dead letters to %s)", c.topic,
                  c.group, c.bootstrap, c.dead_letter_topic)
 
     @property
     def exhausted(self) -> bool:
         return False  # a topic never ends
+
+    @property
+    def connected(self) -> bool:
+        """The group coordinator is known and its connection is up (and the last poll did
+        not fail). While the broker is down the connection drops at once; a broker that
+        hangs loses the coordinator when the heartbeat session expires."""
+        consumer = self._consumer
+        if consumer is None or self._closed or not self._poll_ok:
+            return False
+        try:  # kafka-python keeps this state private; read it without side effects
+            node = consumer._coordinator.coordinator_id
+            return node is not None and bool(consumer._client.connected(node))
+        except AttributeError:  # another kafka-python: the poll outcome is all we know
+            return True
 
     def close(self) -> None:
         """Commit what is done and leave the group (the pipeline has drained before this)."""
@@ -374,7 +387,7 @@ class KafkaSource(Source):
         except Exception as exc:  # e.g. auth failure, broker gone mid-request
             if not isinstance(exc, KafkaError | OSError):
                 raise
-            self.connected = False
+            self._poll_ok = False
             self.metrics.errors.labels(kind="kafka_poll").inc()
             delay = self._backoff.failed()
             log.warning("kafka: poll failed (%s); retrying in %.1f s", exc, delay)
@@ -384,7 +397,7 @@ class KafkaSource(Source):
             exc, self._listener_error = self._listener_error, None
             raise exc
         self._backoff.ok()
-        self.connected = bool(self._consumer.assignment())
+        self._poll_ok = True
         out: list[Chunk | EndOfStream] = []
         for tp, messages in records.items():
             with self._lock:
@@ -593,7 +606,6 @@ class KafkaSource(Source):
         with self._lock:
             for tp in assigned:
                 self._parts.setdefault(tp, _Partition())
-        self.connected = True
         log.info("kafka: partitions assigned: %s",
                  ", ".join(f"{tp.topic}[{tp.partition}]" for tp in assigned) or "none")
 
