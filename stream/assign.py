@@ -56,6 +56,9 @@ class AssignConfig:
     detector_memory: int = 512
     #: From this many clusters on, the nearest centroid is found with faiss.
     faiss_min_clusters: int = 256
+    #: Streams whose state is kept (about 44 kB each for 10 clusters of 256-d); beyond it
+    #: the least recently used stream's state is dropped (it starts again from the prior).
+    max_streams: int = 10_000
 
     def __post_init__(self) -> None:
         if not 0 <= self.prior_momentum < 1 or not 0 <= self.centroid_momentum < 1:
@@ -67,9 +70,9 @@ class AssignConfig:
         if not 0 < self.adwin_delta < 1:
             raise ValueError(f"adwin_delta must be in (0, 1), got {self.adwin_delta}")
         if self.centroid_warmup < 0 or not 0 <= self.detector_memory <= 1_000_000 \
-                or self.faiss_min_clusters < 1:
-            raise ValueError("need centroid_warmup >= 0, 0 <= detector_memory <= 1e6 and "
-                             "faiss_min_clusters >= 1")
+                or self.faiss_min_clusters < 1 or self.max_streams < 1:
+            raise ValueError("need centroid_warmup >= 0, 0 <= detector_memory <= 1e6, "
+                             "faiss_min_clusters >= 1 and max_streams >= 1")
 
 
 @dataclass
@@ -259,15 +262,26 @@ class Assigner:
         self.dim = dim
         self.config = config or AssignConfig()
         self.model_id = model_id
+        #: Least recently used first; at most ``config.max_streams``.
         self.streams: dict[str, StreamAssigner] = {}
+        #: States dropped so far to stay within ``config.max_streams``.
+        self.evicted = 0
 
     def _new_stream(self) -> StreamAssigner:
         return StreamAssigner(self.train_prior, self.dim, self.config)
 
     def stream(self, name: str) -> StreamAssigner:
-        if name not in self.streams:
-            self.streams[name] = self._new_stream()
-        return self.streams[name]
+        s = self.streams.pop(name, None)
+        if s is None:
+            s = self._new_stream()
+        self.streams[name] = s  # to the back: the most recently used
+        self._trim()
+        return s
+
+    def _trim(self) -> None:
+        while len(self.streams) > self.config.max_streams:
+            del self.streams[next(iter(self.streams))]
+            self.evicted += 1
 
     def process(self, stream: str, embedding: np.ndarray, posterior: np.ndarray) -> Assignment:
         return self.stream(stream).process(embedding, posterior)
@@ -302,5 +316,8 @@ class Assigner:
                 raise StateError(f"{p}: stream {name[:60]!r}: {' '.join(what.split())[:200]}"
                                  ) from exc
             restored[name] = s
-        self.streams.update(restored)
-        return len(restored)
+        for name, s in restored.items():
+            self.streams.pop(name, None)
+            self.streams[name] = s
+        self._trim()
+        return min(len(restored), self.config.max_streams)

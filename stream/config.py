@@ -139,6 +139,10 @@ class StreamConfig:
     metrics_host: str = "127.0.0.1"
     #: /healthz fails when the loop has not beaten for this long.
     stall_seconds: float = 60.0
+    #: A stream fed no audio for this long (counted only while the source is connected) is
+    #: finished as if it had ended: its tail window is emitted (when it holds the model's
+    #: minimum) and its chunks are acknowledged. A later chunk starts it afresh.
+    stream_idle_seconds: float = 30.0
     assign: AssignConfig = field(default_factory=AssignConfig)
     headfree: HeadFreeConfig = field(default_factory=HeadFreeConfig)
     file: FileConfig = field(default_factory=FileConfig)
@@ -153,6 +157,7 @@ class StreamConfig:
         in_range("silence_dbfs", self.silence_dbfs, -400, 0)
         in_range("state_interval", self.state_interval, 0, 86_400, low_open=True)
         in_range("stall_seconds", self.stall_seconds, 0, 86_400, low_open=True)
+        in_range("stream_idle_seconds", self.stream_idle_seconds, 0, 1e6, low_open=True)
         in_range("threads", self.threads, 0, 1024)
         if self.metrics_port is not None:
             in_range("metrics_port", self.metrics_port, 0, 65_535)

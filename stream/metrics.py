@@ -59,6 +59,10 @@ class StreamMetrics:
                                      "overflows reported by PortAudio", registry=r)
         self.errors = Counter("audioclust_errors", "Recoverable errors by kind", ["kind"],
                               registry=r)
+        self.streams_expired = Counter(
+            "audioclust_streams_expired", "Streams finished before their end: idle, or to "
+            "bound the messages in flight (in_flight); assignment states dropped beyond "
+            "assign.max_streams (state_limit)", ["reason"], registry=r)
 
 
 class Health:

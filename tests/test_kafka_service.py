@@ -49,11 +49,12 @@ class Service:
     """One ``audioclust-stream --source kafka`` process writing JSON lines to its own file."""
 
     def __init__(self, broker, model: Path, tmp: Path, name: str, *, group: str = "g",
-                 options: list[str] = (), extra: list[str] = (), sink: str | None = None):
+                 options: list[str] = (), extra: list[str] = (), sink: str | None = None,
+                 settings: str = ""):
         self.out = tmp / f"{name}.jsonl"
         self.log = tmp / f"{name}.log"
         config = tmp / f"{name}.toml"
-        config.write_text(SMALL_QUEUE)
+        config.write_text(SMALL_QUEUE + settings)
         cmd = [sys.executable, "-m", "audioclust.stream.cli", "--source", "kafka",
                "--bootstrap", broker.bootstrap, "--topic", "audio", "--group", group,
                "--model", str(model), "--sink", sink or f"jsonl:{self.out}",
@@ -331,6 +332,48 @@ def test_results_to_a_kafka_sink_are_keyed_by_stream(kafka_broker, stream_model,
         seqs = [json.loads(m.value)["seq"] for m in sorted(mine, key=lambda m: m.offset)]
         assert seqs == sorted(seqs)
     assert committed(b, "g", 2) and sum(committed(b, "g", 2).values()) == 90
+
+
+def test_a_flood_of_streams_that_never_end_starves_no_one(kafka_broker, stream_model,
+                                                          tmp_path) -> None:
+    """300 streams of one 0.1 s chunk each (never ended) against max_in_flight 100: the
+    bound is reached, those streams hold their chunks back waiting for audio that never
+    comes. The least recently fed streams are finished to make room (as if they had
+    ended: a short tail window, their chunks acknowledged), so the stream behind the flood
+    gets all its windows; the rest expire once idle, and everything is committed."""
+    b = kafka_broker
+    b.create_topic("audio")
+    svc = Service(b, stream_model, tmp_path, "flood", options=["max_in_flight=100"],
+                  settings="stream_idle_seconds = 3\n", extra=["--metrics-port", "0"])
+    port = int(svc.wait_log(r"metrics on http://127\.0\.0\.1:(\d+)/metrics").group(1))
+    svc.wait_log(r"partitions assigned: audio")
+    prod = b.producer(linger_ms=5)
+    for i in range(300):
+        m = encode_pcm(audio_of(i, 1), stream=f"idle{i}", seq=0, sample_rate=RATE, offset=0)
+        prod.send("audio", key=m.key, value=m.value, headers=m.headers)
+    good = audio_of(999, 40)
+    for c in range(40):
+        m = encode_pcm(good[c * CHUNK : (c + 1) * CHUNK], stream="good", seq=c,
+                       sample_rate=RATE, offset=c * CHUNK)
+        prod.send("audio", key=m.key, value=m.value, headers=m.headers)
+    prod.flush()
+    prod.close()
+    want = {("good", w) for w in range(7)}  # 4 s of audio: windows 0..6 are full
+    wait_until(lambda: keys(svc.records()) >= want, 90, "the good stream's windows", [svc])
+    # the flood expires (in-flight bound, then idleness): every message is acknowledged
+    wait_until(lambda: committed(b, "g", 1)[0] == 340, 90, "every offset committed", [svc])
+    records = svc.records()
+    flood = [r for r in records if r["stream"].startswith("idle")]
+    # each flood stream ended as if its end had come: its one short window, once
+    assert sorted(r["stream"] for r in flood) == sorted(f"idle{i}" for i in range(300))
+    assert all(r["seq"] == 0 and r["end"] == 0.1 for r in flood)
+    good_seqs = sorted(r["seq"] for r in records if r["stream"] == "good")
+    assert good_seqs[:7] == list(range(7))
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    expired = {m.group(1): float(m.group(2)) for m in re.finditer(
+        r'audioclust_streams_expired_total\{reason="(\w+)"\} (\S+)', body)}
+    assert expired.get("in_flight", 0) > 0 and sum(expired.values()) >= 301, expired
+    assert svc.stop() == 0
 
 
 @pytest.fixture

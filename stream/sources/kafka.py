@@ -191,6 +191,10 @@ def _fits(value: Any, default: Any) -> bool:
     return isinstance(value, type(default)) if isinstance(default, str | dict) else False
 
 
+#: Streams whose last sequence number is remembered (for gap and duplicate checks).
+_SEQ_MEMORY = 100_000
+
+
 class _Partition:
     """Offsets handed out from one assigned partition, in fetch order, and which are done."""
 
@@ -465,7 +469,10 @@ class KafkaSource(Source):
             else:
                 log.info("kafka: stream %s: seq %d again (last was %d): duplicate",
                          stream, seq, last)
+        self._last_seq.pop(stream, None)  # to the back: recently seen streams stay longest
         self._last_seq[stream] = seq if last is None else max(last, seq)
+        if len(self._last_seq) > _SEQ_MEMORY:  # streams that never end must not pile up
+            del self._last_seq[next(iter(self._last_seq))]
 
     # -- flow control and lag --------------------------------------------------------
 
@@ -476,8 +483,23 @@ class KafkaSource(Source):
 
     def _flow_control(self) -> None:
         n = self.in_flight()
+        bound = self.config.max_in_flight
         assigned = list(self._consumer.assignment())
-        if not self._paused and n >= self.config.max_in_flight and assigned:
+        if not self._paused and n >= bound and self.hooks is not None:
+            # Write every window that can be written; what is still in flight then is held
+            # by streams waiting for more audio of their own, which pausing cannot bring:
+            # the least recently fed of them are finished to make room (one producer's
+            # flood of streams must not starve the others).
+            self.hooks.flush()
+            n = self.in_flight()
+            if n >= bound:
+                held = n
+                released = self.hooks.release(n - bound // 2)
+                n = self.in_flight()
+                log.info("kafka: %d messages in flight held by streams waiting for audio: "
+                         "finished the least recently fed (%d chunks acknowledged)", held,
+                         released)
+        if not self._paused and n >= bound and assigned:
             self._consumer.pause(*assigned)
             self._paused, self._paused_since = True, time.monotonic()
             self._acks_at_pause = self._acks_seen
