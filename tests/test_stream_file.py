@@ -172,9 +172,18 @@ def test_state_saved_and_restored_across_runs(stream_model, long_dir, tmp_path):
     assert proc.returncode == 1 and "belongs to another model" in proc.stderr
 
 
-def test_state_is_saved_at_intervals_while_running(stream_model, long_dir, tmp_path):
-    import threading
+def _until(predicate, timeout: float, what: str) -> None:
     import time
+
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"no {what} within {timeout} s"
+        time.sleep(0.02)
+
+
+def test_state_is_saved_at_intervals_while_running(stream_model, long_dir, tmp_path):
+    import shutil
+    import threading
     from dataclasses import replace
 
     state = tmp_path / "state.npz"
@@ -182,20 +191,30 @@ def test_state_is_saved_at_intervals_while_running(stream_model, long_dir, tmp_p
                        file=replace(FileConfig(), realtime=True))
     model = OnnxModel(stream_model, threads=1)
     source = FileSource([long_dir / "rec2.wav"], model.info.sample_rate, cfg.file)
-    pipe = Pipeline(model, source, JsonlSink(tmp_path / "out.jsonl"), cfg)
+    metrics = StreamMetrics()
+    pipe = Pipeline(model, source, JsonlSink(tmp_path / "out.jsonl"), cfg, metrics)
     stop = threading.Event()
     runner = threading.Thread(target=pipe.run, args=(stop,))
     runner.start()
     try:
-        deadline = time.monotonic() + 5.0
-        while not state.is_file() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert state.is_file() and runner.is_alive()  # saved mid-run, not only at the end
+        def streams_saved() -> int:
+            return Assigner(model.info.prior, model.info.embedding_dim,
+                            model_id=model.info.weights_sha256).load(state)
+
+        _until(lambda: state.is_file() and streams_saved() == 1, 30, "the stream's state")
+        assert runner.is_alive()  # saved mid-run, not only at the end
         first = state.stat().st_mtime_ns
-        time.sleep(1.0)
-        assert state.stat().st_mtime_ns > first  # and saved again
-        assert Assigner(model.info.prior, model.info.embedding_dim,
-                        model_id=model.info.weights_sha256).load(state) == 1
+        _until(lambda: state.stat().st_mtime_ns > first, 30, "another save")  # and again
+        # a save that fails (here: a folder in the way) is counted and retried, and the
+        # service carries on
+        state.unlink()
+        state.mkdir()
+        (state / "in-the-way").write_text("")
+        errors = metrics.errors.labels(kind="state_save")
+        _until(lambda: errors._value.get() >= 2, 30, "failed saves")
+        assert runner.is_alive()
+        shutil.rmtree(state)
+        _until(state.is_file, 30, "a save once the way is clear")
     finally:
         stop.set()
         runner.join(timeout=30)
