@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import os
 from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -296,6 +298,9 @@ class Assigner:
         """Arrays and JSON entries a subclass adds to the state file (none here)."""
         return {}, {}
 
+    def _load_extra(self, arrays: dict[str, np.ndarray], doc: dict[str, Any]) -> None:
+        """Restore what ``_extra_state`` wrote (called by :meth:`load`; nothing here)."""
+
     def load(self, path: str | os.PathLike) -> int:
         """Restore streams from ``path``; returns how many. Refuses another model's state;
         a file that is not a readable state raises one line (ValueError) naming it, and then
@@ -309,15 +314,23 @@ class Assigner:
         restored: dict[str, StreamAssigner] = {}
         for name, (arrays, scalars) in state.streams.items():
             s = self._new_stream()
-            try:
+            with _naming_the_file(p, f"stream {name[:60]!r}: "):
                 s.load_state(arrays, scalars)
-            except (KeyError, ValueError, TypeError, AttributeError, IndexError) as exc:
-                what = f"missing {exc}" if isinstance(exc, KeyError) else str(exc)
-                raise StateError(f"{p}: stream {name[:60]!r}: {' '.join(what.split())[:200]}"
-                                 ) from exc
             restored[name] = s
+        with _naming_the_file(p, ""):
+            self._load_extra(state.arrays, state.doc)
         for name, s in restored.items():
             self.streams.pop(name, None)
             self.streams[name] = s
         self._trim()
         return min(len(restored), self.config.max_streams)
+
+
+@contextmanager
+def _naming_the_file(path: Path, what: str) -> Iterator[None]:
+    """A state that does not fit the model becomes one StateError line naming the file."""
+    try:
+        yield
+    except (KeyError, ValueError, TypeError, AttributeError, IndexError) as exc:
+        text = f"missing {exc}" if isinstance(exc, KeyError) else str(exc)
+        raise StateError(f"{path}: {what}{' '.join(text.split())[:200]}") from exc

@@ -196,3 +196,25 @@ def test_the_stream_id_limit_is_documented() -> None:
 
     docs = (Path(__file__).resolve().parents[1] / "docs" / "kafka.md").read_text()
     assert f"{MAX_STREAM_ID_BYTES:,} bytes" in docs
+
+
+def test_a_damaged_head_free_section_is_one_line(tmp_path) -> None:
+    from audioclust.stream.config import HeadFreeConfig
+    from audioclust.stream.headfree import HeadFreeAssigner
+
+    a = HeadFreeAssigner(DIM, HeadFreeConfig(n_clusters=3, chunk_size=2), model_id="m")
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        a.process("s", rng.standard_normal(DIM))
+    good = a.save(tmp_path / "hf.npz")
+    with np.load(good, allow_pickle=False) as z:
+        members = {k: z[k] for k in z.files}
+    for drop in ("__headfree__.centres", "__headfree__.chunk"):
+        np.savez(tmp_path / "bad.npz", **{k: v for k, v in members.items() if k != drop})
+        with pytest.raises(ValueError) as info:
+            HeadFreeAssigner(DIM, HeadFreeConfig(n_clusters=3, chunk_size=2),
+                             model_id="m").load(tmp_path / "bad.npz")
+        assert str(tmp_path / "bad.npz") in str(info.value) and "\n" not in str(info.value)
+    with pytest.raises(ValueError, match="a model with a head"):  # and the other way round
+        HeadFreeAssigner(DIM, HeadFreeConfig(n_clusters=3), model_id="m").load(
+            _fed(["s"]).save(tmp_path / "head.npz"))
