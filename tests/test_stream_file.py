@@ -221,6 +221,21 @@ def test_state_is_saved_at_intervals_while_running(stream_model, long_dir, tmp_p
     assert not runner.is_alive()
 
 
+def test_a_torn_last_line_is_not_glued_to_the_next_record(tmp_path):
+    """A process killed in the middle of a write leaves half a line; the next run appends
+    to the same file, and its first record must still be a line of its own."""
+    out = tmp_path / "o.jsonl"
+    out.write_text('{"stream":"a","seq":0}\n{"stream":"a","se')
+    sink = JsonlSink(out)
+    sink.write([{"stream": "b", "seq": 1}])
+    sink.close()
+    lines = out.read_text().splitlines()
+    assert json.loads(lines[-1]) == {"stream": "b", "seq": 1}
+    assert lines[1] == '{"stream":"a","se'  # the torn line stays as it was, on its own
+    JsonlSink(out).close()  # a whole file is left alone
+    assert out.read_text().count("\n") == 3
+
+
 def test_bad_files_are_reported_and_the_rest_carry_on(stream_model, fsdd_subset, tmp_path):
     d = tmp_path / "mixed"
     d.mkdir()
