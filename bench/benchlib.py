@@ -23,6 +23,7 @@ __all__ = [
     "log",
     "machine_info",
     "make_int8",
+    "model_or_random",
     "write_json",
 ]
 
@@ -44,6 +45,16 @@ def default_fsdd() -> Path:
 def log(message: str) -> None:
     """Progress on stderr, so stdout stays a clean table or JSON document."""
     print(message, file=sys.stderr, flush=True)
+
+
+def model_or_random(model: str | os.PathLike | None, workdir: str | os.PathLike) -> Path:
+    """``model``, or when None a random test model exported into ``workdir``."""
+    if model:
+        return Path(model)
+    from stream_replay import random_model
+
+    log("exporting a random test model ...")
+    return random_model(Path(workdir))
 
 
 def make_int8(fp32_path: str | os.PathLike, workdir: str | os.PathLike) -> Path:
