@@ -285,8 +285,7 @@ class Pipeline:
             self.metrics.stream_events.labels(kind=ev.kind).inc()
             self._log_event(ev.stream, ev.kind, ev.detail)
         self._fed.pop(item.stream, None)  # to the back: the most recently fed
-        if item.stream in self.windower.streams:
-            self._fed[item.stream] = self._idle_clock
+        self._fed[item.stream] = self._idle_clock
         self._enqueue(out)
 
     def _end_stream(self, stream: str, expired: str | None = None) -> None:

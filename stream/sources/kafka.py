@@ -14,9 +14,12 @@ offset counts as done only once the broker has acknowledged the dead letter.
 On a rebalance the listener asks the pipeline to flush, commits what is done, and makes the
 pipeline forget the streams of the revoked partitions (their half-filled windows would
 otherwise be glued to audio that the next owner also processes). Un-acked messages are
-bounded (``max_in_flight``): beyond it the partitions are paused. Broker outages are
-ridden out: kafka-python reconnects with backoff, our own calls that fail are retried with
-exponential backoff, and dead letters that could not be sent are re-sent.
+bounded (``max_in_flight``): at the bound the pipeline first writes what it can, then
+finishes the least recently fed streams (``PipelineHooks.release``) when their held-back
+audio is what fills it; only what still waits (dead letters) pauses the partitions.
+Broker outages are ridden out: kafka-python reconnects with backoff, our own calls that
+fail are retried with exponential backoff, and dead letters that could not be sent are
+re-sent.
 """
 
 from __future__ import annotations
@@ -94,8 +97,9 @@ class KafkaConfig:
     #: Backoff between our own retries (connect, poll errors, dead-letter resends).
     backoff_min_s: float = 0.2
     backoff_max_s: float = 10.0
-    #: Paused with in-flight messages but no ack for this long: resume anyway (the work in
-    #: flight is then waiting for more audio of its own streams, not for compute).
+    #: Paused with in-flight messages but no ack for this long: resume anyway. (Audio held
+    #: by streams waiting for more is released at the bound instead of pausing; what can
+    #: still pause is dead letters waiting for the broker.)
     pause_stall_s: float = 5.0
     #: Settings passed to kafka-python (TLS, SASL, client_id, timeouts, ...).
     client: dict[str, Any] = field(default_factory=dict)
@@ -270,6 +274,8 @@ class KafkaSource(Source):
         self._closed = False
         self._listener_error: Exception | None = None  # from the rebalance listener
         self._poll_ok = False  # the last poll did not fail
+        self._releases = 0  # times streams were finished to stay within max_in_flight
+        self._release_logged = -1e9
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -496,9 +502,13 @@ class KafkaSource(Source):
                 held = n
                 released = self.hooks.release(n - bound // 2)
                 n = self.in_flight()
-                log.info("kafka: %d messages in flight held by streams waiting for audio: "
-                         "finished the least recently fed (%d chunks acknowledged)", held,
-                         released)
+                self._releases += 1
+                if time.monotonic() - self._release_logged >= 10.0:  # at most one line in 10 s
+                    self._release_logged = time.monotonic()
+                    log.warning("kafka: %d messages in flight held by streams waiting for "
+                                "audio: finished the least recently fed (%d chunks acked; %d "
+                                "such releases so far; raise max_in_flight above streams x "
+                                "(window / chunk + 1))", held, released, self._releases)
         if not self._paused and n >= bound and assigned:
             self._consumer.pause(*assigned)
             self._paused, self._paused_since = True, time.monotonic()
@@ -510,8 +520,8 @@ class KafkaSource(Source):
             if n <= self.config.max_in_flight // 2 or stalled:
                 if stalled:
                     log.warning("kafka: %d messages in flight and no ack for %.0f s: resuming "
-                                "(raise max_in_flight above the audio a window holds back)",
-                                n, self.config.pause_stall_s)
+                                "(dead letters waiting for the broker?)", n,
+                                self.config.pause_stall_s)
                 self._consumer.resume(*self._consumer.paused())
                 self._paused = False
 
