@@ -126,14 +126,14 @@ def decode_stream_state(data: bytes) -> StreamState:
 
 def _array_spec(spec: Any) -> tuple[str, np.dtype, tuple[int, ...]]:
     ok = (isinstance(spec, list) and len(spec) == 3 and isinstance(spec[0], str)
-          and isinstance(spec[1], str) and isinstance(spec[2], list)
+          and isinstance(spec[1], str) and isinstance(spec[2], list) and len(spec[2]) <= 32
           and all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 2**40
                   for d in spec[2]))
     if not ok:
         raise StateError(f"stream state array spec {str(spec)[:60]!r} is malformed")
     try:
         dtype = np.dtype(spec[1])
-    except TypeError as exc:
+    except (TypeError, ValueError, SyntaxError) as exc:
         raise StateError(f"stream state dtype {spec[1][:20]!r} is not a dtype") from exc
     if dtype.kind not in _KINDS or dtype.str != spec[1] or dtype.byteorder == ">":
         raise StateError(f"stream state dtype {spec[1][:20]!r} is not allowed")

@@ -184,6 +184,18 @@ def test_stream_codec_rejects_anything_else_with_a_state_error(data, cut, flip) 
             assert isinstance(arrays, dict) and isinstance(scalars, dict)
 
 
+@pytest.mark.parametrize("spec", [["x", "<f8", [1] * 40], ["x", "<U3", [1]], ["x", "|O", [1]],
+                                  ["x", ">f8", [1]], ["x", "f8,i4", [1]], ["x", "<f8", [-1]],
+                                  ["x", "<f8", [True]], ["x", "<f8"], "x"])
+def test_stream_codec_refuses_headers_it_did_not_write(spec) -> None:
+    import struct
+
+    header = json.dumps({"arrays": [spec], "scalars": {}}).encode()
+    data = struct.pack("<4sBI", b"ACSS", 1, len(header)) + header + b"\0" * 8
+    with pytest.raises(StateError):
+        decode_stream_state(data)
+
+
 def test_stream_codec_refuses_object_arrays_and_non_json() -> None:
     with pytest.raises(ValueError):
         encode_stream_state({"x": np.array([object()])}, {})
