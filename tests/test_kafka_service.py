@@ -286,6 +286,13 @@ def test_the_service_rides_out_a_broker_outage(kafka_broker, stream_model, tmp_p
     first_half = expected_windows(n_streams, 40)
     wait_until(lambda: keys(svc.records()) >= first_half, 60, "the first half", [svc])
     assert readyz(port) == 200
+    # a broker that hangs (SIGSTOP) keeps its connections open but answers nothing
+    os.kill(b.proc.pid, signal.SIGSTOP)
+    try:
+        wait_until(lambda: readyz(port) == 503, 30, "/readyz to notice the hung broker", [svc])
+    finally:
+        os.kill(b.proc.pid, signal.SIGCONT)
+    wait_until(lambda: readyz(port) == 200, 60, "/readyz once the broker answers", [svc])
     b.stop()
     # readiness follows the broker connection (docs/deploy.md: "broker connected")
     wait_until(lambda: readyz(port) == 503, 30, "/readyz to say not ready", [svc])

@@ -350,15 +350,17 @@ class KafkaSource(Source):
 
     @property
     def connected(self) -> bool:
-        """The group coordinator is known and its connection is up (and the last poll did
-        not fail). While the broker is down the connection drops at once; a broker that
-        hangs loses the coordinator when the heartbeat session expires."""
+        """The group coordinator is known, its connection is up and it answered a heartbeat
+        within the session timeout (and the last poll did not fail). A broker that is down
+        drops the connection at once; one that hangs keeps it open but stops answering."""
         consumer = self._consumer
         if consumer is None or self._closed or not self._poll_ok:
             return False
         try:  # kafka-python keeps this state private; read it without side effects
-            node = consumer._coordinator.coordinator_id
-            return node is not None and bool(consumer._client.connected(node))
+            coordinator = consumer._coordinator
+            node = coordinator.coordinator_id
+            return (node is not None and bool(consumer._client.connected(node))
+                    and not coordinator.heartbeat.session_timeout_expired())
         except AttributeError:  # another kafka-python: the poll outcome is all we know
             return True
 
