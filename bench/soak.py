@@ -307,6 +307,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", type=Path, help="exported model (default: a random test model)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, help="also write the JSON here")
+    p.add_argument("--workdir", type=Path, help="keep the logs, records and state here "
+                   "(default: a temporary folder, removed)")
     args = p.parse_args(argv)
     if not 0 < args.kill_at < args.pause_at < 1:
         p.error("need 0 < --kill-at < --pause-at < 1")
@@ -319,7 +321,8 @@ def main(argv: list[str] | None = None) -> int:
     from audioclust.models.runtime import OnnxModel
 
     with tempfile.TemporaryDirectory(prefix="soak-") as tmp_dir:
-        work = Path(tmp_dir)
+        work = Path(tmp_dir) if args.workdir is None else args.workdir
+        work.mkdir(parents=True, exist_ok=True)
         model = model_or_random(args.model, work)
         info = OnnxModel(model).info
         window, hop = info.window_samples, info.hop_samples
