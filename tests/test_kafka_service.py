@@ -267,6 +267,13 @@ def test_malformed_messages_go_to_the_dlq_end_to_end_and_metrics_move(
     assert restored.load(state) == 2 and odd in restored.streams
 
 
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
 def readyz(port: int) -> int:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as r:
@@ -287,11 +294,18 @@ def test_the_service_rides_out_a_broker_outage(kafka_broker, stream_model, tmp_p
     wait_until(lambda: keys(svc.records()) >= first_half, 60, "the first half", [svc])
     assert readyz(port) == 200
     # a broker that hangs (SIGSTOP) keeps its connections open but answers nothing
+    before = rss_mb(svc.proc.pid)
     os.kill(b.proc.pid, signal.SIGSTOP)
+    frozen = time.monotonic()
     try:
         wait_until(lambda: readyz(port) == 503, 30, "/readyz to notice the hung broker", [svc])
+        # ... and the consumer must not spin on it: kafka-python's poll() busy-looped,
+        # keeping about 15 MB per second of the freeze until the fetch timed out
+        wait_until(lambda: time.monotonic() - frozen > 10, 20, "ten seconds of freeze")
+        grown = rss_mb(svc.proc.pid) - before
     finally:
         os.kill(b.proc.pid, signal.SIGCONT)
+    assert grown < 40, f"{grown:.0f} MB more during a 10 s broker freeze"
     wait_until(lambda: readyz(port) == 200, 60, "/readyz once the broker answers", [svc])
     b.stop()
     # readiness follows the broker connection (docs/deploy.md: "broker connected")

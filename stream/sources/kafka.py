@@ -428,11 +428,40 @@ class KafkaSource(Source):
         next poll sends a fresh JoinGroup and the whole group rebalances again), so a join
         must not straddle the gap between two polls of the pipeline's loop.
         """
+        if self._unanswered():
+            return self._poll_gently(timeout, max_records)
         records = self._consumer.poll(timeout_ms=max(0, int(timeout * 1000)),
                                       max_records=max_records)
         deadline = time.monotonic() + min(self.config.max_poll_interval_ms / 1000 + 2.0, 30.0)
         while not records and self._rejoining() and time.monotonic() < deadline:
+            if self._unanswered():
+                return self._poll_gently(0.1, max_records)
             records = self._consumer.poll(timeout_ms=100, max_records=max_records)
+        return records
+
+    def _unanswered(self) -> bool:
+        """A fetch is out and the broker has not answered a heartbeat for two intervals.
+
+        kafka-python 3.0 then busy-loops inside poll(), adding a callback to the hung fetch
+        on every turn; they are freed only when it is answered or times out
+        (``request_timeout_ms``), which cost about 15 MB of memory per second of a frozen
+        broker (measured with bench/soak.py).
+        """
+        try:  # private state, read without side effects
+            heartbeat = self._consumer._coordinator.heartbeat
+            fetching = bool(self._consumer._fetcher._fetch_futures)
+        except AttributeError:
+            return False
+        silent = time.monotonic() - max(heartbeat.last_receive, heartbeat.last_reset)
+        return fetching and silent > 2 * self.config.heartbeat_interval_ms / 1000
+
+    def _poll_gently(self, timeout: float, max_records: int) -> dict:
+        """One turn of kafka-python's loop (it still heartbeats and notices the broker's
+        return), then the rest of ``timeout`` asleep rather than spinning."""
+        started = time.monotonic()
+        records = self._consumer.poll(timeout_ms=0, max_records=max_records)
+        if not records:
+            time.sleep(max(0.0, min(timeout, 0.1) - (time.monotonic() - started)))
         return records
 
     def _rejoining(self) -> bool:
