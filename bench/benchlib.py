@@ -31,6 +31,7 @@ __all__ = [
     "make_int8",
     "measure",
     "measure_side_by_side",
+    "model_or_random",
     "report",
     "run_and_report",
     "write_json",
@@ -67,6 +68,16 @@ def default_fsdd() -> Path:
 def log(message: str) -> None:
     """Progress on stderr, so stdout stays a clean table or JSON document."""
     print(message, file=sys.stderr, flush=True)
+
+
+def model_or_random(model: str | os.PathLike | None, workdir: str | os.PathLike) -> Path:
+    """``model``, or when None a random test model exported into ``workdir``."""
+    if model:
+        return Path(model)
+    from stream_replay import random_model
+
+    log("exporting a random test model ...")
+    return random_model(Path(workdir))
 
 
 def make_int8(fp32_path: str | os.PathLike, workdir: str | os.PathLike) -> Path:

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from .embedder import Embedder, load_embedder, read_embedder_metadata
-from .heads import ClusterHead, load_head, read_head_metadata
+from .heads import ClusterHead, file_sha256, load_head, read_head_metadata
 from .onnx_export import export_onnx, set_metadata
 
 __all__ = [
@@ -111,6 +111,12 @@ def export_model(
                          f"{window_seconds}")
     enc_meta = read_embedder_metadata(encoder_path)
     head_meta = read_head_metadata(head_path) if head_path is not None else None
+    if head_meta is not None and head_meta["encoder_sha256"]:  # as audioclust-eval head checks
+        actual = file_sha256(encoder_path)
+        if head_meta["encoder_sha256"] != actual:
+            raise ValueError(f"{head_path} was trained on the encoder with SHA-256 "
+                             f"{head_meta['encoder_sha256'][:12]}..., but {encoder_path} is "
+                             f"{actual[:12]}...: pass the encoder the head was trained with")
     embedder = load_embedder(encoder_path)
     head = load_head(head_path) if head_path is not None else None
     model = FullModel(embedder, head).eval()

@@ -360,3 +360,29 @@ def test_gpu_throughput_sweep_runs_the_loader_path_on_cpu(stream_model):
     for r in doc["results"]:
         assert r["io_binding"]["median"] > 0 and r["session_run"]["median"] > 0
     assert "provider used: **CPUExecutionProvider**" in proc.stderr
+
+def test_soak_on_a_tiny_run(tmp_path):
+    """The soak end to end, in half a minute of traffic: a real broker, the service killed
+    and restarted, the broker frozen; nothing lost, every dead letter on its topic."""
+    out = tmp_path / "soak.json"
+    proc = _run("soak.py", "--minutes", "0.5", "--streams", "2", "--malformed", "0.3",
+                "--pause-seconds", "3", "--rss-every", "2", "--out", str(out), timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    doc = json.loads(proc.stdout)
+    assert json.loads(out.read_text()) == doc
+    w = doc["windows"]
+    assert w["lost"] == 0 and w["extra"] == 0 and w["in"] > 20
+    assert w["out_unique"] == w["in"] and w["duplicates"] == w["out_records"] - w["in"] >= 0
+    sent = doc["dead_letters"]["sent"]
+    assert sum(sent.values()) == doc["messages"]["malformed"] > 5
+    found = doc["dead_letters"]["on_dlq_topic"]
+    assert doc["dead_letters"]["missing"] == 0 and set(found) == set(sent)
+    assert all(found[r] >= n for r, n in sent.items())  # replayed after the kill: again
+    assert doc["dead_letters"]["repeated"] == sum(found.values()) - sum(sent.values())
+    assert doc["kill"]["at_s"] < doc["broker_pause"]["at_s"]
+    assert sum(doc["broker_pause"]["readyz_samples"].values()) >= 2
+    for name in ("service_1", "service_2"):
+        rss = doc["rss"][name]
+        assert rss["samples"] >= 1 and 0 < rss["start_mb"] <= rss["max_mb"]
+    assert doc["exit_code_after_sigterm"] == 0
+    assert doc["messages"]["send_errors"] == 0

@@ -174,6 +174,32 @@ def test_export_cli_errors(tmp_path, checkpoints):
     assert not (tmp_path / "m.onnx").exists()
 
 
+def test_export_refuses_a_head_trained_on_another_encoder(tmp_path, checkpoints):
+    """The head records the SHA-256 of its encoder file; export compares it, as
+    ``audioclust-eval head`` does, instead of shipping a head on embeddings it never saw."""
+    from audioclust.models.heads import file_sha256
+
+    enc, _ = checkpoints
+    torch.manual_seed(1)
+    other = save_embedder(Embedder(build_encoder("audiontt", {"embed_dim": 64, "channels": 16}),
+                                   mean=-6.0, std=5.0).eval(), tmp_path / "other.safetensors")
+    head = ClusterHead(HeadConfig(64, K, n_heads=1, hidden_dim=32))
+    tied = save_head(head, tmp_path / "tied.safetensors", "temi",
+                     encoder_sha256=file_sha256(enc))
+    with pytest.raises(ValueError, match="trained on the encoder with SHA-256") as info:
+        export_model(other, tied, tmp_path / "m.onnx")
+    assert "\n" not in str(info.value) and str(other) in str(info.value)
+    assert not (tmp_path / "m.onnx").exists()
+    proc = subprocess.run([sys.executable, "-m", "audioclust.models.export", "--encoder",
+                           str(other), "--head", str(tied), "-o", str(tmp_path / "m.onnx")],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("audioclust-export: error: ") and \
+        "trained on the encoder with SHA-256" in proc.stderr
+    # the encoder it was trained on exports
+    assert export_model(enc, tied, tmp_path / "ok.onnx").path.is_file()
+
+
 def test_head_free_export(checkpoints, exported, tmp_path, fsdd_subset):
     """An encoder without a head: the graph gives the embedding only; metadata says so."""
     out = tmp_path / "enc_only.onnx"

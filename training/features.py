@@ -36,6 +36,7 @@ from audioclust.models.embedder import (
     load_embedder,
     read_embedder_metadata,
 )
+from audioclust.models.files import atomic_savez
 from audioclust.models.frontend import FrontendConfig, LogMelFrontend
 from audioclust.training.datasets import AudioFolder
 
@@ -106,10 +107,9 @@ def _cached(
             on_cache(cache_file, True)
         return arrays
     arrays = compute()
-    cache_file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache_file.with_suffix(".tmp.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, cache_file)  # atomic: a killed run never leaves a half-written cache
+    # atomic, with a temporary of its own: a killed run never leaves a half-written entry,
+    # and writers of the same entry at once (two ranks of one job) each rename their own
+    atomic_savez(cache_file, arrays)
     if on_cache:
         on_cache(cache_file, False)
     return arrays
