@@ -59,14 +59,16 @@ class Embedder(nn.Module):
 
     @property
     def min_samples(self) -> int:
-        """Shortest waveform that yields the encoder's minimum number of frames."""
-        return (int(self.encoder.min_frames) - 1) * self.frontend.config.hop_length
+        """Shortest waveform that yields the encoder's minimum number of frames (and that
+        the frontend's edge padding accepts)."""
+        c = self.frontend.config
+        return max((int(self.encoder.min_frames) - 1) * c.hop_length, c.min_samples)
 
     def normalise(self, logmel: torch.Tensor) -> torch.Tensor:
         return (logmel - self.norm_mean) / self.norm_std
 
     def forward(self, waveform: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
-        x = self.normalise(self.frontend(waveform))
+        x = self.normalise(self.frontend(waveform, lengths))
         if lengths is None:
             return self.encoder(x)
         frames = 1 + torch.div(lengths, self.frontend.config.hop_length, rounding_mode="floor")
@@ -130,21 +132,22 @@ def load_embedder(
 
 @torch.inference_mode()
 def embed_clips(
-    embedder: Embedder,
+    embedder: nn.Module,
     clips: list[np.ndarray],
     batch_size: int = 64,
     progress: bool = False,
 ) -> np.ndarray:
     """Embed waveforms of any lengths; (n, d) float32.
 
-    Clips are sorted by length and batched with zero padding plus their lengths, so
-    padding never changes an embedding; clips shorter than the encoder's minimum are
-    zero-padded up to it (and counted as that long).
+    ``embedder``: an :class:`Embedder`, or any module with its contract (``forward(waveform,
+    lengths)``, ``embed_dim``, ``min_samples``). Clips are sorted by length and batched
+    with zero padding plus their lengths, so padding never changes an embedding; clips
+    shorter than the encoder's minimum are zero-padded up to it (and counted as that long).
     """
     from tqdm.auto import tqdm
 
     embedder.eval()
-    device = embedder.norm_mean.device
+    device = next(iter(embedder.state_dict().values())).device
     min_len = max(embedder.min_samples, 1)
     order = np.argsort([len(c) for c in clips], kind="stable")
     out = np.zeros((len(clips), embedder.embed_dim), dtype=np.float32)

@@ -1,9 +1,17 @@
-"""Log-mel frontend: 16 kHz waveform (B, T) -> log-mel (B, 1, n_mels, frames).
+"""Log-mel frontend: waveform (B, T) -> log-mel (B, 1, n_mels, frames).
 
 Plain torch (no torchaudio), so it exports into the ONNX model graph. The STFT is a
 strided convolution with fixed Hann-windowed DFT kernels: it exports as a single Conv
 node and runs fast on every ONNX Runtime provider. Framing matches librosa's
-``center=True`` with zero padding: frames = 1 + T // hop.
+``center=True``: frames = 1 + T // hop.
+
+:func:`stft_power` is the one STFT of the project: every spectrogram frontend calls it.
+The defaults of :class:`FrontendConfig` are the project's own log-mel (BYOL-A's settings,
+Slaney mel, natural log); its other fields reproduce the frontends pretrained encoders
+were trained with (``models/pretrained.py`` names them): HTK mel
+bands with or without area normalisation (torchaudio's and librosa's ``htk=True``),
+reflect padding at the clip edges (torchlibrosa, torchaudio), decibels, ``log(x + eps)``
+and ``log10(1e4 x + 1)`` compression, and per-clip peak normalisation of the waveform.
 """
 
 from __future__ import annotations
@@ -15,7 +23,17 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["FrontendConfig", "LogMelFrontend", "mel_filterbank"]
+__all__ = ["FrontendConfig", "LogMelFrontend", "compress", "mel_filterbank", "peak_normalize",
+           "stft_power"]
+
+MEL_SCALES = ("slaney", "htk")
+#: "slaney": each triangle scaled to unit area (2 / width in Hz, librosa's norm="slaney");
+#: "sum": each filter's weights sum to 1 (librosa's norm=1); "none": peak 1 (torchaudio).
+MEL_NORMS = ("slaney", "sum", "none")
+PAD_MODES = ("constant", "reflect")
+#: "ln": ln(max(x, floor)); "ln_eps": ln(x + floor); "db": 10 log10(max(x, floor));
+#: "log10_shift": log10(1e4 x + 1) (Essentia's shift_scale_log; floor unused).
+COMPRESSIONS = ("ln", "ln_eps", "db", "log10_shift")
 
 
 @dataclass(frozen=True)
@@ -32,8 +50,18 @@ class FrontendConfig:
     # Power floor before the log: -138 dB, far below 16-bit quantisation noise, so
     # digital silence maps to a finite value instead of -inf.
     log_floor: float = 1e-10
+    mel_scale: str = "slaney"
+    mel_norm: str = "slaney"
+    pad_mode: str = "constant"  # how center=True pads the clip's two edges
+    compression: str = "ln"
+    peak_normalize: bool = False  # divide each clip by its peak |sample| first
 
     def __post_init__(self) -> None:
+        for name, allowed in (("mel_scale", MEL_SCALES), ("mel_norm", MEL_NORMS),
+                              ("pad_mode", PAD_MODES), ("compression", COMPRESSIONS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}, got "
+                                 f"{getattr(self, name)!r}")
         if self.win_length > self.n_fft:
             raise ValueError(f"win_length {self.win_length} > n_fft {self.n_fft}")
         if not 0 <= self.f_min < self.f_max <= self.sample_rate / 2:
@@ -48,6 +76,11 @@ class FrontendConfig:
 
     def num_frames(self, num_samples: int) -> int:
         return 1 + num_samples // self.hop_length
+
+    @property
+    def min_samples(self) -> int:
+        """Shortest clip the padding accepts: reflection needs more than n_fft // 2."""
+        return self.n_fft // 2 + 1 if self.pad_mode == "reflect" else 1
 
 
 def _hz_to_mel(f: np.ndarray) -> np.ndarray:
@@ -69,21 +102,89 @@ def _mel_to_hz(m: np.ndarray) -> np.ndarray:
     return np.where(m >= min_log_mel, min_log_hz * np.exp(logstep * (m - min_log_mel)), m * f_sp)
 
 
-def mel_filterbank(sr: int, n_fft: int, n_mels: int, f_min: float, f_max: float) -> np.ndarray:
-    """Triangular Slaney-scale, area-normalised mel filters, shape (n_mels, n_fft//2 + 1)."""
+def _hz_to_mel_htk(f: np.ndarray) -> np.ndarray:
+    return 2595.0 * np.log10(1.0 + np.asarray(f, dtype=np.float64) / 700.0)
+
+
+def _mel_to_hz_htk(m: np.ndarray) -> np.ndarray:
+    return 700.0 * (10.0 ** (np.asarray(m, dtype=np.float64) / 2595.0) - 1.0)
+
+
+def mel_filterbank(sr: int, n_fft: int, n_mels: int, f_min: float, f_max: float,
+                   scale: str = "slaney", norm: str = "slaney") -> np.ndarray:
+    """Triangular mel filters, shape (n_mels, n_fft//2 + 1); see :data:`MEL_NORMS`."""
+    to_mel, to_hz = ((_hz_to_mel, _mel_to_hz) if scale == "slaney"
+                     else (_hz_to_mel_htk, _mel_to_hz_htk))
     fft_freqs = np.linspace(0, sr / 2, n_fft // 2 + 1)
-    mel_pts = _mel_to_hz(np.linspace(_hz_to_mel(f_min), _hz_to_mel(f_max), n_mels + 2))
+    mel_pts = to_hz(np.linspace(to_mel(f_min), to_mel(f_max), n_mels + 2))
     widths = np.diff(mel_pts)
     ramps = mel_pts[:, None] - fft_freqs[None, :]
     lower = -ramps[:-2] / widths[:-1, None]
     upper = ramps[2:] / widths[1:, None]
     weights = np.maximum(0, np.minimum(lower, upper))
-    weights *= (2.0 / (mel_pts[2:] - mel_pts[:-2]))[:, None]
+    if norm == "slaney":
+        weights *= (2.0 / (mel_pts[2:] - mel_pts[:-2]))[:, None]
+    elif norm == "sum":
+        sums = weights.sum(axis=1, keepdims=True)
+        weights = np.divide(weights, sums, out=weights, where=sums > 0)
     return weights
 
 
+def stft_power(
+    waveform: torch.Tensor,
+    kernels: torch.Tensor,
+    n_fft: int,
+    hop_length: int,
+    pad_mode: str = "constant",
+    lengths: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Power spectrogram (B, n_fft//2 + 1, 1 + T//hop) of ``waveform`` (B, T), centred.
+
+    ``kernels`` (2 * bins, 1, n_fft) are the windowed cosine and negated sine DFT rows.
+    ``pad_mode="reflect"`` mirrors each clip at its edges; with ``lengths`` (B,) the end
+    of each zero-padded row is mirrored at its own length, so every frame of a row that
+    its clip alone would have is computed exactly as for that clip alone.
+    """
+    half = n_fft // 2
+    if pad_mode == "constant":
+        x = F.pad(waveform.unsqueeze(1), (half, half))
+    elif lengths is None:
+        x = F.pad(waveform.unsqueeze(1), (half, half), mode="reflect")
+    else:
+        # Gather the mirrored samples: position i (in -half .. T + half) reads sample |i|,
+        # folded back at the row's last sample 2 (L - 1) - i beyond its length L.
+        total = waveform.shape[1]
+        pos = torch.arange(-half, total + half, device=waveform.device).abs()[None, :]
+        last = (lengths.to(device=waveform.device, dtype=torch.long) - 1)[:, None]
+        idx = torch.where(pos > last, 2 * last - pos, pos).clamp(0, total - 1)
+        x = torch.gather(waveform, 1, idx).unsqueeze(1)
+    spec = F.conv1d(x, kernels, stride=hop_length)  # (B, 2*bins, frames)
+    n_bins = n_fft // 2 + 1
+    return spec[:, :n_bins] ** 2 + spec[:, n_bins:] ** 2
+
+
+def compress(mel: torch.Tensor, kind: str, floor: float) -> torch.Tensor:
+    """Log compression of mel power; see :data:`COMPRESSIONS`."""
+    if kind == "ln":
+        return torch.log(torch.clamp(mel, min=floor))
+    if kind == "ln_eps":
+        return torch.log(mel + floor)
+    if kind == "db":
+        return 10.0 * torch.log10(torch.clamp(mel, min=floor))
+    if kind == "log10_shift":
+        return torch.log10(mel * 1e4 + 1.0)
+    raise ValueError(f"unknown compression {kind!r}; known: {', '.join(COMPRESSIONS)}")
+
+
+def peak_normalize(waveform: torch.Tensor) -> torch.Tensor:
+    """Each row divided by its peak |sample|; silent rows unchanged. Zero padding never
+    raises a peak, so padded rows scale as their clips would alone."""
+    peak = waveform.abs().amax(dim=1, keepdim=True)
+    return waveform / torch.where(peak > 0, peak, torch.ones_like(peak))
+
+
 class LogMelFrontend(nn.Module):
-    """Waveform (B, T) float in [-1, 1] -> natural-log mel power (B, 1, n_mels, 1 + T//hop)."""
+    """Waveform (B, T) float in [-1, 1] -> log mel power (B, 1, n_mels, 1 + T//hop)."""
 
     def __init__(self, config: FrontendConfig | None = None):
         super().__init__()
@@ -101,14 +202,15 @@ class LogMelFrontend(nn.Module):
         self.register_buffer(
             "dft", torch.tensor(kernels[:, None, :], dtype=torch.float32), persistent=False
         )
-        fb = mel_filterbank(c.sample_rate, c.n_fft, c.n_mels, c.f_min, c.f_max)
+        fb = mel_filterbank(c.sample_rate, c.n_fft, c.n_mels, c.f_min, c.f_max, c.mel_scale,
+                            c.mel_norm)
         self.register_buffer("mel", torch.tensor(fb, dtype=torch.float32), persistent=False)
 
-    def forward(self, waveform: torch.Tensor) -> torch.Tensor:
+    def forward(self, waveform: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """``lengths`` (B,): real samples per zero-padded row (reflect padding needs it)."""
         c = self.config
-        x = F.pad(waveform.unsqueeze(1), (c.n_fft // 2, c.n_fft // 2))
-        spec = F.conv1d(x, self.dft, stride=c.hop_length)  # (B, 2*bins, frames)
-        n_bins = c.n_fft // 2 + 1
-        power = spec[:, :n_bins] ** 2 + spec[:, n_bins:] ** 2
+        if c.peak_normalize:
+            waveform = peak_normalize(waveform)
+        power = stft_power(waveform, self.dft, c.n_fft, c.hop_length, c.pad_mode, lengths)
         mel = torch.matmul(self.mel, power)  # (B, n_mels, frames)
-        return torch.log(torch.clamp(mel, min=c.log_floor)).unsqueeze(1)
+        return compress(mel, c.compression, c.log_floor).unsqueeze(1)
