@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,8 @@ from .checkpoint import read_checked_metadata, write_safetensors
 from .encoders import build_encoder, encoder_name
 from .frontend import FrontendConfig, LogMelFrontend
 
-__all__ = ["EMBEDDER_FORMAT", "Embedder", "embed_clips", "load_embedder", "save_embedder"]
+__all__ = ["EMBEDDER_FORMAT", "Embedder", "embed_by_length", "embed_clips", "load_embedder",
+           "save_embedder"]
 
 EMBEDDER_FORMAT = "audioclust-embedder"
 _FORMAT_VERSION = "1"
@@ -162,4 +163,29 @@ def embed_clips(
             torch.from_numpy(batch).to(device), torch.tensor(lengths, device=device)
         )
         out[idx] = emb.float().cpu().numpy()
+    return out
+
+
+def embed_by_length(
+    run: Callable[[np.ndarray], np.ndarray],
+    clips: list[np.ndarray],
+    dim: int,
+    batch_size: int = 64,
+    progress: bool = False,
+) -> np.ndarray:
+    """(n, dim) float32 embeddings by ``run`` ((B, T) float32 -> (B, dim)), batching only
+    clips of equal length: for encoders that take no lengths, or that normalise over time
+    with any padding included, so that no clip is ever padded."""
+    from tqdm.auto import tqdm
+
+    order = np.argsort([len(c) for c in clips], kind="stable")
+    groups: list[list[int]] = []
+    for i in order:
+        if groups and len(clips[groups[-1][0]]) == len(clips[i]) and len(groups[-1]) < batch_size:
+            groups[-1].append(int(i))
+        else:
+            groups.append([int(i)])
+    out = np.zeros((len(clips), dim), dtype=np.float32)
+    for group in tqdm(groups, desc="embed", unit="batch", disable=not progress):
+        out[group] = run(np.stack([np.asarray(clips[i], dtype=np.float32) for i in group]))
     return out

@@ -42,7 +42,13 @@ import torch
 from torch import nn
 
 from .checkpoint import file_sha256
-from .embedder import Embedder, embed_clips, load_embedder, read_embedder_metadata
+from .embedder import (
+    Embedder,
+    embed_by_length,
+    embed_clips,
+    load_embedder,
+    read_embedder_metadata,
+)
 from .encoders import build_encoder, encoder_name
 from .onnx_encoder import OnnxEncoder, OnnxEncoderOptions
 
@@ -95,7 +101,18 @@ class WaveformEncoder:
         if self.onnx is not None:
             return self.onnx.embed(clips, batch_size=batch_size, progress=progress)
         assert self.module is not None
-        return embed_clips(self.module, clips, batch_size=batch_size, progress=progress)
+        if self.embedder is not None:  # exact under zero padding: batch any lengths
+            return embed_clips(self.module, clips, batch_size=batch_size, progress=progress)
+        module = self.module.eval()
+        device = next(iter(module.state_dict().values())).device
+
+        @torch.inference_mode()
+        def run(batch: np.ndarray) -> np.ndarray:
+            return module(torch.from_numpy(batch).to(device)).float().cpu().numpy()
+
+        short = self.min_samples
+        clips = [np.pad(c, (0, short - len(c))) if len(c) < short else c for c in clips]
+        return embed_by_length(run, clips, self.embed_dim, batch_size, progress)
 
     def random_init(self, seed: int) -> WaveformEncoder:
         """The same architecture (and frontend) with random weights: the untrained control."""

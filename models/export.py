@@ -191,8 +191,8 @@ def _export_onnx_encoder(enc: WaveformEncoder, head: ClusterHead | None, out: Pa
     if head is not None:
         with tempfile.TemporaryDirectory() as tmp:
             path = export_onnx(head.eval(), (torch.zeros(2, enc.embed_dim),),
-                               Path(tmp) / "head.onnx", ["head_input"], ["posterior"],
-                               {"head_input": {0: "batch"}})
+                               Path(tmp) / "head.onnx", ["z"], ["posterior"],
+                               {"z": {0: "batch"}})
             head_model = onnx.load(path)
     merged = merge_with_head(enc.onnx, head_model)
     onnx.checker.check_model(merged)

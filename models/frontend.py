@@ -23,8 +23,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["FrontendConfig", "LogMelFrontend", "compress", "mel_filterbank", "peak_normalize",
-           "stft_power"]
+__all__ = ["FrontendConfig", "LogMelFrontend", "compress", "dft_kernels", "kaldi_mel_banks",
+           "mel_filterbank", "peak_normalize", "stft_power"]
 
 MEL_SCALES = ("slaney", "htk")
 #: "slaney": each triangle scaled to unit area (2 / width in Hz, librosa's norm="slaney");
@@ -130,23 +130,40 @@ def mel_filterbank(sr: int, n_fft: int, n_mels: int, f_min: float, f_max: float,
     return weights
 
 
+def dft_kernels(window: np.ndarray, n_fft: int,
+                premap: np.ndarray | None = None) -> torch.Tensor:
+    """The STFT's kernels (2 * bins, 1, len(window)) for :func:`stft_power`: the windowed
+    cosine and negated sine rows of an ``n_fft``-point DFT of a ``len(window)``-sample
+    frame (zero-padded to ``n_fft`` when shorter). ``premap`` (L, L), a linear map applied
+    to each frame before the window (Kaldi's DC removal and pre-emphasis), folds in."""
+    t = np.arange(len(window))
+    k = np.arange(n_fft // 2 + 1)
+    phase = 2 * np.pi * np.outer(k, t) / n_fft
+    kernels = np.concatenate([np.cos(phase), -np.sin(phase)]) * window  # (2*bins, L)
+    if premap is not None:
+        kernels = kernels @ premap
+    return torch.tensor(kernels[:, None, :], dtype=torch.float32)
+
+
 def stft_power(
     waveform: torch.Tensor,
     kernels: torch.Tensor,
-    n_fft: int,
     hop_length: int,
     pad_mode: str = "constant",
     lengths: torch.Tensor | None = None,
+    center: bool = True,
 ) -> torch.Tensor:
-    """Power spectrogram (B, n_fft//2 + 1, 1 + T//hop) of ``waveform`` (B, T), centred.
+    """Power spectrogram (B, bins, frames) of ``waveform`` (B, T); the project's one STFT.
 
-    ``kernels`` (2 * bins, 1, n_fft) are the windowed cosine and negated sine DFT rows.
+    ``kernels`` (2 * bins, 1, L) come from :func:`dft_kernels`. ``center``: frames are
+    centred on every hop (padding L // 2 each side: 1 + T // hop frames); else they start
+    at sample 0 and stop inside the clip (1 + (T - L) // hop, Kaldi's snip_edges).
     ``pad_mode="reflect"`` mirrors each clip at its edges; with ``lengths`` (B,) the end
     of each zero-padded row is mirrored at its own length, so every frame of a row that
     its clip alone would have is computed exactly as for that clip alone.
     """
-    half = n_fft // 2
-    if pad_mode == "constant":
+    half = kernels.shape[-1] // 2 if center else 0
+    if pad_mode == "constant" or not center:
         x = F.pad(waveform.unsqueeze(1), (half, half))
     elif lengths is None:
         x = F.pad(waveform.unsqueeze(1), (half, half), mode="reflect")
@@ -159,8 +176,30 @@ def stft_power(
         idx = torch.where(pos > last, 2 * last - pos, pos).clamp(0, total - 1)
         x = torch.gather(waveform, 1, idx).unsqueeze(1)
     spec = F.conv1d(x, kernels, stride=hop_length)  # (B, 2*bins, frames)
-    n_bins = n_fft // 2 + 1
+    n_bins = kernels.shape[0] // 2
     return spec[:, :n_bins] ** 2 + spec[:, n_bins:] ** 2
+
+
+def kaldi_mel_banks(n_mels: int, n_fft: int, sr: float, f_min: float = 20.0,
+                    f_max: float = 0.0) -> np.ndarray:
+    """Kaldi's mel filters (n_mels, n_fft//2 + 1): triangles in mel space (1127 ln(1 + f/700))
+    evenly between ``f_min`` and ``f_max`` (<= 0: relative to Nyquist), peak 1; the
+    Nyquist bin gets no weight (Kaldi's num_fft_bins = n_fft / 2)."""
+    nyquist = sr / 2
+    high = f_max if f_max > 0 else nyquist + f_max
+
+    def mel(f):
+        return 1127.0 * np.log1p(np.asarray(f, dtype=np.float64) / 700.0)
+
+    lo, hi = mel(f_min), mel(high)
+    delta = (hi - lo) / (n_mels + 1)
+    left = lo + np.arange(n_mels)[:, None] * delta
+    centre, right = left + delta, left + 2 * delta
+    bins = mel(sr / n_fft * np.arange(n_fft // 2))[None, :]
+    up = (bins - left) / (centre - left)
+    down = (right - bins) / (right - centre)
+    weights = np.maximum(0.0, np.minimum(up, down))
+    return np.pad(weights, ((0, 0), (0, 1)))
 
 
 def compress(mel: torch.Tensor, kind: str, floor: float) -> torch.Tensor:
@@ -190,18 +229,11 @@ class LogMelFrontend(nn.Module):
         super().__init__()
         self.config = config or FrontendConfig()
         c = self.config
-        n_bins = c.n_fft // 2 + 1
         window = np.zeros(c.n_fft)
         offset = (c.n_fft - c.win_length) // 2
         # Periodic Hann, as scipy/librosa use for spectral analysis.
         window[offset : offset + c.win_length] = np.hanning(c.win_length + 1)[:-1]
-        t = np.arange(c.n_fft)
-        k = np.arange(n_bins)
-        phase = 2 * np.pi * np.outer(k, t) / c.n_fft
-        kernels = np.concatenate([np.cos(phase), -np.sin(phase)]) * window  # (2*bins, n_fft)
-        self.register_buffer(
-            "dft", torch.tensor(kernels[:, None, :], dtype=torch.float32), persistent=False
-        )
+        self.register_buffer("dft", dft_kernels(window, c.n_fft), persistent=False)
         fb = mel_filterbank(c.sample_rate, c.n_fft, c.n_mels, c.f_min, c.f_max, c.mel_scale,
                             c.mel_norm)
         self.register_buffer("mel", torch.tensor(fb, dtype=torch.float32), persistent=False)
@@ -211,6 +243,6 @@ class LogMelFrontend(nn.Module):
         c = self.config
         if c.peak_normalize:
             waveform = peak_normalize(waveform)
-        power = stft_power(waveform, self.dft, c.n_fft, c.hop_length, c.pad_mode, lengths)
+        power = stft_power(waveform, self.dft, c.hop_length, c.pad_mode, lengths)
         mel = torch.matmul(self.mel, power)  # (B, n_mels, frames)
         return compress(mel, c.compression, c.log_floor).unsqueeze(1)

@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from .embedder import embed_by_length
+
 __all__ = ["OnnxEncoder", "OnnxEncoderOptions", "merge_with_head"]
 
 
@@ -131,7 +133,10 @@ class OnnxEncoder:
         return np.pad(clip, (0, target - len(clip))) if target > len(clip) else clip
 
     def _run(self, clips: list[np.ndarray]) -> np.ndarray:
-        batch = np.stack([self._fit(c) for c in clips])
+        return self.run_batch(np.stack([self._fit(c) for c in clips]))
+
+    def run_batch(self, batch: np.ndarray) -> np.ndarray:
+        """(B, T) float32 waveforms -> (B, D) embeddings; one-line error if the model fails."""
         try:
             (out,) = self.session.run([self.output_name], {self.input_name: batch})
         except Exception as exc:
@@ -139,28 +144,17 @@ class OnnxEncoder:
             raise ValueError(f"{self.path}: the model failed on a batch of shape "
                              f"{batch.shape} ({first})") from None
         out = np.asarray(out, dtype=np.float32)
-        if out.ndim != 2 or out.shape[0] != len(clips):
-            raise ValueError(f"{self.path}: output of shape {out.shape} for {len(clips)} clips")
+        if out.ndim != 2 or out.shape[0] != batch.shape[0]:
+            raise ValueError(f"{self.path}: output of shape {out.shape} for {batch.shape[0]} "
+                             "clips")
         return out
 
     def embed(self, clips: list[np.ndarray], batch_size: int = 64,
               progress: bool = False) -> np.ndarray:
         """(n, D) float32 embeddings; clips batched with others of the same length."""
-        from tqdm.auto import tqdm
-
-        lengths = [len(self._fit(c)) for c in clips]
-        order = np.argsort(lengths, kind="stable")
-        out = np.zeros((len(clips), getattr(self, "embed_dim", 0) or 1), dtype=np.float32)
         size = 1 if self.static_batch == 1 else batch_size
-        groups: list[list[int]] = []
-        for i in order:
-            if groups and lengths[groups[-1][0]] == lengths[i] and len(groups[-1]) < size:
-                groups[-1].append(int(i))
-            else:
-                groups.append([int(i)])
-        for group in tqdm(groups, desc="embed", unit="batch", disable=not progress):
-            out[group] = self._run([clips[i] for i in group])
-        return out
+        return embed_by_length(self.run_batch, [self._fit(c) for c in clips], self.embed_dim,
+                               size, progress)
 
     def describe(self) -> dict[str, Any]:
         return {"name": "onnx", "file": self.path.name, "input": self.input_name,

@@ -120,9 +120,11 @@ def load_torch_checkpoint(path: str | os.PathLike, allowed: Sequence[Any] = ()) 
         with torch.serialization.safe_globals(list(allowed)):
             return torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        text = str(exc)
-        found = re.search(r"GLOBAL ([\w.]+)|but got <class '([\w.]+)'>", text)
-        what = next((g for g in found.groups() if g), "?") if found else "an object"
+        found = re.search(r"GLOBAL ([\w.]+)|but got <class '([\w.]+)'>", str(exc))
+        if found is None:
+            raise ValueError(f"{p}: not a readable PyTorch checkpoint (unpickling failed)"
+                             ) from None
+        what = next(g for g in found.groups() if g)
         raise ValueError(f"{p}: refused: the checkpoint holds {what}, which is neither a "
                          "tensor, a plain container nor an allowed numpy scalar (its pickle "
                          "code is not run)") from None
@@ -279,14 +281,16 @@ def load_byola(path: str | os.PathLike) -> Embedder:
     p = Path(path)
     state = _state_dict(load_torch_checkpoint(p), p, keys=("state_dict",))
     renamed: dict[str, torch.Tensor] = {}
+    seen: set[str] = set()
     for key, value in state.items():
         found = re.search(r"(?:^|\.)((?:features|fc)\..*)$", key)
         if found is None:
             continue
         name = found.group(1)
-        if name in renamed:
+        if name in seen:
             raise ValueError(f"{p}: two keys end in {name} (an online and a target network?); "
                              "keep one network's weights")
+        seen.add(name)
         layer, _, param = name.rpartition(".")
         renamed[f"{_BYOLA_LAYERS.get(layer, layer)}.{param}"] = value
     if not renamed:

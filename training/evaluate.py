@@ -434,13 +434,14 @@ def _encoder_markdown(report: dict) -> str:
     ]
     by_row = {v: {(r["reducer"], r["clusterer"]): r for r in report[v]["rows"]}
               for v, _ in labels}
+    short = {"trained": label, "random": "random"}
     side = []
     for r in report["trained"]["rows"]:
         key = (r["reducer"], r["clusterer"])
         side.append({"reducer": r["reducer"], "clusterer": r["clusterer"],
-                     **{f"{m} {v}": by_row[v][key][m] for m in ("nmi", "ari", "acc")
+                     **{f"{m} {short[v]}": by_row[v][key][m] for m in ("nmi", "ari", "acc")
                         for v, _ in labels}})
-    cols = ("reducer", "clusterer", *(f"{m} {v}" for m in ("nmi", "ari", "acc")
+    cols = ("reducer", "clusterer", *(f"{m} {short[v]}" for m in ("nmi", "ari", "acc")
                                       for v, _ in labels))
     return (
         f"# Encoder evaluation: {report['checkpoint']}\n\n"

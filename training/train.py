@@ -48,7 +48,7 @@ from audioclust.models.config import build_config
 from audioclust.models.encoder_spec import add_encoder_arguments
 from audioclust.models.encoders import ENCODERS
 from audioclust.training.datasets import AudioFolder
-from audioclust.training.ssl.trainer import SSLConfig, train_ssl
+from audioclust.training.ssl.trainer import SSLConfig, initial_embedder, train_ssl
 
 PROG = "audioclust-train"
 
@@ -116,6 +116,8 @@ def _ssl(args: argparse.Namespace) -> int:
 
         sample_rate = open_encoder(config.init).sample_rate
     data = AudioFolder(args.data, sample_rate=sample_rate)
+    if config.init is not None:
+        initial_embedder(config, data)  # one line on what cannot be trained, before any work
     rank = int(os.environ.get("RANK", "0"))
     log = (lambda s: None) if rank else (lambda s: print(s, file=sys.stderr))
     start = f"from {config.init}" if config.init else config.encoder

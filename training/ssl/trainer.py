@@ -48,6 +48,7 @@ __all__ = [
     "SSLConfig",
     "SSLMethod",
     "TrainResult",
+    "initial_embedder",
     "train_ssl",
 ]
 
@@ -246,7 +247,7 @@ def _plot_history(history: dict, path: Path) -> None:
 # --- the loop ----------------------------------------------------------------------------
 
 
-def _initial_embedder(config: SSLConfig, data: AudioFolder) -> Embedder:
+def initial_embedder(config: SSLConfig, data: AudioFolder) -> Embedder:
     """The embedder ``config.init`` names, checked against the method and the data."""
     from audioclust.models.encoder_spec import open_encoder, trainable_copy
 
@@ -307,7 +308,7 @@ def train_ssl(
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(config.to_dict(), indent=1))
 
-    start = _initial_embedder(config, data) if config.init is not None else None
+    start = initial_embedder(config, data) if config.init is not None else None
     if start is not None:  # the run's record names the architecture it really trains
         config = replace(config, encoder=encoder_name(start.encoder),
                          encoder_config=asdict(start.encoder.config))
