@@ -74,8 +74,10 @@ def _clap(d: Path) -> tuple[Path, callable]:
                             frequency_min=50).save_pretrained(d)
 
     def reference(x: np.ndarray) -> torch.Tensor:
+        # Over max_length_s the extractor takes a random crop; audioclust takes the first
+        # max_length_s (deterministic), so the reference is given that crop.
         inputs = tf.ClapFeatureExtractor.from_pretrained(d)(
-            x, sampling_rate=48000, return_tensors="pt")
+            x[:48000], sampling_rate=48000, return_tensors="pt")
         return tf.ClapAudioModelWithProjection.from_pretrained(d).eval()(**inputs).audio_embeds
 
     return d, reference
