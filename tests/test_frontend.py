@@ -191,3 +191,75 @@ def test_stft_exports_to_onnx(tmp_path):
     want = (_torch_stft(x, 512, 160, 400, "hann", False, "constant").abs() ** 2).numpy()
     assert got.shape == want.shape
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * want.max())
+
+
+# --- framing the pretrained frontends need ------------------------------------------------
+
+
+def _kaldi_premap(frame: int) -> np.ndarray:
+    """DC removal, then pre-emphasis 0.97 (the first sample against itself), per frame."""
+    eye = np.eye(frame)
+    shift = np.eye(frame, k=-1)
+    shift[0, 0] = 1.0
+    return (eye - 0.97 * shift) @ (eye - 1.0 / frame)
+
+
+def _framed_reference(x: np.ndarray, frame: int, n_fft: int, hop: int, window: np.ndarray,
+                      premap: np.ndarray | None = None) -> np.ndarray:
+    """|rfft|^2 of each ``frame``-sample frame from sample 0 (not centred), the frame
+    mapped by ``premap``, windowed, zero-padded to ``n_fft`` at its end; float64."""
+    frames = 1 + (x.shape[-1] - frame) // hop
+    idx = hop * np.arange(frames)[:, None] + np.arange(frame)[None, :]
+    f = x.astype(np.float64)[:, idx]  # (B, frames, frame)
+    if premap is not None:
+        f = f @ premap.T
+    return (np.abs(np.fft.rfft(f * window, n=n_fft, axis=-1)) ** 2).transpose(0, 2, 1)
+
+
+@pytest.mark.parametrize("block", ["auto", None])
+def test_stft_frames_shorter_than_n_fft(block):
+    # Kaldi's framing: 400-sample frames from sample 0 every 160, each zero-padded at its
+    # end into a 512-point DFT; the factorisation (N2 | 160) and the direct DFT both give it
+    x = (np.random.default_rng(5).standard_normal((2, 5123)) * 0.3).astype(np.float32)
+    window = np.hanning(400)
+    module = STFT(512, 160, window=window, center=False, frame_length=400, block=block)
+    assert (module.block is None) == (block is None) and module.num_frames(5123) == 30
+    ref = _framed_reference(x, 400, 512, 160, window)
+    got = module.power(torch.from_numpy(x)).double().numpy()
+    assert got.shape == ref.shape == (2, 257, 30)
+    assert np.abs(got - ref).max() <= 1e-5 * ref.max()
+    with pytest.raises(ValueError, match="at least 400 samples"):
+        module.power(torch.zeros(1, 399))
+
+
+def test_stft_premap_takes_the_direct_dft():
+    x = (np.random.default_rng(6).standard_normal((2, 4000)) * 0.3 + 0.2).astype(np.float32)
+    window, premap = np.hanning(400), _kaldi_premap(400)
+    module = STFT(512, 160, window=window, center=False, frame_length=400, premap=premap)
+    assert module.block is None and module.stage1.shape == (2 * 257, 1, 400)
+    ref = _framed_reference(x, 400, 512, 160, window, premap)
+    got = module.power(torch.from_numpy(x)).double().numpy()
+    assert np.abs(got - ref).max() <= 1e-5 * ref.max()
+    with pytest.raises(ValueError, match="needs the direct DFT"):
+        STFT(512, 160, window=window, center=False, frame_length=400, premap=premap, block=16)
+    with pytest.raises(ValueError, match="premap has shape"):
+        STFT(512, 160, frame_length=400, premap=np.eye(512))
+    with pytest.raises(ValueError, match="frame_length"):
+        STFT(512, 160, frame_length=600)
+
+
+@pytest.mark.parametrize("n_fft, hop", [(1024, 160), (1024, 441)])
+def test_stft_reflects_each_row_at_its_length(n_fft, hop):
+    # a zero-padded batch row with its length gives exactly its clip's own frames
+    rng = np.random.default_rng(7)
+    clips = [(rng.standard_normal(n) * 0.2).astype(np.float32) for n in (9000, 5301, 700)]
+    batch = torch.zeros(3, 9000)
+    for i, c in enumerate(clips):
+        batch[i, : len(c)] = torch.from_numpy(c)
+    module = STFT(n_fft, hop, pad_mode="reflect")
+    padded = module.power(batch, torch.tensor([len(c) for c in clips]))
+    for i, c in enumerate(clips):
+        alone = _torch_stft(c[None], n_fft, hop, n_fft, "hann", True, "reflect").abs() ** 2
+        got = padded[i, :, : alone.shape[-1]].double()
+        assert (got - alone[0]).abs().max().item() <= 1e-5 * alone.max().item()
+    assert padded.shape[-1] == module.num_frames(9000)
