@@ -277,8 +277,8 @@ def reference_embeddings(model: Any, paths: list[Any], silence_dbfs: float | Non
 
     def embed(windows: list[np.ndarray]) -> int:
         audible = [w for w in windows if not gate.silent(w)]
-        for lo in range(0, len(audible), 16):
-            z, p = model.run(audible[lo : lo + 16])
+        if audible:
+            z, p = model.embed(audible, max_batch=16)
             zs.append(z)
             if p is not None:
                 ps.append(p)

@@ -215,9 +215,11 @@ class OpenSetConfig:
     temperature: float = 0.1
 
     def __post_init__(self) -> None:
-        if self.max_clusters < 2 or not 0 <= self.momentum < 1 or self.temperature <= 0:
-            raise ValueError("openset needs max_clusters >= 2, momentum in [0, 1) and "
-                             "temperature > 0")
+        # written so that NaN fails every test
+        if (not 2 <= self.max_clusters <= 100_000 or not 0 <= self.momentum < 1
+                or not 0 < self.temperature <= 1e6):
+            raise ValueError("openset needs max_clusters in [2, 100000], momentum in [0, 1) "
+                             "and temperature in (0, 1e6]")
 
 
 class OpenSetClusterer:
