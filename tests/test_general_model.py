@@ -24,8 +24,6 @@ from audioclust.models.general import (
     is_current,
 )
 
-pytest.importorskip("aisfx")
-
 SR = 16000
 # 8 s of the shipped reference: a few words and notes, enough windows for a reference
 REFERENCE_SECONDS = 8.0
