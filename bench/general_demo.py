@@ -7,6 +7,10 @@ instrument, and for the eight sources (four speakers, four families).
 
     audioclust-stream --source file models/assets/demo-mix.flac --sink jsonl:runs/mix.jsonl
     python bench/general_demo.py runs/mix.jsonl [--fsdd DIR] [--gm-notes DIR] [--json]
+
+Another mix built the same way, to check the figures hold beyond the shipped one:
+``--write OUT.flac --blocks theo:organ,yweweler:reed --take 2 --first-note 8`` writes the
+recording (and exits); stream it, then score its records with the same options.
 """
 
 from __future__ import annotations
@@ -80,13 +84,27 @@ def score(records: list[dict], spans: list[tuple[str, float, float]]) -> dict:
 def main() -> None:
     shared = REPO.parent / "shared/datasets"
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("records", type=Path, help="JSON lines of audioclust-stream on demo-mix.flac")
+    p.add_argument("records", type=Path, nargs="?",
+                   help="JSON lines of audioclust-stream on demo-mix.flac")
     p.add_argument("--fsdd", type=Path, default=shared / "fsdd/recordings")
     p.add_argument("--gm-notes", type=Path, default=shared / "gm-notes")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--blocks", help="SPEAKER:FAMILY,... (default: demo-mix.flac's)")
+    p.add_argument("--take", type=int, default=0, help="FSDD take of every word")
+    p.add_argument("--first-note", type=int, default=0, help="index of each family's first "
+                   "note (in name order)")
+    p.add_argument("--write", type=Path, help="write the mix's recording here and exit")
     args = p.parse_args()
     demo = _make_demo()
-    spans = demo.timeline(demo.mix_clips(args.fsdd, args.gm_notes), demo.MIX_GAP)
+    blocks = demo.MIX_BLOCKS if args.blocks is None else \
+        tuple(tuple(b.split(":", 1)) for b in args.blocks.split(","))
+    clips = demo.mix_clips(args.fsdd, args.gm_notes, blocks, args.take, args.first_note)
+    if args.write is not None:
+        demo._write(args.write, demo._join([c for _, c in clips], demo.MIX_GAP))
+        return
+    if args.records is None:
+        p.error("give the records to score (or --write OUT)")
+    spans = demo.timeline(clips, demo.MIX_GAP)
     records = [json.loads(line) for line in args.records.read_text().splitlines()]
     result = score(records, spans)
     print(json.dumps(result) if args.json else

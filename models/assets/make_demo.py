@@ -62,15 +62,16 @@ def timeline(clips: list[tuple[str, np.ndarray]], gap_seconds: float
     return out
 
 
-def mix_clips(fsdd: Path, gm_notes: Path) -> list[tuple[str, np.ndarray]]:
-    """``demo-mix.flac``'s sounds in order, labelled ``speech:<speaker>`` or
-    ``instrument:<family>``."""
+def mix_clips(fsdd: Path, gm_notes: Path, blocks: tuple[tuple[str, str], ...] = MIX_BLOCKS,
+              take: int = 0, first_note: int = 0) -> list[tuple[str, np.ndarray]]:
+    """``demo-mix.flac``'s sounds in order (or another mix built the same way), labelled
+    ``speech:<speaker>`` or ``instrument:<family>``."""
     out: list[tuple[str, np.ndarray]] = []
-    for speaker, family in MIX_BLOCKS:
-        out += [(f"speech:{speaker}", load_audio(fsdd / f"{d}_{speaker}_0.wav", RATE))
+    for speaker, family in blocks:
+        out += [(f"speech:{speaker}", load_audio(fsdd / f"{d}_{speaker}_{take}.wav", RATE))
                 for d in range(10)]
-        out += [(f"instrument:{family}", load_audio(n, RATE))
-                for n in sorted((gm_notes / family).glob("*.flac"))[:MIX_NOTES]]
+        notes = sorted((gm_notes / family).glob("*.flac"))[first_note:first_note + MIX_NOTES]
+        out += [(f"instrument:{family}", load_audio(n, RATE)) for n in notes]
     return out
 
 
