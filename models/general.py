@@ -19,9 +19,12 @@ from __future__ import annotations
 import os
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from .files import default_cache_dir
+
+if TYPE_CHECKING:
+    from .export import ExportResult
 
 __all__ = [
     "DEMO_NAME", "build_general_model", "demo_model_path", "general_model_path",
@@ -77,7 +80,7 @@ def is_current(path: str | os.PathLike) -> bool:
 
 def build_general_model(out: str | os.PathLike | None = None,
                         reference: str | os.PathLike | None = None,
-                        progress: bool = False) -> Any:
+                        progress: bool = False) -> ExportResult:
     """Export the general model to ``out`` (default :func:`general_model_path`) with the
     novelty reference of ``reference`` (default the shipped recording); the
     :class:`~audioclust.models.export.ExportResult`."""
