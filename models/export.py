@@ -320,13 +320,19 @@ def main(argv: list[str] | None = None) -> int:
         ),
         formatter_class=HelpFormatter,
     )
-    add_encoder_arguments(parser, help="the encoder the head was trained on")
+    parser.add_argument("--general", action="store_true", help="build the general-audio model "
+                        "audioclust-stream runs without --model (aisfx, head-free, the shipped "
+                        "reference of speech and instrument notes; models/general.py) into the "
+                        "user's cache, or to -o; without -o, nothing is done when the cached "
+                        "one is current")
+    add_encoder_arguments(parser, help="the encoder the head was trained on", required=False)
     parser.add_argument("--head", type=Path, help="head .safetensors; without it the model is "
                         "head-free (embedding only; audioclust-stream clusters online)")
-    parser.add_argument("-o", "--output", required=True, type=Path, help="model .onnx to write")
+    parser.add_argument("-o", "--output", type=Path, help="model .onnx to write (required "
+                        "but with --general)")
     parser.add_argument("--quantize", choices=("int8",), help="dynamic int8 quantisation")
-    parser.add_argument("--window", type=float, default=1.0, help="stream window, seconds")
-    parser.add_argument("--hop", type=float, default=0.5, help="stream hop, seconds")
+    parser.add_argument("--window", type=float, help="stream window, seconds (default 1)")
+    parser.add_argument("--hop", type=float, help="stream hop, seconds (default 0.5)")
     parser.add_argument("--description", default="", help="free text stored in the model")
     parser.add_argument("--data", type=Path, help="the training audio (folder or file): the "
                         "model embeds it in stream windows and stores a novelty reference, so "
@@ -335,10 +341,39 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--json", action="store_true", help="print the metadata as JSON")
     args = parser.parse_args(argv)
+    if args.general:
+        given = [f for f, v in (("--encoder", args.encoder), ("--head", args.head),
+                                ("--data", args.data), ("--window", args.window),
+                                ("--hop", args.hop), ("--quantize", args.quantize),
+                                ("--description", args.description or None))
+                 if v is not None]
+        if given:
+            parser.error(f"--general builds a fixed model; it takes no {', '.join(given)}")
+    elif args.encoder is None or args.output is None:
+        parser.error("--encoder and -o/--output are required (or --general)")
+
+    def general() -> int:
+        from .general import build_general_model, general_model_path, is_current
+
+        if args.output is None and is_current(general_model_path()):
+            print(f"audioclust-export: general model {general_model_path()} is current",
+                  file=sys.stderr)
+            return 0
+        result = build_general_model(args.output, progress=not args.quiet)
+        ref = json.loads(result.metadata[REFERENCE_KEY])
+        print(f"audioclust-export: built the general-audio model {result.path} (aisfx, "
+              f"head-free, reference of {ref['windows']} windows)", file=sys.stderr)
+        if args.json:
+            print(json.dumps({"path": str(result.path), "metadata": result.metadata}))
+        return 0
 
     def body() -> int:
+        if args.general:
+            return general()
         result = export_model(encoder_from_args(args.encoder, args), args.head, args.output,
-                              args.window, args.hop, args.quantize, args.description,
+                              1.0 if args.window is None else args.window,
+                              0.5 if args.hop is None else args.hop, args.quantize,
+                              args.description,
                               reference_data=args.data, progress=not args.quiet)
         if args.data is None:
             print("audioclust-export: no --data: the model carries no novelty reference",

@@ -1,4 +1,5 @@
-"""Writing files so that readers only ever see a whole one (no torch: the service uses it)."""
+"""Writing files so that readers only ever see a whole one, and the user's cache folder (no
+torch: the service uses them)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,14 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["atomic_savez", "check_writable"]
+__all__ = ["atomic_savez", "check_writable", "default_cache_dir"]
+
+
+def default_cache_dir() -> Path:
+    """The user's audioclust cache (features, the general model): ``$AUDIOCLUST_CACHE/audioclust``,
+    else ``$XDG_CACHE_HOME/audioclust``, else ``~/.cache/audioclust``."""
+    base = os.environ.get("AUDIOCLUST_CACHE") or os.environ.get("XDG_CACHE_HOME")
+    return Path(base) / "audioclust" if base else Path.home() / ".cache" / "audioclust"
 
 
 def _temp_beside(out: Path) -> tuple[int, str]:

@@ -9,7 +9,6 @@ import os
 import signal
 import sys
 import threading
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,7 @@ from audioclust.stream.config import StreamConfig, load_stream_config
 from audioclust.stream.sinks import Sink, SinkError
 from audioclust.stream.sources import Source, SourceError
 
-__all__ = ["EXIT_NO_DEVICE", "default_model_path", "main"]
+__all__ = ["EXIT_NO_DEVICE", "main", "model_path"]
 
 PROG = "audioclust-stream"
 #: Exit code when ``--source mic`` finds no input device (distinct from 1: a set-up problem
@@ -43,9 +42,21 @@ not be read), 2 bad command line, 3 no input device, 130 interrupted.
 """
 
 
-def default_model_path() -> Path:
-    """The model shipped as package data (``audioclust/models/assets/default.onnx``)."""
-    return Path(str(resources.files("audioclust.models") / "assets" / "default.onnx"))
+def model_path(model: str | None) -> Path:
+    """The model file of ``--model``: None is the general-audio model in the user's cache
+    (one line saying how to build it when it is not there), ``demo`` the shipped FSDD
+    model, anything else a path."""
+    from audioclust.models.general import DEMO_NAME, demo_model_path, general_model_path
+
+    if model == DEMO_NAME:
+        return demo_model_path()
+    if model is not None:
+        return Path(model)
+    path = general_model_path()
+    if not path.is_file():
+        raise UserError(f"no general-audio model at {path}: build it with `audioclust-export "
+                        "--general` (make setup does), or pass --model demo or --model FILE")
+    return path
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -64,7 +75,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="where audio comes from")
     p.add_argument("paths", nargs="*", metavar="PATH",
                    help="--source file: audio files or folders (one stream per file)")
-    p.add_argument("--model", help="exported .onnx model (default: the shipped model)")
+    p.add_argument("--model", help="exported .onnx model, or demo: the shipped FSDD digits "
+                   "model (default: the general-audio model, built into the user's cache by "
+                   "audioclust-export --general)")
     p.add_argument("--sink", help="stdout (default), jsonl:FILE (appends) or kafka:TOPIC")
     p.add_argument("--config", type=Path, help="TOML or YAML settings file")
     p.add_argument("--state", help="state file (.npz): restored at start, saved at intervals "
@@ -218,13 +231,7 @@ def _serve(args: argparse.Namespace) -> int:
                             f"{cfg.metrics_host} ({exc.strerror or exc})") from exc
         log.info("metrics on http://%s:%d/metrics", cfg.metrics_host, server.port)
     try:
-        if cfg.model is None:
-            path = default_model_path()
-            if not path.is_file():
-                raise UserError(f"no default model shipped at {path}; pass --model FILE (an "
-                                "audioclust-export .onnx)")
-        else:
-            path = Path(cfg.model)
+        path = model_path(cfg.model)
         model = OnnxModel(path, provider=cfg.provider, threads=cfg.threads)
         info = model.info
         log.info("model %s: %d Hz, window %.3g s, hop %.3g s, %s clusters, %s",

@@ -93,7 +93,8 @@ class MicConfig:
 class StreamConfig:
     """Everything the service needs besides the source's own address."""
 
-    #: ONNX model; None: the shipped default (``audioclust/models/assets/default.onnx``).
+    #: ONNX model file, or ``demo`` (the shipped FSDD model); None: the general-audio model
+    #: in the user's cache (``audioclust.models.general``).
     model: str | None = None
     #: ``stdout``, ``jsonl:FILE`` or ``kafka:TOPIC``.
     sink: str = "stdout"

@@ -1,5 +1,5 @@
-"""The shipped default model: loads torch-free, carries its metadata, streams the demo
-recording with no flags beyond the source, and its int8 form agrees with it."""
+"""The shipped FSDD demo model (``--model demo``): loads torch-free, carries its metadata,
+streams its demo recording, and its int8 form agrees with it."""
 
 from __future__ import annotations
 
@@ -12,20 +12,20 @@ import pytest
 
 from audioclust.models.audio import find_audio_files, load_audio
 from audioclust.models.export import quantize_model
+from audioclust.models.general import demo_model_path
 from audioclust.models.runtime import OnnxModel
-from audioclust.stream.cli import default_model_path
 
-DEMO = default_model_path().with_name("demo-fsdd.flac")
+DEMO = demo_model_path().with_name("demo-fsdd.flac")
 
 
 @pytest.fixture(scope="module")
 def model() -> OnnxModel:
-    return OnnxModel(default_model_path(), threads=1)
+    return OnnxModel(demo_model_path(), threads=1)
 
 
 def test_default_model_metadata(model):
     info = model.info
-    assert default_model_path().stat().st_size < 8 * 2**20  # "a few MB"
+    assert demo_model_path().stat().st_size < 8 * 2**20  # "a few MB"
     assert (info.sample_rate, info.n_clusters, info.embedding_dim) == (16000, 10, 256)
     assert (info.window_seconds, info.hop_seconds) == (1.0, 0.5)
     assert (info.encoder_method, info.head_method) == ("slicer", "temi")
@@ -34,9 +34,10 @@ def test_default_model_metadata(model):
     assert info.prior.min() > 0.02  # the head uses every cluster
 
 
-def test_main_job_streams_the_demo_with_the_default_model(tmp_path):
+def test_demo_model_streams_its_demo_recording(tmp_path):
     r = subprocess.run([sys.executable, "-m", "audioclust.stream.cli", "--source", "file",
-                        str(DEMO), "--sink", f"jsonl:{tmp_path / 'out.jsonl'}"],
+                        str(DEMO), "--model", "demo", "--sink",
+                        f"jsonl:{tmp_path / 'out.jsonl'}"],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     records = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
@@ -47,7 +48,7 @@ def test_main_job_streams_the_demo_with_the_default_model(tmp_path):
 
 
 def test_int8_agrees_with_fp32_on_fsdd(model, fsdd_subset, tmp_path):
-    int8 = OnnxModel(quantize_model(default_model_path(), tmp_path / "int8.onnx"), threads=1)
+    int8 = OnnxModel(quantize_model(demo_model_path(), tmp_path / "int8.onnx"), threads=1)
     assert int8.info.quantization == "int8"
     clips = [load_audio(p, 16000) for p in find_audio_files(fsdd_subset)]
     a = np.concatenate([model.embed(clips[i:i + 32])[1].argmax(1) for i in range(0, 120, 32)])

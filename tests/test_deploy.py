@@ -349,7 +349,7 @@ def test_images_are_non_root_with_healthcheck_and_no_torch() -> None:
             for part in src.split():
                 if not part.startswith("$"):
                     assert (REPO / part).exists(), f"{name}: COPY {part} not in the repo"
-        # /models/model.onnx links to the package's default model, found as the service does
+        # /models/model.onnx links to the package's FSDD demo model (--model demo)
         (snippet,) = re.findall(r"python -c '([^']+)'\)\" /models/model.onnx", text)
         out = subprocess.run([sys.executable, "-c", snippet], capture_output=True, text=True,
                              timeout=60, env=ENV)

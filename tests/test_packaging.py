@@ -51,9 +51,12 @@ def test_wheel_contents(tmp_path):
         assert pkg.replace(".", "/") + "/__init__.py" in names
     assert "audioclust/models/frontend.py" in names
     assert "audioclust/training/metrics.py" in names
-    # the shipped default model and demo recording travel with the package
+    # the shipped demo model and recordings travel with the package
     assert "audioclust/models/assets/default.onnx" in names
     assert "audioclust/models/assets/demo-fsdd.flac" in names
+    # the recording make run streams, and the one the general model's reference comes from
+    assert "audioclust/models/assets/demo-mix.flac" in names
+    assert "audioclust/models/assets/general-reference.flac" in names
     meta = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
     entry_points = zipfile.ZipFile(wheel).read(meta).decode()
     assert "audioclust-eval = audioclust.models.cli:eval_main" in entry_points

@@ -1,4 +1,4 @@
-"""audioclust-report: the page of the clusters, from real records of the default model, checked
+"""audioclust-report: the page of the clusters, from real records of the FSDD demo model, checked
 as HTML, as audio, and in headless Chromium (the audio decodes, plays on a click, no console
 errors, the screenshot shows the expected blocks); and every kind of bad input."""
 
@@ -81,7 +81,7 @@ def _data(url: str) -> tuple[str, bytes]:
     return head[5:-7], base64.b64decode(payload)
 
 
-# --- the real run: records of the default model over speech and instrument notes -----------
+# --- the real run: records of the FSDD demo model over speech and instrument notes -------
 
 @pytest.fixture(scope="module")
 def real_run(tmp_path_factory) -> dict:
@@ -95,7 +95,7 @@ def real_run(tmp_path_factory) -> dict:
     records = d / "records.jsonl"
     proc = subprocess.run(
         [sys.executable, "-m", "audioclust.stream.cli", "--source", "file", "demo.flac",
-         "notes", "--sink", f"jsonl:{records}", "-q"],
+         "notes", "--model", "demo", "--sink", f"jsonl:{records}", "-q"],
         capture_output=True, text=True, timeout=300, env=ENV, cwd=d)
     assert proc.returncode == 0, proc.stderr
     out = d / "report.html"

@@ -271,18 +271,6 @@ def test_bad_files_are_reported_and_the_rest_carry_on(stream_model, fsdd_subset,
     assert_same_records(got, want)
 
 
-def test_missing_default_model_is_one_clear_line(fsdd_subset, tmp_path, monkeypatch, capsys):
-    """A broken install (no shipped model) says what to pass instead of a traceback."""
-    from audioclust.stream import cli
-
-    absent = tmp_path / "assets" / "default.onnx"
-    monkeypatch.setattr(cli, "default_model_path", lambda: absent)
-    assert cli.main(["--source", "file", str(fsdd_subset / "0_george_0.wav")]) == 1
-    err = capsys.readouterr().err
-    assert f"no default model shipped at {absent}; pass --model FILE" in err
-    assert "Traceback" not in err
-
-
 def test_command_line_errors(stream_model, fsdd_subset, tmp_path):
     clip = str(fsdd_subset / "0_george_0.wav")
     proc = run_cli("--source", "file", clip, "--model", str(tmp_path / "absent.onnx"))

@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from audioclust.models.checkpoint import file_sha256
 from audioclust.models.embedder import read_embedder_metadata
 from audioclust.models.encoder_spec import WaveformEncoder, open_encoder
-from audioclust.models.files import atomic_savez
+from audioclust.models.files import atomic_savez, default_cache_dir
 from audioclust.models.frontend import FrontendConfig, LogMelFrontend
 from audioclust.training.datasets import AudioFolder
 
@@ -53,11 +53,6 @@ __all__ = [
 FEATURE_VERSION = 1
 FEATURE_KINDS = ("logmel", "mfcc")
 FeatureKind = Literal["logmel", "mfcc"]
-
-
-def default_cache_dir() -> Path:
-    base = os.environ.get("AUDIOCLUST_CACHE") or os.environ.get("XDG_CACHE_HOME")
-    return Path(base) / "audioclust" if base else Path.home() / ".cache" / "audioclust"
 
 
 def clip_features(logmel: np.ndarray, kind: FeatureKind, n_mfcc: int = 20) -> np.ndarray:
