@@ -282,3 +282,12 @@ def test_a_damaged_enrolment_is_one_line_naming_the_state(beeps, mixed, tmp_path
     assert proc.returncode == 1 and str(state) in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
     assert state.read_bytes() == before
+
+
+def test_help_states_the_rule_and_a_wrong_command_line_is_exit_2():
+    proc = enrol("--help")
+    assert proc.returncode == 0
+    assert "--name" in proc.stdout and "--remove" in proc.stdout
+    assert "half or more" in proc.stdout and str(ENROLLED_BASE) in proc.stdout
+    assert enrol("--state", "s.npz").returncode == 2  # neither --name, --list nor --remove
+    assert enrol("--state", "s.npz", "--list", "--remove", "x").returncode == 2
