@@ -81,7 +81,8 @@ def main(argv: list[str] | None = None) -> int:
         c = e.named[name]
         got = np.zeros(len(z), dtype=bool)
         for j in np.flatnonzero(~ex):
-            m = e.match(z[j])
+            m = e.match(z[j], None if tops is None else int(tops[j]),
+                        bool(novel is not None and novel[j]))
             if m is not None:
                 got[j] = True
             elif tops is not None and c.kind == "head" and not (novel is not None and novel[j]):

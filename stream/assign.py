@@ -47,7 +47,7 @@ import numpy as np
 from river import drift
 
 from audioclust.models.reference import NoveltyReference
-from audioclust.stream.enrol import Enrolment, Match
+from audioclust.stream.enrol import Enrolment
 from audioclust.stream.openset import OpenSetClusterer, OpenSetConfig, StreamSpace
 from audioclust.stream.state import StateError, read_state_file, write_state_file
 
@@ -270,10 +270,11 @@ class StreamAssigner:
         a.similarity = None if sim is None else round(sim, 6)
 
     def process(self, embedding: np.ndarray, posterior: np.ndarray,
-                enrolled: Match | None = None) -> Assignment:
+                enrolment: Enrolment | None = None) -> Assignment:
         """``predict_one`` then ``learn_one``; the drift events go into the assignment.
-        ``enrolled``: the window falls in that enrolled cluster, which it is reported in."""
+        A window that falls in a cluster of ``enrolment`` is reported in it."""
         a = self.predict_one(embedding, posterior)
+        enrolled = None if enrolment is None else enrolment.match(embedding, a.top, a.novel)
         if enrolled is not None:
             a.cluster, a.confidence = enrolled.cluster, enrolled.confidence
             a.similarity = enrolled.similarity
@@ -374,7 +375,7 @@ class Assigner:
 
     def process(self, stream: str, embedding: np.ndarray,
                 posterior: np.ndarray | None = None) -> Assignment:
-        a = self.stream(stream).process(embedding, posterior, self.enrolment.match(embedding))
+        a = self.stream(stream).process(embedding, posterior, self.enrolment)
         if not a.discovered:  # discovered ids belong to one stream: never named
             a.label = self.enrolment.label(a.cluster)
         return a

@@ -33,15 +33,22 @@ a head name is confirmed when they fall in the same cluster). Examples that fall
 cluster named otherwise (half or more of their windows in an enrolled cluster's radius, or
 in a named head cluster) are refused: one sound, one name.
 
+An enrolled cluster of a head model also records where its examples' windows fell (their
+head clusters, and whether some were novel): on the stream it claims only windows in one
+of those places, so a sound whose examples all lie in head cluster 3 or among novel audio
+does not take windows the head puts elsewhere (measured in ``docs/benchmarks.md``).
+
 On the stream, a window within an enrolled cluster's radius (the most similar such
-cluster) is reported with that cluster's id, whatever the head or the stream's discovered
-clusters would say; its ``confidence`` is p(c|x) ∝ exp(cos(x, μ_c)/τ) over the enrolled
-clusters (τ: ``[openset] temperature``), ``similarity`` its cosine to the centroid, and it
-moves neither the stream's prior nor its discovered clusters. Enrolled clusters do not
-adapt online: a stream's records depend only on its own windows and the enrolment.
+cluster; with a head, where its examples fell) is reported with that cluster's id,
+whatever the head or the stream's discovered clusters would say; its ``confidence`` is
+p(c|x) ∝ exp(cos(x, μ_c)/τ) over the enrolled clusters (τ: ``[openset] temperature``),
+``similarity`` its cosine to the centroid, and it moves neither the stream's prior nor
+its discovered clusters. Enrolled clusters do not adapt online: a stream's records depend
+only on its own windows and the enrolment.
 
 The state file keeps the enrolment: its JSON document holds ``enrolment`` (``next_id`` and
-the named clusters: name, cluster, kind, windows, files) and each enrolled cluster's
+the named clusters: name, cluster, kind, windows, files, heads (where the examples fell;
+-1: novel)) and each enrolled cluster's
 example vectors are the member ``enrolment.<id>`` (float32, one row per window), from
 which centroid and radius are recomputed on load. The stream reads the names when it
 starts; enrol while it is stopped (a running service writes its own copy of the state at
@@ -79,6 +86,8 @@ MEMBER_PREFIX = "enrolment."
 #: The state document's entry.
 DOC_KEY = "enrolment"
 MAX_NAME = 64
+#: In :attr:`NamedCluster.heads`: some of the examples' windows were novel.
+NOVEL = -1
 
 
 class EnrolError(ValueError):
@@ -102,6 +111,8 @@ class NamedCluster:
     kind: str  # "head" or "enrolled"
     windows: int
     files: list[str] = field(default_factory=list)
+    #: Enrolled, with a head: where its examples' windows fell (head clusters; NOVEL).
+    heads: list[int] = field(default_factory=list)
     #: Enrolled: the examples' unit vectors (n, d), float32.
     members: np.ndarray | None = None
     centroid: np.ndarray | None = None
@@ -145,17 +156,25 @@ class Enrolment:
         dim = self.reference.dim if self.reference is not None else 0
         self._centroids = np.array([c.centroid for c in enrolled]).reshape(len(enrolled), dim)
         self._radii = np.array([c.radius for c in enrolled], dtype=np.float64)
+        self._heads = [frozenset(c.heads) for c in enrolled]
 
     def label(self, cluster: int | None) -> str | None:
         return None if cluster is None else self._labels.get(cluster)
 
-    def match(self, embedding: np.ndarray) -> Match | None:
-        """The enrolled cluster whose radius holds the window (the most similar), or None."""
+    def match(self, embedding: np.ndarray, top: int | None = None,
+              novel: bool = False) -> Match | None:
+        """The enrolled cluster whose radius holds the window (the most similar), or None.
+        With a head (``top``: the window's head cluster), a cluster claims only windows
+        where its examples fell: in one of its examples' head clusters, or novel when some
+        of its examples were."""
         if self._ids.size == 0:
             return None
         assert self.reference is not None
         sims = self._centroids @ self.reference.unit(embedding)[0]
         inside = sims >= self._radii
+        if top is not None:
+            where = NOVEL if novel else top
+            inside &= np.array([where in h for h in self._heads])
         if not inside.any():
             return None
         best = int(np.argmax(np.where(inside, sims, -np.inf)))
@@ -191,22 +210,30 @@ class Enrolment:
         c.centroid, c.radius = self._radius(c.members)
         c.windows = int(c.members.shape[0])
 
+    def _where(self, embeddings: np.ndarray, posteriors: np.ndarray | None
+               ) -> list[int | None]:
+        """Per window: its head cluster (the head's argmax), NOVEL, or None head-free."""
+        if posteriors is None:
+            return [None] * embeddings.shape[0]
+        tops = np.argmax(posteriors, axis=1)
+        if self.reference is not None:
+            tops = np.where(self.reference.is_novel(self.reference.novelty(embeddings)), NOVEL,
+                            tops)
+        return [int(t) for t in tops]
+
     def _falls_in(self, embeddings: np.ndarray, posteriors: np.ndarray | None
                   ) -> tuple[NamedCluster | None, int | None, float]:
         """(enrolled cluster the examples fall in, head cluster they fall in, its share)."""
         n = embeddings.shape[0]
-        hits = Counter(m.cluster for m in (self.match(z) for z in embeddings) if m is not None)
+        where = self._where(embeddings, posteriors)
+        found = (self.match(z, None if w is None else max(w, 0), w == NOVEL)
+                 for z, w in zip(embeddings, where, strict=True))
+        hits = Counter(m.cluster for m in found if m is not None)
         if hits:
             cid, k = hits.most_common(1)[0]
             if k >= MAJORITY * n:
                 return next(c for c in self.named.values() if c.cluster == cid), None, k / n
-        if posteriors is None:
-            return None, None, 0.0
-        tops = np.argmax(posteriors, axis=1)
-        if self.reference is not None:
-            tops = np.where(self.reference.is_novel(self.reference.novelty(embeddings)), -1,
-                            tops)
-        counts = Counter(int(t) for t in tops if t >= 0)
+        counts = Counter(w for w in where if w is not None and w != NOVEL)
         if counts:
             c, k = counts.most_common(1)[0]
             if k >= MAJORITY * n:
@@ -240,6 +267,7 @@ class Enrolment:
             self._need_scale()
             units = self.reference.unit(z).astype(np.float32)
             mine.members = np.concatenate([mine.members, units])
+            mine.heads = _heads_of(mine.heads, self._where(z, posteriors))
             mine.files += files
             self._fill(mine)
             self._rebuild()
@@ -255,6 +283,7 @@ class Enrolment:
             return f"named head cluster {head} {name!r}: {share:.0%} of {n} windows fall in it"
         self._need_scale()
         c = NamedCluster(name, self.next_id, "enrolled", n, list(files),
+                         _heads_of([], self._where(z, posteriors)),
                          self.reference.unit(z).astype(np.float32))
         self._fill(c)
         self.named[name] = c
@@ -287,7 +316,8 @@ class Enrolment:
         arrays = {f"{MEMBER_PREFIX}{c.cluster}": c.members for c in self.named.values()
                   if c.members is not None}
         clusters = [{"name": c.name, "cluster": c.cluster, "kind": c.kind,
-                     "windows": c.windows, "files": c.files} for c in self.named.values()]
+                     "windows": c.windows, "files": c.files, "heads": c.heads}
+                    for c in self.named.values()]
         return arrays, {DOC_KEY: {"next_id": self.next_id, "clusters": clusters}}
 
     def load(self, arrays: dict[str, np.ndarray], doc: dict[str, Any], fit: bool = True) -> None:
@@ -329,11 +359,16 @@ class Enrolment:
         ok = (isinstance(item, dict) and isinstance(item.get("name"), str)
               and _is_int(item.get("cluster")) and item.get("kind") in ("head", "enrolled")
               and _is_int(item.get("windows")) and isinstance(item.get("files"), list)
-              and all(isinstance(f, str) for f in item["files"]))
+              and all(isinstance(f, str) for f in item["files"])
+              and isinstance(item.get("heads", []), list)
+              and all(_is_int(h) and h >= NOVEL for h in item.get("heads", [])))
         if not ok:
             raise ValueError(f"enrolment: malformed entry {str(item)[:60]!r}")
         c = NamedCluster(check_name(item["name"]), item["cluster"], item["kind"],
-                         item["windows"], list(item["files"]))
+                         item["windows"], list(item["files"]), list(item.get("heads", [])))
+        if fit and self.n_clusters and c.kind == "enrolled" and \
+                (not c.heads or max(c.heads) >= self.n_clusters):
+            raise ValueError(f"enrolment: {c.name!r} was enrolled with another head")
         if c.kind == "head":
             if fit and not 0 <= c.cluster < self.n_clusters:
                 raise ValueError(f"enrolment: {c.name!r} names head cluster {c.cluster}, the "
@@ -350,6 +385,11 @@ class Enrolment:
             raise ValueError(f"enrolment: the examples of {c.name!r} are not finite floats")
         c.members = members.astype(np.float32)
         return c
+
+
+def _heads_of(known: list[int], where: list[int | None]) -> list[int]:
+    """The sorted union of ``known`` and the windows' head clusters (head-free: none)."""
+    return sorted(set(known) | {w for w in where if w is not None})
 
 
 def _is_int(v: Any) -> bool:

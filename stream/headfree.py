@@ -30,7 +30,7 @@ import numpy as np
 
 from audioclust.models.reference import NoveltyReference
 from audioclust.stream.assign import AssignConfig, Assigner, Assignment, _Detector
-from audioclust.stream.enrol import Match
+from audioclust.stream.enrol import Enrolment
 from audioclust.stream.openset import OpenSetClusterer, OpenSetConfig, StreamSpace
 
 __all__ = ["HeadFreeAssigner", "HeadFreeStream"]
@@ -57,13 +57,14 @@ class HeadFreeStream:
         self._novelty = _Detector(c.adwin_delta, c.detector_memory)
 
     def process(self, embedding: np.ndarray, posterior: np.ndarray | None = None,
-                enrolled: Match | None = None) -> Assignment:
-        """The window's assignment; ``enrolled``: it falls in that enrolled cluster, which it
-        is reported in (the stream's own clusters and statistics do not see it)."""
+                enrolment: Enrolment | None = None) -> Assignment:
+        """The window's assignment. A window that falls in a cluster of ``enrolment`` is
+        reported in it (the stream's own clusters and statistics do not see it)."""
         ref = self.reference
         novelty = float(ref.novelty(embedding)[0])
         novel = bool(ref.is_novel(novelty))
         self.windows += 1
+        enrolled = None if enrolment is None else enrolment.match(embedding)
         if enrolled is not None:
             e = enrolled.cluster
             a = Assignment(cluster=e, confidence=enrolled.confidence, novel=novel,

@@ -13,8 +13,16 @@ import pytest
 import soundfile as sf
 from stream_helpers import ENV, read_jsonl, run_cli
 
+from audioclust.models.runtime import OnnxModel
 from audioclust.stream.cli import default_model_path
-from audioclust.stream.enrol import ENROLLED_BASE, MEMBER_PREFIX
+from audioclust.stream.config import StreamConfig
+from audioclust.stream.enrol import (
+    ENROLLED_BASE,
+    MEMBER_PREFIX,
+    NOVEL,
+    Enrolment,
+    example_windows,
+)
 from audioclust.stream.report.records import read_records
 from audioclust.stream.state import read_state_file
 
@@ -109,8 +117,17 @@ def test_enrolled_beep_labels_the_stream_and_survives_restarts(beeps, mixed, tmp
     assert clusters[ENROLLED_BASE].name == "beep"
 
     # the stream saved its own state: the enrolment is still in it, and a restart uses it
-    doc = read_state_file(state).doc
-    assert [c["name"] for c in doc["enrolment"]["clusters"]] == ["beep"]
+    saved = read_state_file(state)
+    assert [c["name"] for c in saved.doc["enrolment"]["clusters"]] == ["beep"]
+    # the beep's examples are all novel to the speech model: it claims novel windows only
+    assert saved.doc["enrolment"]["clusters"][0]["heads"] == [NOVEL]
+    m = OnnxModel(model, threads=1)
+    e = Enrolment(m.info.reference, m.info.n_clusters)
+    e.load(saved.arrays, saved.doc)
+    z, p = m.embed(example_windows(m, [str(beeps[3])], StreamConfig())[0])
+    top = int(np.argmax(p[0]))
+    assert e.match(z[0], top, novel=True).label == "beep"
+    assert e.match(z[0], top, novel=False) is None
     again = _stream(model, state, mixed, tmp_path / "b.jsonl")
     assert [r["label"] for r in again] == [r["label"] for r in first]
 
