@@ -265,7 +265,7 @@ def reference_embeddings(model: Any, paths: list[Any], silence_dbfs: float | Non
     from audioclust.models.audio import load_audio
     from audioclust.stream.config import StreamConfig
     from audioclust.stream.gate import EnergyGate
-    from audioclust.stream.window import Chunk, Window, Windower
+    from audioclust.stream.window import Chunk, Window, Windower, recording_windows
 
     info = model.info
     gate = EnergyGate(StreamConfig().silence_dbfs if silence_dbfs is None else silence_dbfs)
@@ -294,11 +294,9 @@ def reference_embeddings(model: Any, paths: list[Any], silence_dbfs: float | Non
         for i in order:
             audio = load_audio(paths[i], info.sample_rate)
             if alone < budget:
-                single = Windower(info.window_samples, info.hop_samples, info.sample_rate)
-                windows = cut(single, "file", audio)
-                windows += [w.samples for w in single.finish("file", info.min_samples)
-                            if isinstance(w, Window)]
-                alone += embed(windows)
+                alone += embed(recording_windows(audio, info.window_samples,
+                                                 info.hop_samples, info.sample_rate,
+                                                 info.min_samples))
             if joined < budget:
                 pause = np.zeros(int(rng.integers(0, info.window_samples + 1)), np.float32)
                 joined += embed(cut(continuous, "joined", np.concatenate([pause, audio])))

@@ -47,6 +47,7 @@ import numpy as np
 from river import drift
 
 from audioclust.models.reference import NoveltyReference
+from audioclust.stream.enrol import Enrolment
 from audioclust.stream.openset import OpenSetClusterer, OpenSetConfig, StreamSpace
 from audioclust.stream.state import StateError, read_state_file, write_state_file
 
@@ -105,6 +106,8 @@ class Assignment:
     novelty: float | None = None
     #: ``cluster`` was discovered on this stream (ids from K on) rather than by the head.
     discovered: bool = False
+    #: The name ``cluster`` was enrolled under (:mod:`audioclust.stream.enrol`), if any.
+    label: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -222,8 +225,10 @@ class StreamAssigner:
             novelty=None if novelty is None else round(novelty, 6),
         )
 
-    def learn_one(self, embedding: np.ndarray, posterior: np.ndarray, a: Assignment) -> list[str]:
-        """Update the prior, centroid and detectors with window ``a``; returns drift events."""
+    def learn_one(self, embedding: np.ndarray, posterior: np.ndarray, a: Assignment,
+                  enrolled: bool = False) -> list[str]:
+        """Update the prior, centroid and detectors with window ``a``; returns drift events.
+        A window of an ``enrolled`` cluster moves only the detectors."""
         c = self.config
         self.windows += 1
         events = []
@@ -231,6 +236,8 @@ class StreamAssigner:
             events.append("confidence")
         if self._novelty.update(1.0 if a.novel else 0.0):
             events.append("novelty")
+        if enrolled:
+            return events
         if a.novel and self.discovery is not None:
             self._discover(embedding, a)
         if a.novel or a.cluster is None:
@@ -262,10 +269,16 @@ class StreamAssigner:
         sim = self.discovery.similarity(unit, j)
         a.similarity = None if sim is None else round(sim, 6)
 
-    def process(self, embedding: np.ndarray, posterior: np.ndarray) -> Assignment:
-        """``predict_one`` then ``learn_one``; the drift events go into the assignment."""
+    def process(self, embedding: np.ndarray, posterior: np.ndarray,
+                enrolment: Enrolment | None = None) -> Assignment:
+        """``predict_one`` then ``learn_one``; the drift events go into the assignment.
+        A window that falls in a cluster of ``enrolment`` is reported in it."""
         a = self.predict_one(embedding, posterior)
-        a.drift = self.learn_one(embedding, posterior, a)
+        enrolled = None if enrolment is None else enrolment.match(embedding, a.top, a.novel)
+        if enrolled is not None:
+            a.cluster, a.confidence = enrolled.cluster, enrolled.confidence
+            a.similarity = enrolled.similarity
+        a.drift = self.learn_one(embedding, posterior, a, enrolled is not None)
         return a
 
     # --- state ---------------------------------------------------------------------------
@@ -307,10 +320,14 @@ class StreamAssigner:
 class Assigner:
     """Per-stream :class:`StreamAssigner` objects, and their state file.
 
+    The named clusters (:class:`~audioclust.stream.enrol.Enrolment`, from
+    ``audioclust-enrol``) are shared by every stream: a window within an enrolled cluster is
+    reported in it, and every assignment carries its cluster's ``label``.
+
     The state file (format: :mod:`audioclust.stream.state`) holds each stream's
-    ``state()``, a JSON document with the model's weight hash and the config, and what a
-    subclass adds through ``_extra_state``. It is written to a temporary file and renamed,
-    so a crash never leaves a half-written state.
+    ``state()``, a JSON document with the model's weight hash and the config, the
+    enrolment, and what a subclass adds through ``_extra_state``. It is written to a
+    temporary file and renamed, so a crash never leaves a half-written state.
     """
 
     def __init__(
@@ -332,6 +349,11 @@ class Assigner:
         self.streams: dict[str, Any] = {}
         #: States dropped so far to stay within ``config.max_streams``.
         self.evicted = 0
+        self.enrolment = Enrolment(reference, self.train_prior.size if self._has_head else 0,
+                                   self.openset.temperature)
+
+    #: Whether ``train_prior`` is a head's (head-free subclasses say no).
+    _has_head = True
 
     def _new_stream(self) -> Any:
         """The per-stream object: ``process``, ``state`` and ``load_state``."""
@@ -351,11 +373,17 @@ class Assigner:
             del self.streams[next(iter(self.streams))]
             self.evicted += 1
 
-    def process(self, stream: str, embedding: np.ndarray, posterior: np.ndarray) -> Assignment:
-        return self.stream(stream).process(embedding, posterior)
+    def process(self, stream: str, embedding: np.ndarray,
+                posterior: np.ndarray | None = None) -> Assignment:
+        a = self.stream(stream).process(embedding, posterior, self.enrolment)
+        if not a.discovered:  # discovered ids belong to one stream: never named
+            a.label = self.enrolment.label(a.cluster)
+        return a
 
     def save(self, path: str | os.PathLike) -> Path:
         extra_arrays, extra_doc = self._extra_state()
+        names, entry = self.enrolment.state()
+        extra_arrays, extra_doc = {**extra_arrays, **names}, {**extra_doc, **entry}
         doc = {"model": self.model_id, "config": asdict(self.config), **extra_doc}
         return write_state_file(path, doc, {name: s.state() for name, s in self.streams.items()},
                                 extra_arrays)
@@ -385,6 +413,7 @@ class Assigner:
             restored[name] = s
         with _naming_the_file(p, ""):
             self._load_extra(state.arrays, state.doc)
+            self.enrolment.load(state.arrays, state.doc)
         for name, s in restored.items():
             self.streams.pop(name, None)
             self.streams[name] = s

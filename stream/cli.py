@@ -29,7 +29,8 @@ log = logging.getLogger("audioclust.stream")
 EPILOG = """\
 records: one JSON object per window on the sink:
   stream, seq (window index), start, end (seconds on the stream clock),
-  cluster (null when silent; ids from K on: discovered on this stream), confidence,
+  cluster (null when silent; ids from K on: discovered on this stream; from 1000000000
+  on: enrolled with audioclust-enrol), label (its enrolled name, or null), confidence,
   novel (unlike the training audio), silent, model, timestamp (capture time, unix s, or
   null), level_dbfs, top, nearest, similarity, drift, novelty (fraction of the model's
   training windows more typical than this one; null without a reference), discovered

@@ -30,6 +30,7 @@ import numpy as np
 
 from audioclust.models.reference import NoveltyReference
 from audioclust.stream.assign import AssignConfig, Assigner, Assignment, _Detector
+from audioclust.stream.enrol import Enrolment
 from audioclust.stream.openset import OpenSetClusterer, OpenSetConfig, StreamSpace
 
 __all__ = ["HeadFreeAssigner", "HeadFreeStream"]
@@ -55,19 +56,29 @@ class HeadFreeStream:
         self._confidence = _Detector(c.adwin_delta, c.detector_memory)
         self._novelty = _Detector(c.adwin_delta, c.detector_memory)
 
-    def process(self, embedding: np.ndarray, posterior: np.ndarray | None = None) -> Assignment:
+    def process(self, embedding: np.ndarray, posterior: np.ndarray | None = None,
+                enrolment: Enrolment | None = None) -> Assignment:
+        """The window's assignment. A window that falls in a cluster of ``enrolment`` is
+        reported in it (the stream's own clusters and statistics do not see it)."""
         ref = self.reference
         novelty = float(ref.novelty(embedding)[0])
         novel = bool(ref.is_novel(novelty))
-        unit = self.space.learn_transform(embedding)
-        cluster = self.clusterer.learn_one(unit)
-        proba = self.clusterer.proba_one(unit)
-        top = max(proba, key=proba.__getitem__)
-        similarity = self.clusterer.similarity(unit, cluster)
         self.windows += 1
-        a = Assignment(cluster=cluster, confidence=round(proba[cluster], 6), novel=novel,
-                       similarity=None if similarity is None else round(similarity, 6),
-                       nearest=top, top=top, novelty=round(novelty, 6), discovered=True)
+        enrolled = None if enrolment is None else enrolment.match(embedding)
+        if enrolled is not None:
+            e = enrolled.cluster
+            a = Assignment(cluster=e, confidence=enrolled.confidence, novel=novel,
+                           similarity=enrolled.similarity, nearest=e, top=e,
+                           novelty=round(novelty, 6))
+        else:
+            unit = self.space.learn_transform(embedding)
+            cluster = self.clusterer.learn_one(unit)
+            proba = self.clusterer.proba_one(unit)
+            top = max(proba, key=proba.__getitem__)
+            similarity = self.clusterer.similarity(unit, cluster)
+            a = Assignment(cluster=cluster, confidence=round(proba[cluster], 6), novel=novel,
+                           similarity=None if similarity is None else round(similarity, 6),
+                           nearest=top, top=top, novelty=round(novelty, 6), discovered=True)
         if self._confidence.update(a.confidence):
             a.drift.append("confidence")
         if self._novelty.update(1.0 if novel else 0.0):
@@ -105,10 +116,8 @@ class HeadFreeAssigner(Assigner):
         super().__init__(np.full(2, 0.5), reference.dim, assign, model_id, reference, openset)
         HeadFreeStream(reference, openset, assign)  # a reference without a scale fails here
 
+    _has_head = False
+
     def _new_stream(self) -> HeadFreeStream:
         assert self.reference is not None
         return HeadFreeStream(self.reference, self.openset, self.config)
-
-    def process(self, stream: str, embedding: np.ndarray,
-                posterior: np.ndarray | None = None) -> Assignment:
-        return self.stream(stream).process(embedding)

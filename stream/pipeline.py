@@ -420,6 +420,7 @@ class Pipeline:
             "drift": [] if a is None else list(a.drift),
             "novelty": None if a is None else a.novelty,
             "discovered": False if a is None else a.discovered,
+            "label": None if a is None else a.label,
         }
         if rec["confidence"] is not None and not math.isfinite(rec["confidence"]):
             rec["confidence"] = None  # a NaN from a broken model must not break the JSON line

@@ -14,9 +14,11 @@ exactly. Only bool, integer and float dtypes are accepted.
 The state file (``--state``) is an ``.npz`` read with ``allow_pickle=False``:
 
 - ``__meta__``: a JSON document: ``version`` (2), ``model`` (weights hash), ``config``,
-  ``streams`` (the stream ids, in order) and whatever the assigner adds;
+  ``streams`` (the stream ids, in order), ``enrolment`` (the named clusters, when any) and
+  whatever the assigner adds;
 - ``stream.<i>``: the codec bytes of ``streams[i]`` (a uint8 array);
-- any other member: arrays the assigner adds (head-free: its clusterer).
+- any other member: arrays the assigner adds (``enrolment.<id>``: the examples of an
+  enrolled cluster, :mod:`audioclust.stream.enrol`).
 
 Stream ids therefore live only inside the JSON document: any id (65,536 bytes long, with a
 NUL, a ``/`` or the name of a member) is safe. Version 1 files (arrays under

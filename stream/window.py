@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["AckOnly", "Chunk", "StreamEvent", "Window", "Windower"]
+__all__ = ["AckOnly", "Chunk", "StreamEvent", "Window", "Windower", "recording_windows"]
 
 
 @dataclass
@@ -176,3 +176,13 @@ class Windower:
     def pending_acks(self, stream: str) -> int:
         s = self.streams.get(stream)
         return 0 if s is None else len(s.pending)
+
+
+def recording_windows(audio: np.ndarray, window: int, hop: int, sample_rate: int,
+                      min_samples: int) -> list[np.ndarray]:
+    """The windows a stream of this one recording gets: the full ones, then its tail
+    window (:meth:`Windower.finish`), as ``audioclust-stream --source file`` cuts a file."""
+    w = Windower(window, hop, sample_rate)
+    items, _ = w.push(Chunk("recording", audio))
+    items += w.finish("recording", min_samples)
+    return [i.samples for i in items if isinstance(i, Window)]

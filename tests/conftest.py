@@ -95,3 +95,27 @@ def kafka_broker(tmp_path):
     broker = Broker(log_path=tmp_path / "tansu.log").start()
     yield broker
     broker.stop()
+
+
+@pytest.fixture(scope="session")
+def headfree_encoder(tmp_path_factory) -> Path:
+    """A small random AudioNTT encoder (64-d, seeded), saved without a head."""
+    import torch
+
+    from audioclust.models.embedder import Embedder, save_embedder
+    from audioclust.models.encoders import build_encoder
+
+    d = tmp_path_factory.mktemp("headfree")
+    torch.manual_seed(0)
+    embedder = Embedder(build_encoder("audiontt", {"embed_dim": 64, "channels": 16}),
+                        mean=-6.0, std=5.0).eval()
+    return save_embedder(embedder, d / "enc.safetensors", {"method": "random", "data": "none"})
+
+
+@pytest.fixture(scope="session")
+def headfree_model(headfree_encoder, fsdd_subset) -> Path:
+    """:func:`headfree_encoder` exported head-free with a novelty reference of FSDD."""
+    from audioclust.models.export import export_model
+
+    return export_model(headfree_encoder, None, headfree_encoder.with_name("enc_only.onnx"),
+                        reference_data=fsdd_subset).path

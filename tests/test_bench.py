@@ -386,3 +386,16 @@ def test_soak_on_a_tiny_run(tmp_path):
         assert rss["samples"] >= 1 and 0 < rss["start_mb"] <= rss["max_mb"]
     assert doc["exit_code_after_sigterm"] == 0
     assert doc["messages"]["send_errors"] == 0
+
+
+def test_enrol_quality_scores_every_class(fsdd_subset):
+    proc = subprocess.run([sys.executable, str(BENCH / "enrol_quality.py"), "--data",
+                           str(fsdd_subset), "--labels", "speaker", "--examples", "2",
+                           "--per-class", "6"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    rows = [json.loads(line) for line in proc.stdout.splitlines()]
+    summary = rows.pop()
+    assert summary["classes"] == 3 and [r["class"] for r in rows] == ["george", "jackson",
+                                                                       "lucas"]
+    assert summary["head"] + summary["enrolled"] == 3
+    assert all(0 <= r["recall"] <= 1 and 0 <= r["false"] <= 1 for r in rows)

@@ -21,28 +21,6 @@ from audioclust.stream.state import read_state_file
 
 
 @pytest.fixture(scope="module")
-def encoder(tmp_path_factory) -> Path:
-    import torch
-
-    from audioclust.models.embedder import Embedder, save_embedder
-    from audioclust.models.encoders import build_encoder
-
-    d = tmp_path_factory.mktemp("headfree")
-    torch.manual_seed(0)
-    embedder = Embedder(build_encoder("audiontt", {"embed_dim": 64, "channels": 16}),
-                        mean=-6.0, std=5.0).eval()
-    return save_embedder(embedder, d / "enc.safetensors", {"method": "random", "data": "none"})
-
-
-@pytest.fixture(scope="module")
-def headfree_model(encoder, fsdd_subset) -> Path:
-    from audioclust.models.export import export_model
-
-    return export_model(encoder, None, encoder.with_name("enc_only.onnx"),
-                        reference_data=fsdd_subset).path
-
-
-@pytest.fixture(scope="module")
 def recordings(tmp_path_factory, fsdd_subset) -> list[Path]:
     d = tmp_path_factory.mktemp("hf_rec")
     clips = sorted(fsdd_subset.iterdir())
@@ -166,10 +144,10 @@ def test_head_free_cli_with_state(headfree_model, recordings, stream_model, tmp_
     assert "error:" in bad.stderr.strip().splitlines()[-1]
 
 
-def test_head_free_model_without_reference_is_refused(encoder, recordings, tmp_path):
+def test_head_free_model_without_reference_is_refused(headfree_encoder, recordings, tmp_path):
     from audioclust.models.export import export_model
 
-    bare = export_model(encoder, None, tmp_path / "bare.onnx").path
+    bare = export_model(headfree_encoder, None, tmp_path / "bare.onnx").path
     proc = run_cli("--source", "file", str(recordings[0]), "--model", str(bare))
     assert proc.returncode == 1
     last = proc.stderr.strip().splitlines()[-1]
