@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from audioclust.models.general import demo_model_path
 from audioclust.models.runtime import OnnxModel
-from audioclust.stream.cli import default_model_path
 from audioclust.stream.config import StreamConfig
 from audioclust.stream.enrol import EnrolError, Enrolment, example_windows
 from audioclust.training.datasets import AudioFolder
@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
 
-    model = OnnxModel(args.model or default_model_path(), threads=1)
+    model = OnnxModel(args.model or demo_model_path(), threads=1)
     info, cfg = model.info, StreamConfig()
     rng = np.random.default_rng(args.seed)
     by_class: dict[str, list[Path]] = {}

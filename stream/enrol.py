@@ -423,8 +423,9 @@ def _parser() -> argparse.ArgumentParser:
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--state", required=True, help="the stream's state file (.npz); created "
                    "when missing")
-    p.add_argument("--model", help="exported .onnx model (default: the shipped model; "
-                   "the one the stream runs)")
+    p.add_argument("--model", help="exported .onnx model, or `demo` for the shipped FSDD "
+                   "model (default: the general-audio model, as audioclust-stream; pass the "
+                   "one the stream runs)")
     p.add_argument("--config", type=Path, help="the stream's TOML or YAML settings (window, "
                    "hop, energy gate, provider)")
     what = p.add_mutually_exclusive_group(required=True)
@@ -440,9 +441,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def _model(cfg: Any) -> Any:
     from audioclust.models.runtime import OnnxModel
-    from audioclust.stream.cli import default_model_path
+    from audioclust.stream.cli import model_path
 
-    path = Path(cfg.model) if cfg.model else default_model_path()
+    path = model_path(cfg.model)
     return OnnxModel(path, provider=cfg.provider, threads=cfg.threads)
 
 

@@ -13,8 +13,8 @@ import pytest
 import soundfile as sf
 from stream_helpers import ENV, read_jsonl, run_cli
 
+from audioclust.models.general import demo_model_path
 from audioclust.models.runtime import OnnxModel
-from audioclust.stream.cli import default_model_path
 from audioclust.stream.config import StreamConfig
 from audioclust.stream.enrol import (
     ENROLLED_BASE,
@@ -95,7 +95,7 @@ def _beep_windows(records: list[dict]) -> tuple[list[dict], list[dict]]:
 
 
 def test_enrolled_beep_labels_the_stream_and_survives_restarts(beeps, mixed, tmp_path):
-    model, state = default_model_path(), tmp_path / "state.npz"
+    model, state = demo_model_path(), tmp_path / "state.npz"
     proc = enrol("--model", str(model), "--state", str(state), "--name", "beep",
                  *map(str, beeps[:3]), "--json")
     assert proc.returncode == 0, proc.stderr
@@ -142,7 +142,7 @@ def test_enrolled_beep_labels_the_stream_and_survives_restarts(beeps, mixed, tmp
 def test_fsdd_examples_name_the_head_cluster(fsdd_dir, tmp_path):
     """Five takes of one speaker saying one digit fall in one cluster of the default head
     (its clusters follow the speakers): that head cluster gets the name."""
-    model, state = default_model_path(), tmp_path / "state.npz"
+    model, state = demo_model_path(), tmp_path / "state.npz"
     examples = [str(fsdd_dir / f"3_george_{i}.wav") for i in range(5)]
     proc = enrol("--model", str(model), "--state", str(state), "--name", "george", *examples,
                  "--json")
@@ -170,7 +170,7 @@ def test_fsdd_examples_name_the_head_cluster(fsdd_dir, tmp_path):
 
 
 def test_list_remove_and_their_errors(beeps, mixed, fsdd_dir, tmp_path):
-    model, state = default_model_path(), tmp_path / "state.npz"
+    model, state = demo_model_path(), tmp_path / "state.npz"
     assert enrol("--model", str(model), "--state", str(state), "--name", "beep",
                  *map(str, beeps[:3])).returncode == 0
     assert enrol("--model", str(model), "--state", str(state), "--name", "george",
@@ -201,7 +201,7 @@ def test_list_remove_and_their_errors(beeps, mixed, fsdd_dir, tmp_path):
 
 
 def test_more_examples_of_a_name_are_pooled(beeps, tmp_path):
-    model, state = default_model_path(), tmp_path / "state.npz"
+    model, state = demo_model_path(), tmp_path / "state.npz"
     first = json.loads(enrol("--model", str(model), "--state", str(state), "--name", "beep",
                              *map(str, beeps[:2]), "--json").stdout)
     more = json.loads(enrol("--model", str(model), "--state", str(state), "--name", "beep",
@@ -211,7 +211,7 @@ def test_more_examples_of_a_name_are_pooled(beeps, tmp_path):
 
 
 def test_bad_examples_and_states_change_nothing(beeps, headfree_model, tmp_path):
-    model, state = default_model_path(), tmp_path / "state.npz"
+    model, state = demo_model_path(), tmp_path / "state.npz"
     assert enrol("--model", str(model), "--state", str(state), "--name", "beep",
                  str(beeps[0])).returncode == 0
     before = state.read_bytes()
@@ -284,7 +284,7 @@ def test_head_free_model_enrols_and_labels(headfree_model, beeps, more_beeps, mi
 def test_a_damaged_enrolment_is_one_line_naming_the_state(beeps, mixed, tmp_path):
     from audioclust.stream.state import write_state_file
 
-    model, state = default_model_path(), tmp_path / "state.npz"
+    model, state = demo_model_path(), tmp_path / "state.npz"
     assert enrol("--model", str(model), "--state", str(state), "--name", "beep",
                  str(beeps[0])).returncode == 0
     good = read_state_file(state)
