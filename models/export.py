@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 from dataclasses import dataclass
@@ -84,6 +85,14 @@ def _weights_sha256(model: onnx.ModelProto) -> str:
     return h.hexdigest()
 
 
+def _check_prior(head: ClusterHead, path: str | os.PathLike) -> None:
+    """The streaming assigner divides by the prior: every entry must be finite and > 0."""
+    bad = [i for i, p in enumerate(head.prior.tolist()) if not (math.isfinite(p) and p > 0)]
+    if bad:
+        raise ValueError(f"{path}: the head's cluster prior is zero or not finite for "
+                         f"cluster(s) {bad}; retrain the head (its trainer smooths the prior)")
+
+
 def export_model(
     encoder_path: str | os.PathLike,
     head_path: str | os.PathLike | None,
@@ -113,6 +122,8 @@ def export_model(
     head_meta = read_head_metadata(head_path) if head_path is not None else None
     embedder = load_embedder(encoder_path)
     head = load_head(head_path) if head_path is not None else None
+    if head is not None:
+        _check_prior(head, head_path)
     model = FullModel(embedder, head).eval()
     sr = embedder.frontend.config.sample_rate
     min_samples = max(embedder.min_samples, embedder.frontend.config.n_fft)

@@ -230,7 +230,7 @@ def test_tiny_fit_produces_a_used_head_and_a_decreasing_stage3_loss(fitted, tiny
     head = sp.head_
     assert isinstance(head, ClusterHead) and head.config.n_clusters == 3
     assert int(head.selected) == 0
-    assert torch.allclose(head.prior, torch.from_numpy(sizes / n).float())
+    assert torch.allclose(head.prior, torch.from_numpy((sizes + 1) / (n + 3)).float())
     assert not torch.equal(head.input_mean, torch.zeros_like(head.input_mean))
     assert np.array_equal(sp.predict(sp.embeddings_), sp.labels_)
     assert np.allclose(sp.predict_proba(sp.embeddings_).sum(1), 1.0, atol=1e-5)

@@ -280,8 +280,8 @@ class SPICE(HeadEstimator):
       one-line summary after each stage.
 
     After :meth:`fit`: ``head_`` (single-head :class:`ClusterHead` for ``embedder_``'s
-    embeddings, prior = cluster frequencies), ``embedder_``, ``labels_``, ``reliable_``
-    (mask over clips), ``pseudo_labels_`` (stage-2 labels the mask refers to),
+    embeddings, prior = add-one smoothed cluster frequencies), ``embedder_``, ``labels_``,
+    ``reliable_`` (mask over clips), ``pseudo_labels_`` (stage-2 labels the mask refers to),
     ``embeddings_`` (``embedder_``'s whole-clip embeddings), ``stage2_head_`` (all
     stage-2 heads, for the input encoder), ``head_losses_`` (stage 2's last-epoch loss
     per head), ``cluster_usage_`` (fraction of clusters the kept head uses),
@@ -469,7 +469,9 @@ class SPICE(HeadEstimator):
         with torch.no_grad():
             labels = head(embeddings).argmax(dim=1)
         counts = torch.bincount(labels, minlength=self.n_clusters).double()
-        head.prior.copy_((counts / counts.sum()).float())
+        # Add-one smoothed, as DeepCluster's: an empty cluster must not get prior zero
+        # (the streaming assigner divides by it).
+        head.prior.copy_(((counts + 1) / (counts.sum() + self.n_clusters)).float())
         self.head_ = head
         self.embeddings_ = embeddings.numpy()
         self.labels_ = labels.numpy()
