@@ -15,6 +15,7 @@ from audioclust.models.embedder import Embedder, embed_clips, load_embedder, sav
 from audioclust.models.encoders import build_encoder
 from audioclust.models.frontend import FrontendConfig
 from audioclust.models.heads import ClusterHead
+from audioclust.training.crops import CropDataset
 from audioclust.training.datasets import AudioFolder
 from audioclust.training.features import logmel_bank
 from audioclust.training.heads.neighbors import knn
@@ -26,7 +27,6 @@ from audioclust.training.heads.spice import (
     reliable_mask,
 )
 from audioclust.training.metrics import score_all
-from audioclust.training.ssl.trainer import CropDataset
 
 # --- proto-pseudo-labels -----------------------------------------------------------------
 

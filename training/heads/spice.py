@@ -90,11 +90,11 @@ from tqdm.auto import tqdm
 from audioclust.models.embedder import Embedder, load_embedder
 from audioclust.models.heads import ClusterHead, HeadConfig
 from audioclust.training.augment import SpecAugment
+from audioclust.training.crops import CropDataset
 from audioclust.training.datasets import AudioFolder
 from audioclust.training.features import LogMelBank, logmel_bank
 from audioclust.training.heads import HeadEstimator
 from audioclust.training.heads.neighbors import knn
-from audioclust.training.ssl.trainer import CropDataset
 
 __all__ = [
     "SPICE",
@@ -215,7 +215,7 @@ def _embed_bank(
 class _Views:
     """Random normalised crops of a bank under an augmentation, drawn reproducibly.
 
-    Crops come from :class:`~audioclust.training.ssl.trainer.CropDataset` (clips shorter
+    Crops come from :class:`~audioclust.training.crops.CropDataset` (clips shorter
     than a crop are tiled, never padded); every call takes a fresh crop key, so two
     views of one clip get independent crops.
     """

@@ -61,9 +61,9 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from audioclust.models.heads import ClusterHead, HeadConfig
+from audioclust.training.ema import ema_update
 from audioclust.training.heads import HeadEstimator
 from audioclust.training.heads.neighbors import knn
-from audioclust.training.ssl.trainer import ema_update
 
 __all__ = ["TEMI", "pair_weights", "temi_loss", "update_prior"]
 
