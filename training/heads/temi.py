@@ -52,7 +52,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -62,10 +62,10 @@ from tqdm.auto import tqdm
 
 from audioclust.models.heads import ClusterHead, HeadConfig
 from audioclust.training.ema import ema_update
-from audioclust.training.heads import HeadEstimator
+from audioclust.training.heads.base import HeadEstimator, HeadSettings, neighbour_count
 from audioclust.training.heads.neighbors import knn
 
-__all__ = ["TEMI", "pair_weights", "temi_loss", "update_prior"]
+__all__ = ["TEMI", "TEMISettings", "pair_weights", "temi_loss", "update_prior"]
 
 
 @torch.no_grad()
@@ -118,108 +118,97 @@ def _cosine(step: int, total: int, start: float, end: float) -> float:
     return end + (start - end) * 0.5 * (1.0 + math.cos(math.pi * t))
 
 
+@dataclass(frozen=True)
+class TEMISettings(HeadSettings):
+    """TEMI's hyperparameters (the module docstring says where each default comes from).
+
+    ``k_neighbors`` None: ``clip(round(n / (20 K)), 5, 50)`` for n points and K clusters.
+    """
+
+    n_heads: int = 8
+    hidden_dim: int = 256
+    n_layers: int = 2
+    k_neighbors: int | None = None
+    epochs: int = 30
+    batch_size: int = 256
+    lr: float = 1e-3
+    min_lr: float = 1e-5
+    weight_decay: float = 1e-4
+    warmup_epochs: int = 5
+    student_temp: float = 0.1
+    teacher_temp: float = 0.05
+    teacher_temp_start: float = 0.04
+    teacher_temp_warmup_epochs: int = 10
+    beta: float = 0.6
+    prior_momentum: float = 0.9
+    teacher_momentum: float = 0.95
+
+    def __post_init__(self) -> None:
+        if not 0.5 < self.beta <= 1.0:
+            raise ValueError(f"beta must be in (0.5, 1], got {self.beta}")
+        for name in ("prior_momentum", "teacher_momentum"):
+            m = getattr(self, name)
+            if not 0.0 <= m < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {m}")
+        if min(self.student_temp, self.teacher_temp, self.teacher_temp_start) <= 0:
+            raise ValueError("temperatures must be positive")
+        if (min(self.n_heads, self.epochs) < 1 or self.batch_size < 2
+                or (self.k_neighbors or 1) < 1):
+            raise ValueError("n_heads, k_neighbors, epochs >= 1 and batch_size >= 2 needed")
+
+
 class TEMI(HeadEstimator):
     """TEMI clustering heads on frozen embeddings, as a scikit-learn style estimator.
+
+    ``TEMI(n_clusters, settings=None, *, seed=0, progress=False, log=None, **overrides)``
+    (see :class:`~audioclust.training.heads.base.HeadEstimator`; settings:
+    :class:`TEMISettings`).
 
     After :meth:`fit`: ``head_`` (:class:`ClusterHead` holding every teacher head, the
     best one selected, its prior and the input standardisation), ``history_`` (per-epoch
     loss of every head, schedules, cluster usage, timings), ``head_losses_`` (H,) the last
     epoch's loss per head, ``priors_`` (H, K) every head's EMA prior, ``labels_`` the
-    selected head's clusters of the training points.
+    selected head's clusters of the training points, ``cluster_usage_`` (H,).
     """
 
-    def __init__(
-        self,
-        n_clusters: int,
-        *,
-        n_heads: int = 8,
-        hidden_dim: int = 256,
-        n_layers: int = 2,
-        k_neighbors: int | None = None,
-        epochs: int = 30,
-        batch_size: int = 256,
-        lr: float = 1e-3,
-        min_lr: float = 1e-5,
-        weight_decay: float = 1e-4,
-        warmup_epochs: int = 5,
-        student_temp: float = 0.1,
-        teacher_temp: float = 0.05,
-        teacher_temp_start: float = 0.04,
-        teacher_temp_warmup_epochs: int = 10,
-        beta: float = 0.6,
-        prior_momentum: float = 0.9,
-        teacher_momentum: float = 0.95,
-        seed: int = 0,
-        progress: bool = False,
-        log: Callable[[str], None] | None = None,
-    ):
-        self._check_n_clusters(n_clusters)
-        if not 0.5 < beta <= 1.0:
-            raise ValueError(f"beta must be in (0.5, 1], got {beta}")
-        for name, m in (("prior_momentum", prior_momentum),
-                        ("teacher_momentum", teacher_momentum)):
-            if not 0.0 <= m < 1.0:
-                raise ValueError(f"{name} must be in [0, 1), got {m}")
-        if min(student_temp, teacher_temp, teacher_temp_start) <= 0:
-            raise ValueError("temperatures must be positive")
-        if min(n_heads, epochs) < 1 or batch_size < 2 or (k_neighbors or 1) < 1:
-            raise ValueError("n_heads, k_neighbors, epochs >= 1 and batch_size >= 2 needed")
-        self.n_clusters = n_clusters
-        self.n_heads = n_heads
-        self.hidden_dim = hidden_dim
-        self.n_layers = n_layers
-        self.k_neighbors = k_neighbors
-        self.epochs = epochs
-        self.batch_size = batch_size
-        self.lr = lr
-        self.min_lr = min_lr
-        self.weight_decay = weight_decay
-        self.warmup_epochs = warmup_epochs
-        self.student_temp = student_temp
-        self.teacher_temp = teacher_temp
-        self.teacher_temp_start = teacher_temp_start
-        self.teacher_temp_warmup_epochs = teacher_temp_warmup_epochs
-        self.beta = beta
-        self.prior_momentum = prior_momentum
-        self.teacher_momentum = teacher_momentum
-        self.seed = seed
-        self.progress = progress
-        self.log = log
+    Settings = TEMISettings
+    method = "temi"
+    label = "TEMI"
+    settings: TEMISettings
 
     def neighbors_for(self, n: int) -> int:
-        """k for ``n`` points: ``k_neighbors``, or the module's default rule."""
-        k = self.k_neighbors or int(np.clip(round(n / (20 * self.n_clusters)), 5, 50))
-        return min(k, n - 1)
+        """k for ``n`` points: ``k_neighbors``, or the shared default rule."""
+        return neighbour_count(n, self.n_clusters, self.settings.k_neighbors)
 
     # -- schedules -------------------------------------------------------------------
     def _teacher_temp_at(self, epoch: int) -> float:
-        w = min(self.teacher_temp_warmup_epochs, self.epochs - 1)
+        c = self.settings
+        w = min(c.teacher_temp_warmup_epochs, c.epochs - 1)
         if epoch >= w:
-            return self.teacher_temp
-        return self.teacher_temp_start + (self.teacher_temp - self.teacher_temp_start) * epoch / w
+            return c.teacher_temp
+        return c.teacher_temp_start + (c.teacher_temp - c.teacher_temp_start) * epoch / w
 
     def _lr_at(self, step: int, steps_per_epoch: int, total: int) -> float:
-        warm = self.warmup_epochs * steps_per_epoch
+        c = self.settings
+        warm = c.warmup_epochs * steps_per_epoch
         if step < warm:
-            return self.lr * (step + 1) / warm
-        return _cosine(step - warm, total - warm, self.lr, self.min_lr)
+            return c.lr * (step + 1) / warm
+        return _cosine(step - warm, total - warm, c.lr, c.min_lr)
 
     # -- fitting ---------------------------------------------------------------------
     def fit(self, embeddings: np.ndarray, neighbors: np.ndarray | None = None) -> TEMI:
         """Train on (n, d) embeddings; ``neighbors`` (n, k) skips the neighbour search."""
         t_start = time.perf_counter()
+        c = self.settings
         x_np = np.asarray(embeddings, dtype=np.float32)
         if x_np.ndim != 2 or x_np.shape[0] < 3:
             raise ValueError(f"need (n >= 3, d) embeddings, got shape {x_np.shape}")
         n = x_np.shape[0]
-        say = self.log or (lambda s: None)
-        torch.manual_seed(self.seed)
-        gen = torch.Generator().manual_seed(self.seed)
+        gen = self._generator()
         x = torch.from_numpy(x_np)
         config = HeadConfig(in_dim=x.shape[1], n_clusters=self.n_clusters,
-                            n_heads=self.n_heads, hidden_dim=self.hidden_dim,
-                            n_layers=self.n_layers)
-        student = ClusterHead(config)
+                            n_heads=c.n_heads, hidden_dim=c.hidden_dim, n_layers=c.n_layers)
+        student = ClusterHead(config, generator=gen)
         student.set_input_stats(x.mean(0), x.std(0))
         if neighbors is None:
             # Neighbours in the space the head sees (standardised, L2-normalised): raw
@@ -230,7 +219,7 @@ class TEMI(HeadEstimator):
             with torch.no_grad():
                 neighbors, _ = knn(student.prepare(x).numpy(), k, seed=self.seed)
             knn_seconds = time.perf_counter() - t0
-            say(f"TEMI: {k} nearest neighbours of {n} points in {knn_seconds:.1f} s")
+            self._say(f"TEMI: {k} nearest neighbours of {n} points in {knn_seconds:.1f} s")
         else:
             knn_seconds = 0.0
         nbrs = torch.as_tensor(np.asarray(neighbors), dtype=torch.long)
@@ -240,39 +229,38 @@ class TEMI(HeadEstimator):
         teacher.requires_grad_(False)
         student.train()
         teacher.train()
-        opt = torch.optim.AdamW(student.parameters(), lr=self.lr,
-                                weight_decay=self.weight_decay)
-        prior = torch.full((self.n_heads, self.n_clusters), 1.0 / self.n_clusters)
+        opt = torch.optim.AdamW(student.parameters(), lr=c.lr, weight_decay=c.weight_decay)
+        prior = torch.full((c.n_heads, self.n_clusters), 1.0 / self.n_clusters)
 
-        steps_per_epoch = math.ceil(n / self.batch_size)
-        total = steps_per_epoch * self.epochs
+        steps_per_epoch = math.ceil(n / c.batch_size)
+        total = steps_per_epoch * c.epochs
         history: dict[str, Any] = {"loss": [], "loss_mean": [], "teacher_temp": [], "lr": [],
                                    "teacher_momentum": []}
         step = 0
-        bar = tqdm(range(self.epochs), desc="TEMI", unit="epoch", disable=not self.progress)
+        bar = tqdm(range(c.epochs), desc="TEMI", unit="epoch", disable=not self.progress)
         for epoch in bar:
             tau_t = self._teacher_temp_at(epoch)
             perm = torch.randperm(n, generator=gen)
-            epoch_loss = torch.zeros(self.n_heads, dtype=torch.float64)
+            epoch_loss = torch.zeros(c.n_heads, dtype=torch.float64)
             lr = momentum = 0.0
             for s in range(steps_per_epoch):
-                idx = perm[s * self.batch_size : (s + 1) * self.batch_size]
+                idx = perm[s * c.batch_size : (s + 1) * c.batch_size]
                 pick = torch.randint(nbrs.shape[1], (idx.numel(),), generator=gen)
                 pairs = torch.cat([idx, nbrs[idx, pick]])
                 z = x[pairs]
                 with torch.no_grad():
                     t_logits = teacher.all_logits(z)
                     prior = update_prior(prior, torch.softmax(t_logits / tau_t, dim=-1),
-                                         self.prior_momentum)
-                losses = temi_loss(student.all_logits(z), t_logits, prior, self.beta,
-                                   self.student_temp, tau_t)
+                                         c.prior_momentum)
+                losses = temi_loss(student.all_logits(z), t_logits, prior, c.beta,
+                                   c.student_temp, tau_t)
                 lr = self._lr_at(step, steps_per_epoch, total)
                 for group in opt.param_groups:
                     group["lr"] = lr
                 opt.zero_grad(set_to_none=True)
                 losses.sum().backward()
                 opt.step()
-                momentum = _cosine(step, total, self.teacher_momentum, 1.0)
+                momentum = _cosine(step, total, c.teacher_momentum, 1.0)
                 # Parameters only: the teacher keeps its own prior and temperature buffers.
                 ema_update(teacher, student, momentum, buffers=False)
                 epoch_loss += losses.detach().double() * idx.numel()
@@ -285,34 +273,10 @@ class TEMI(HeadEstimator):
             history["teacher_momentum"].append(momentum)
             bar.set_postfix(loss=f"{np.mean(per_head):.4f}", best=f"{min(per_head):.4f}")
 
-        head_losses = np.asarray(history["loss"][-1])
-        best = int(np.argmin(head_losses))
-        teacher.eval()
-        teacher.select(best)
-        teacher.prior.copy_(prior[best])
-        teacher.temperature.fill_(self._teacher_temp_at(self.epochs))
-        with torch.no_grad():
-            assign = teacher.all_logits(x).argmax(-1)  # (H, n)
-        usage = [int(torch.unique(a).numel()) / self.n_clusters for a in assign]
-
-        self.head_ = teacher
+        teacher.temperature.fill_(self._teacher_temp_at(c.epochs))
         self.priors_ = prior.numpy().copy()
-        self.head_losses_ = head_losses
-        self.labels_ = assign[best].numpy()
-        self.cluster_usage_ = np.asarray(usage)
-        seconds = time.perf_counter() - t_start
-        history.update({
-            "method": "temi",
-            "selected": best,
-            "head_losses": head_losses.tolist(),
-            "cluster_usage": usage,
-            "n_points": n,
-            "k_neighbors": int(nbrs.shape[1]),
-            "knn_seconds": round(knn_seconds, 3),
-            "seconds": round(seconds, 3),
-            "params": self.get_params(),
-        })
-        self.history_ = history
-        say(f"TEMI: {self.epochs} epochs in {seconds:.1f} s; head {best} selected (loss "
-            f"{head_losses[best]:.4f}, uses {usage[best]:.0%} of {self.n_clusters} clusters)")
+        history.update({"k_neighbors": int(nbrs.shape[1]), "knn_seconds": round(knn_seconds, 3)})
+        # The saved head is the teacher, with the selected head's EMA prior: its posterior
+        # at the final teacher temperature is exactly the q_t that prior averages.
+        self._finish(teacher, x, history["loss"][-1], history, t_start, prior=prior)
         return self
