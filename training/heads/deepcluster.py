@@ -21,10 +21,8 @@ with the lowest cross-entropy in the last round is selected. The saved prior is 
 selected head's cluster frequencies on the training points (add-one smoothed, so no
 cluster has prior zero).
 
-CPU defaults: 4 heads of width 256, 15 epochs of 2 balanced passes, AdamW at 1e-3 (an MLP
-head, not DeepCluster's SGD-trained convnet), k-means with 2 restarts per head and epoch;
-3,000 points take about 45 s of CPU time (45 s to 2 min wall on two shared cores), much
-of it k-means.
+Defaults: 4 heads of width 256, 15 epochs of 2 balanced passes, AdamW at 1e-3 (an MLP
+head, not DeepCluster's SGD-trained convnet), k-means with 2 restarts per head and epoch.
 """
 
 from __future__ import annotations

@@ -23,28 +23,10 @@ teacher (its EMA weights are smoother than the student's), with the selected hea
 prior and the teacher's final temperature, so its posterior is exactly the q_t the prior
 averages.
 
-Defaults follow the paper where CPU time allows and say so where they do not:
-
-- as in the paper: student temperature 0.1, teacher temperature warmed up linearly from
-  0.04 to 0.05, beta 0.6, prior momentum 0.9, two hidden layers (TEMI's 3-layer MLP;
-  the paper's head also L2-normalises a bottleneck before a weight-normalised last layer,
-  :class:`ClusterHead` is a plain MLP), AdamW with weight decay 1e-4, best head by loss;
-- 8 heads instead of 50 and hidden width 256 instead of 512: a 3,000-point fit takes
-  about 40 s of CPU time (40 s to 2 min wall on two cores shared with other jobs); more
-  heads mostly buy a better chance of a good best head;
-- teacher EMA 0.95 (rising to 1 on a cosine) instead of 0.996, and learning rate 1e-3
-  (5 warm-up epochs, cosine decay): the student can only move as fast as its teacher,
-  and 0.996 assumes the paper's tens of thousands of steps; 30 epochs of 3,000 points
-  are ~360 steps, in which a 0.996 teacher barely leaves its initialisation (the loss
-  stalls near -0.2 on FSDD instead of reaching -1.8);
-- k neighbours: the paper's 50 on its large sets; by default here
-  ``clip(round(n / (20 K)), 5, 50)``, about 5 % of an average cluster: 50 for CIFAR-10
-  and ImageNet, 15 for FSDD (3,000 clips, 10 digits), where 50 neighbours reach well
-  beyond one speaker's takes of one digit (k = 10-15 beat 50 there).
-
-The heads are small, so one torch thread is about as fast as two; on a machine shared
-with other jobs, two contending threads made each step ~9x slower (the CLI defaults to
-one thread).
+Defaults: the paper's temperatures, beta, prior momentum and optimiser; 8 heads of width
+256, teacher EMA 0.95 rising to 1, learning rate 1e-3 (docs/heads.md says why each
+differs from the paper). Neighbours: ``k_neighbors``, else
+``clip(round(n / (20 K)), 5, 50)``.
 """
 
 from __future__ import annotations
