@@ -132,9 +132,10 @@ class HeadRun:
 
     ``[head.temi]``, ``[head.deepcluster]`` and ``[head.spice]`` hold that method's
     settings (the fields of ``TEMISettings``, ``DeepClusterSettings``, ``SPICESettings``:
-    e.g. ``n_heads``, ``lr``); ``[head.spice_finetune]`` those of SPICE's joint stage
-    (``SPICEFineTuneSettings``; ``epochs = 0`` skips it). ``epochs`` overrides the
-    method's ``epochs``.
+    e.g. ``n_heads``, ``lr``); ``epochs`` overrides the method's ``epochs``.
+    ``fine_tune`` (SPICE only) adds SPICE's joint stage: stage 2 on embeddings of
+    augmented crops, then encoder and head tuned together (``[head.spice_finetune]``:
+    ``SPICEFineTuneSettings``); the run then writes the tuned encoder too.
     """
 
     method: str = "temi"
@@ -145,6 +146,7 @@ class HeadRun:
     threads: int = 1  # 0: the libraries' defaults
     batch_size: int = 64  # clips per encoder forward pass while embedding
     cache_dir: str | None = None
+    fine_tune: bool = False
     temi: dict[str, Any] = field(default_factory=dict)
     deepcluster: dict[str, Any] = field(default_factory=dict)
     spice: dict[str, Any] = field(default_factory=dict)
@@ -244,10 +246,13 @@ def _method_settings(cls: type, run: HeadRun) -> Any:
 
 
 def _finetune_settings(run: HeadRun) -> Any:
-    """SPICE's joint-stage settings (``[head.spice_finetune]``), or None for the others."""
-    if run.method != "spice":
+    """SPICE's joint-stage settings (``[head.spice_finetune]``) with ``--fine-tune``, else
+    None."""
+    if run.method != "spice" and (run.fine_tune or run.spice_finetune):
+        raise UserError("--fine-tune and [head.spice_finetune] apply to --method spice only")
+    if not run.fine_tune:
         if run.spice_finetune:
-            raise UserError("[head.spice_finetune] applies to --method spice only")
+            raise UserError("[head.spice_finetune] needs --fine-tune")
         return None
     from audioclust.training.heads import settings_from_table
     from audioclust.training.heads.spice_finetune import SPICEFineTuneSettings
@@ -261,8 +266,9 @@ def _finetune_settings(run: HeadRun) -> Any:
 
 def _fit_spice(estimator: Any, x: np.ndarray, tune: Any, encoder: Path, dataset: AudioFolder,
                run: HeadRun, log, progress: bool) -> tuple[Any, Any, dict[str, Any]]:
-    """SPICE: stage 2 on the embeddings, with views from the audio, then (unless its
-    ``epochs`` is 0) stage 3. Returns (head, tuned embedder or None, history)."""
+    """SPICE with ``--fine-tune``: stage 2 with views from the audio, then (unless the
+    joint stage's ``epochs`` is 0) stage 3. Returns (head, tuned embedder or None,
+    history)."""
     from audioclust.training.heads.spice_finetune import SPICEFineTuner, audio_views
 
     views = audio_views(encoder, dataset, tune, seed=run.seed, cache_dir=run.cache_dir,
@@ -331,6 +337,9 @@ def _add_head(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", type=Path, help="TOML/YAML file with a [head] table")
     p.add_argument("--epochs", type=int, help="training epochs (default: the method's)")
     p.add_argument("--seed", type=int, help="random seed (default 0)")
+    p.add_argument("--fine-tune", action="store_true", default=None,
+                   help="SPICE only: also tune the encoder with the head (SPICE's stage 3, "
+                   "views from augmented crops of the audio); writes OUT/encoder.safetensors")
     p.add_argument("--k-max", type=int, help="largest K --clusters auto considers (default 50)")
     p.add_argument("--threads", type=int, help="CPU threads, 0 = library defaults (default 1: "
                    "the heads are small, and on a shared machine extra threads mostly wait)")
@@ -359,6 +368,7 @@ def _head(args: argparse.Namespace) -> int:
         args.config,
         {"method": args.method, "clusters": args.clusters, "k_max": args.k_max,
          "epochs": args.epochs, "seed": args.seed, "threads": args.threads,
+         "fine_tune": args.fine_tune,
          "batch_size": args.batch_size,
          "cache_dir": "" if args.no_cache else args.cache_dir},
         section="head",

@@ -11,11 +11,32 @@ by ``seed``, and the thread count is the caller's (the CLI sets one thread).
 The end of a fit (:func:`finish_heads`) is the same for every method: score every head on
 the training embeddings, select one, give it a prior that is positive everywhere, and
 record usage and labels.
+
+Rules the heads share, so that one default works from a few hundred to 100,000 points of
+any width (docs/benchmarks.md has the measurements behind each):
+
+- length (:func:`plan_steps`): batches of the power of two nearest n / 10, within
+  [64, 512] (about ten steps an epoch, so TEMI's prior EMA, momentum 0.9, spans about
+  one pass); 30 epochs, but at least 500 and at most 2,000 optimisation steps: a
+  400-point set gets ~70 epochs instead of 60 steps, a 100,000-point one 10 epochs;
+- neighbours (:func:`neighbour_count`): k = clip(round(n / (20 K)), 5, 50), about 5 % of
+  an average cluster;
+- start (:func:`kmeans_warm_start`, TEMI and SPICE): every head first learns its own
+  k-means partition (best of 3 restarts, its own seed) of the head's input space, so the
+  method's objective refines a partition instead of starting from a random head, whose
+  first clusters merge well-separated groups on small sets;
+- selection (:func:`select_head`): the lowest loss among the heads that use the most
+  clusters; a collapsed head, whose few clusters make its loss easy, is never kept over
+  one that uses more;
+- empty clusters: k-means re-seeds an empty cluster by splitting a full one, batches are
+  drawn uniformly over the (pseudo-)clusters where there are any, and the saved prior is
+  add-one smoothed (or floored), never zero.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -32,8 +53,12 @@ __all__ = [
     "HeadEstimator",
     "HeadPredictor",
     "HeadSettings",
+    "Plan",
+    "batch_for",
     "finish_heads",
     "neighbour_count",
+    "plan_steps",
+    "select_head",
     "settings_from_table",
     "smoothed_prior",
 ]
@@ -67,6 +92,80 @@ def neighbour_count(n: int, n_clusters: int, given: int | None = None) -> int:
     return min(k, n - 1)
 
 
+def batch_for(n: int, low: int = 64, high: int = 512) -> int:
+    """Points per step for ``n`` points: the power of two nearest n / 10, within
+    [``low``, ``high``] (and at most n), so an epoch is about ten steps until the batch
+    reaches ``high``."""
+    b = 2 ** round(math.log2(max(n, 1) / 10)) if n > 10 else low
+    return int(min(max(b, low), high, n))
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A run's length: ``epochs`` passes of ``steps_per_epoch`` batches of ``batch_size``."""
+
+    batch_size: int
+    epochs: int
+    steps_per_epoch: int
+
+    @property
+    def total_steps(self) -> int:
+        return self.epochs * self.steps_per_epoch
+
+
+def plan_steps(
+    n: int,
+    batch_size: int | None = None,
+    epochs: int | None = None,
+    base_epochs: int = 30,
+    min_steps: int = 500,
+    max_steps: int = 2000,
+) -> Plan:
+    """Batch size and epochs for ``n`` points (given values win): batch :func:`batch_for`,
+    and ``base_epochs`` epochs unless that is fewer than ``min_steps`` optimisation
+    steps (small sets: more epochs) or more than ``max_steps`` (large sets: fewer)."""
+    b = min(batch_size or batch_for(n), n)
+    spe = math.ceil(n / b)
+    if epochs is None:
+        target = min(max(base_epochs * spe, min_steps), max_steps)
+        epochs = max(1, round(target / spe))
+    return Plan(b, epochs, spe)
+
+
+def kmeans_warm_start(
+    head: ClusterHead, x: torch.Tensor, seed: int, steps: int, batch: int, lr: float,
+    rng: np.random.Generator,
+) -> dict[str, Any]:
+    """Train every head of ``head`` to predict its own k-means partition (best of 3
+    restarts, seeded per head) of the head's input space, by cross-entropy (label smoothing 0.1:
+    a start, not saturated logits) on batches drawn uniformly over the k-means clusters."""
+    from torch.nn import functional as F
+
+    from audioclust.training.heads.deepcluster import balanced_indices
+    from audioclust.training.kmeans import KMeans
+
+    k = head.config.n_clusters
+    with torch.no_grad():
+        prepared = head.prepare(x)
+    z = prepared.numpy().astype(np.float64)
+    labels = [KMeans(k, n_init=3, max_iter=100, random_state=seed * 1009 + h).fit_predict(z)
+              for h in range(head.config.n_heads)]
+    targets = torch.from_numpy(np.stack(labels))
+    order = torch.from_numpy(np.stack([balanced_indices(lab, steps * batch, rng)
+                                       for lab in labels]))
+    opt = torch.optim.AdamW(head.heads.parameters(), lr=lr)
+    loss = torch.zeros(())
+    for s in range(steps):
+        idx = order[:, s * batch : (s + 1) * batch]
+        loss = torch.stack([F.cross_entropy(mlp(prepared[idx[h]]), targets[h, idx[h]],
+                                            label_smoothing=0.1)
+                            for h, mlp in enumerate(head.heads)]).sum()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return {"steps": steps, "final_loss": round(float(loss.detach()) / head.config.n_heads, 4)}
+
+
 def smoothed_prior(counts: torch.Tensor) -> torch.Tensor:
     """Add-one smoothed cluster frequencies, (counts + 1) / (n + K): never zero (the
     streaming assigner divides by the prior)."""
@@ -87,9 +186,13 @@ class FinishedHeads:
 
 
 def select_head(losses: Sequence[float], usage: Sequence[float]) -> int:
-    """The head to keep: the lowest loss."""
-    del usage
-    return int(np.argmin(np.asarray(losses, dtype=np.float64)))
+    """The head to keep: the lowest loss among the heads that use the most clusters. A
+    head that merged clusters makes its loss easy; it is never kept over one that uses
+    more of them."""
+    loss = np.asarray(losses, dtype=np.float64)
+    used = np.asarray(usage, dtype=np.float64)
+    ok = used >= used.max() - 1e-9
+    return int(np.flatnonzero(ok)[np.argmin(loss[ok])])
 
 
 @torch.no_grad()

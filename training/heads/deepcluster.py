@@ -6,23 +6,24 @@ predict the cluster indices. Here the encoder is frozen, so the part that learns
 clustering head's MLP; each *epoch* (a round, as in DeepCluster) is:
 
 1. features: round 0 clusters the head's input (standardised, L2-normalised embeddings);
-   later rounds cluster the head's penultimate activations, PCA-whitened to ``pca_dim``
-   and L2-normalised (DeepCluster's preprocessing), so the pseudo-labels follow what the
-   MLP learned;
+   later rounds cluster the head's penultimate activations, L2-normalised, so the
+   pseudo-labels follow what the MLP learned (DeepCluster PCA-whitens them; on frozen
+   audio embeddings whitening gave every noise direction the weight of a real one and
+   the pseudo-labels drifted away from the data's clusters, docs/benchmarks.md);
 2. k-means (:class:`~audioclust.training.kmeans.KMeans`, whose empty clusters are
    re-seeded by splitting a non-empty one) gives pseudo-labels;
 3. the last layer is re-initialised (cluster indices are arbitrary from one round to the
-   next) and the head is trained with cross-entropy for ``passes`` passes of n samples
-   drawn uniformly over the pseudo-labels (:func:`balanced_indices`), so a few large
-   clusters cannot make "always predict them" a cheap solution.
+   next) and the head is trained with cross-entropy on batches drawn uniformly over the
+   pseudo-labels (:func:`balanced_indices`), so a few large clusters cannot make
+   "always predict them" a cheap solution: 2 passes of batches of the shared size per
+   round, but at least 500 and at most 2,000 steps in all (the shared length rule).
 
-Each of the ``n_heads`` heads runs its own k-means (its own seed and features); the head
-with the lowest cross-entropy in the last round is selected. The saved prior is the
-selected head's cluster frequencies on the training points (add-one smoothed, so no
-cluster has prior zero).
+Each of the ``n_heads`` heads runs its own k-means (its own seed and features); selection
+(lowest last-round cross-entropy among the heads using the most clusters) and the
+add-one smoothed prior are the shared end of a fit.
 
-Defaults: 4 heads of width 256, 15 epochs of 2 balanced passes, AdamW at 1e-3 (an MLP
-head, not DeepCluster's SGD-trained convnet), k-means with 2 restarts per head and epoch.
+Defaults: 4 heads of width 256, 15 rounds, AdamW at 1e-3 (an MLP head, not DeepCluster's
+SGD-trained convnet), k-means with 2 restarts per head and round.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from audioclust.models.heads import ClusterHead, HeadConfig, init_linear
-from audioclust.training.heads.base import HeadEstimator, HeadSettings
+from audioclust.training.heads.base import HeadEstimator, HeadSettings, batch_for
 from audioclust.training.kmeans import KMeans
 from audioclust.training.metrics import nmi
 
@@ -65,34 +66,27 @@ def balanced_indices(labels: np.ndarray, n_samples: int, rng: np.random.Generato
     return out
 
 
-def _whiten(f: np.ndarray, dim: int) -> np.ndarray:
-    """PCA to ``dim`` components, whitened, then L2-normalised rows."""
-    f = f - f.mean(0)
-    u, s, _ = np.linalg.svd(f, full_matrices=False)
-    dim = min(dim, int((s > s[0] * 1e-6).sum()))
-    z = u[:, :dim] * math.sqrt(f.shape[0])  # whitened scores: unit variance per component
-    return z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)
-
-
 @dataclass(frozen=True)
 class DeepClusterSettings(HeadSettings):
-    """DeepCluster's hyperparameters (defaults: see the module docstring)."""
+    """DeepCluster's hyperparameters (defaults: see the module docstring). None means
+    "from the data": ``batch_size`` by :func:`batch_for`, ``passes`` (balanced passes
+    over the data per round) by the shared length rule."""
 
     n_heads: int = 4
     hidden_dim: int = 256
     n_layers: int = 2
     epochs: int = 15
-    passes: int = 2
-    batch_size: int = 256
+    passes: float | None = None
+    batch_size: int | None = None
     lr: float = 1e-3
     weight_decay: float = 1e-5
-    pca_dim: int = 64
     kmeans_n_init: int = 2
 
     def __post_init__(self) -> None:
-        if (min(self.n_heads, self.epochs, self.passes, self.pca_dim, self.kmeans_n_init) < 1
-                or self.batch_size < 2):
-            raise ValueError("n_heads, epochs, passes, pca_dim, kmeans_n_init >= 1 and "
+        if (min(self.n_heads, self.epochs, self.kmeans_n_init) < 1
+                or (self.batch_size is not None and self.batch_size < 2)
+                or (self.passes is not None and self.passes <= 0)):
+            raise ValueError("n_heads, epochs, kmeans_n_init >= 1, passes > 0 and "
                              "batch_size >= 2 needed")
 
 
@@ -118,7 +112,7 @@ class DeepCluster(HeadEstimator):
         if epoch == 0 or self.settings.n_layers == 0:
             return prepared.numpy().astype(np.float64)
         hidden = head.heads[h][:-1](prepared)  # everything but the last Linear
-        return _whiten(hidden.numpy().astype(np.float64), self.settings.pca_dim)
+        return F.normalize(hidden, dim=1).numpy().astype(np.float64)
 
     def fit(self, embeddings: np.ndarray) -> DeepCluster:
         t_start = time.perf_counter()
@@ -141,7 +135,14 @@ class DeepCluster(HeadEstimator):
         history: dict[str, Any] = {"loss": [], "loss_mean": [], "label_nmi": [],
                                    "kmeans_reseeds": []}
         previous: list[np.ndarray] | None = None
-        steps = math.ceil(n / c.batch_size)
+        batch = min(c.batch_size or batch_for(n), n)
+        if c.passes is None:
+            steps = int(np.clip(2 * math.ceil(n / batch), math.ceil(500 / c.epochs),
+                                math.ceil(2000 / c.epochs)))
+        else:
+            steps = max(1, round(c.passes * n / batch))
+        history["plan"] = {"batch_size": batch, "steps_per_round": steps,
+                           "steps": steps * c.epochs}
         bar = tqdm(range(c.epochs), desc="DeepCluster", unit="epoch",
                    disable=not self.progress)
         for epoch in bar:
@@ -162,20 +163,19 @@ class DeepCluster(HeadEstimator):
             # to the previous round's labelling.
             opt = torch.optim.AdamW(head.parameters(), lr=c.lr, weight_decay=c.weight_decay)
             total = torch.zeros(c.n_heads, dtype=torch.float64)
-            for _ in range(c.passes):
-                order = torch.from_numpy(np.stack(
-                    [balanced_indices(p, n, rng) for p in pseudo]))  # (H, n)
-                for s in range(steps):
-                    idx = order[:, s * c.batch_size : (s + 1) * c.batch_size]
-                    losses = torch.stack([
-                        F.cross_entropy(mlp(prepared[idx[h]]), targets[h, idx[h]])
-                        for h, mlp in enumerate(head.heads)
-                    ])
-                    opt.zero_grad(set_to_none=True)
-                    losses.sum().backward()
-                    opt.step()
-                    total += losses.detach().double() * idx.shape[1]
-            per_head = (total / (n * c.passes)).tolist()
+            order = torch.from_numpy(np.stack(
+                [balanced_indices(p, steps * batch, rng) for p in pseudo]))  # (H, S B)
+            for s in range(steps):
+                idx = order[:, s * batch : (s + 1) * batch]
+                losses = torch.stack([
+                    F.cross_entropy(mlp(prepared[idx[h]]), targets[h, idx[h]])
+                    for h, mlp in enumerate(head.heads)
+                ])
+                opt.zero_grad(set_to_none=True)
+                losses.sum().backward()
+                opt.step()
+                total += losses.detach().double()
+            per_head = (total / steps).tolist()
             history["loss"].append([round(v, 6) for v in per_head])
             history["loss_mean"].append(round(float(np.mean(per_head)), 6))
             history["kmeans_reseeds"].append(reseeds)

@@ -20,8 +20,14 @@ reference implementation's 5,000):
 - M-step: ``repeats`` shuffled passes over those points in steps of ``sub_batch``,
   cross-entropy of the labels on the *double softmax* of the strong view's logits
   (:func:`double_softmax_cross_entropy`);
-- ``n_heads`` heads, each with its own labels; selection and prior as every head's
-  (:func:`~audioclust.training.heads.base.finish_heads`).
+- ``n_heads`` heads, each with its own labels, each first trained on its own k-means
+  partition (:func:`~audioclust.training.heads.base.kmeans_warm_start`), so the first
+  E-step's centres are already spread over the data; selection and prior as every
+  head's (:func:`~audioclust.training.heads.base.finish_heads`);
+- length: ``epochs`` None gives :data:`ROUNDS` E-steps in all (30 epochs of a set that
+  fits one E-step, fewer epochs of larger ones); ``repeats`` None gives the reference's
+  8 M-step passes, fewer where the run would pass :data:`MAX_STEPS` steps;
+- neighbour views: k = clip(round(n / (20 K)), 5, 50) (the shared rule).
 
 Features for centres and similarities are the head's input space (standardised with the
 std floored at the median live std, then L2-normalised; see
@@ -32,7 +38,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -40,7 +46,13 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from audioclust.models.heads import ClusterHead, HeadConfig
-from audioclust.training.heads.base import HeadEstimator, HeadSettings, neighbour_count
+from audioclust.training.heads.base import (
+    HeadEstimator,
+    HeadSettings,
+    batch_for,
+    kmeans_warm_start,
+    neighbour_count,
+)
 from audioclust.training.heads.neighbors import knn
 
 __all__ = [
@@ -135,33 +147,43 @@ class SPICESettings(HeadSettings):
     """SPICE stage 2's hyperparameters.
 
     ``n_heads`` parallel heads, ``hidden_dim`` / ``n_layers`` (1 hidden layer = SPICE's
-    two-layer MLP); ``epochs``; ``batch_size`` (M, points per E-step, capped at the
-    data; M / K pseudo-labelled points per cluster); ``center_ratio`` (the fraction of
-    those M / K, by probability, whose mean is the centre); ``sub_batch`` and
-    ``repeats`` (the M-step: that many passes of that many points per step); ``lr``
-    (Adam); ``k_neighbors`` (neighbour views without audio views; None: TEMI's rule
-    ``clip(round(n / (20 K)), 5, 50)``).
+    two-layer MLP); ``epochs`` (None: :data:`ROUNDS` E-steps in all); ``batch_size`` (M,
+    points per E-step, capped at the data; M / K pseudo-labelled points per cluster);
+    ``center_ratio`` (the fraction of those M / K, by probability, whose mean is the
+    centre); ``sub_batch`` and ``repeats`` (the M-step: that many passes of that many
+    points per step; None: see the module docstring); ``lr`` (Adam); ``k_neighbors``
+    (neighbour views without audio views; None: the shared rule); ``init`` ("kmeans" or
+    "random") and ``init_steps``.
     """
 
     n_heads: int = 10
     hidden_dim: int = 512
     n_layers: int = 1
-    epochs: int = 30
+    epochs: int | None = None
     batch_size: int = 5000
     center_ratio: float = 0.2
     sub_batch: int = 128
-    repeats: int = 8
+    repeats: int | None = None
     lr: float = 5e-3
     k_neighbors: int | None = None
+    init: Literal["kmeans", "random"] = "kmeans"
+    init_steps: int = 100
 
     def __post_init__(self) -> None:
         for name in ("n_heads", "epochs", "batch_size", "sub_batch", "repeats"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0.0 < self.center_ratio <= 1.0:
             raise ValueError(f"center_ratio must be in (0, 1], got {self.center_ratio}")
         if self.k_neighbors is not None and self.k_neighbors < 1:
             raise ValueError(f"k_neighbors must be >= 1, got {self.k_neighbors}")
+
+
+#: EM rounds (E-step + M-step on M points) of a default run: 30 epochs of a data set that
+#: fits one E-step, as in the reference implementation; fewer epochs of larger ones.
+ROUNDS = 30
+#: Most M-step optimisation steps of a default run (the shared cap of the heads).
+MAX_STEPS = 2000
 
 
 class _ViewSource:
@@ -227,6 +249,8 @@ class SPICE(HeadEstimator):
         with torch.no_grad():
             feats = heads.prepare(x)  # the space cosine similarities are taken in
         rng = np.random.default_rng(self.seed)
+        if c.init == "kmeans":
+            kmeans_warm_start(heads, x, self.seed, c.init_steps, batch_for(n), 1e-3, rng)
         neighbours = None
         if views is None:
             neighbours = knn(feats.numpy(), self.neighbors_for(n), seed=self.seed)[0]
@@ -255,16 +279,21 @@ class SPICE(HeadEstimator):
         n_centre = max(1, round(c.center_ratio * per_cluster))
         n_labelled = per_cluster * self.n_clusters
         sub = min(c.sub_batch, n_labelled)
+        batches = max(1, n // m)
+        epochs = c.epochs or max(1, round(ROUNDS / batches))
+        # The reference's 8 passes per E-step, fewer where that would pass MAX_STEPS in all.
+        per_pass = len(range(0, n_labelled - sub + 1, sub))
+        repeats = c.repeats or int(np.clip(MAX_STEPS // (epochs * batches * per_pass), 1, 8))
         opt = torch.optim.Adam(heads.heads.parameters(), lr=c.lr)
         heads.train()
         epoch_losses: list[list[float]] = []
-        for _ in tqdm(range(c.epochs), desc="spice stage 2", unit="epoch",
+        for _ in tqdm(range(epochs), desc="spice stage 2", unit="epoch",
                       disable=not self.progress):
             order = torch.from_numpy(rng.permutation(n))
             sums = torch.zeros(c.n_heads, dtype=torch.float64)
             steps = 0
             # Only full batches: a short tail would change M / K.
-            for b in range(max(1, n // m)):
+            for b in range(batches):
                 idx = order[b * m : (b + 1) * m]
                 weak, strong = views(idx)
                 with torch.no_grad():
@@ -274,7 +303,7 @@ class SPICE(HeadEstimator):
                          for h in range(c.n_heads)]
                 rows = torch.stack([p[0] for p in picks])  # (H, n_labelled), into the batch
                 targets = torch.stack([p[1] for p in picks])
-                for _ in range(c.repeats):
+                for _ in range(repeats):
                     perm = torch.stack([torch.from_numpy(rng.permutation(n_labelled))
                                         for _ in range(c.n_heads)])
                     for s in range(0, n_labelled - sub + 1, sub):
@@ -291,4 +320,6 @@ class SPICE(HeadEstimator):
                         steps += 1
             epoch_losses.append((sums / steps).tolist())
         return {"loss": epoch_losses, "last_epoch_per_head": epoch_losses[-1],
-                "per_cluster": per_cluster, "centre_clips": n_centre, "batch_size": m}
+                "per_cluster": per_cluster, "centre_clips": n_centre, "batch_size": m,
+                "epochs": epochs, "rounds": epochs * batches, "repeats": repeats,
+                "steps": steps * epochs}

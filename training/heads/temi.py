@@ -18,15 +18,19 @@ models". On frozen embeddings g(x):
   that the pair shares a cluster, so that pairs straddling two clusters count less;
 - each head's loss is the batch mean of w L; the heads are trained together (sum).
 
-The head with the lowest loss over the last epoch is selected. The saved head is the
-teacher (its EMA weights are smoother than the student's), with the selected head's EMA
-prior and the teacher's final temperature, so its posterior is exactly the q_t the prior
-averages.
+Each head starts from its own k-means partition (:func:`~audioclust.training.heads.base.
+kmeans_warm_start`; ``init="random"`` skips it), which the student and, through the EMA,
+the teacher inherit. The saved head is the teacher (its EMA weights are smoother than the
+student's), selected by the shared rule (lowest last-epoch loss among the heads using the
+most clusters), with that head's EMA prior and the teacher's final temperature, so
+its posterior is exactly the q_t the prior averages.
 
 Defaults: the paper's temperatures, beta, prior momentum and optimiser; 8 heads of width
 256, teacher EMA 0.95 rising to 1, learning rate 1e-3 (docs/heads.md says why each
-differs from the paper). Neighbours: ``k_neighbors``, else
-``clip(round(n / (20 K)), 5, 50)``.
+differs from the paper). Batch size, epochs and k come from the data's size (the shared
+rules in :mod:`audioclust.training.heads.base`); the learning-rate warm-up is the first
+``warmup`` of the run and the teacher-temperature warm-up the first
+``teacher_temp_warmup``.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ import copy
 import math
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -44,7 +48,15 @@ from tqdm.auto import tqdm
 
 from audioclust.models.heads import ClusterHead, HeadConfig
 from audioclust.training.ema import ema_update
-from audioclust.training.heads.base import HeadEstimator, HeadSettings, neighbour_count
+from audioclust.training.heads.base import (
+    HeadEstimator,
+    HeadSettings,
+    Plan,
+    batch_for,
+    kmeans_warm_start,
+    neighbour_count,
+    plan_steps,
+)
 from audioclust.training.heads.neighbors import knn
 
 __all__ = ["TEMI", "TEMISettings", "pair_weights", "temi_loss", "update_prior"]
@@ -104,26 +116,30 @@ def _cosine(step: int, total: int, start: float, end: float) -> float:
 class TEMISettings(HeadSettings):
     """TEMI's hyperparameters (the module docstring says where each default comes from).
 
-    ``k_neighbors`` None: ``clip(round(n / (20 K)), 5, 50)`` for n points and K clusters.
+    None means "from the data": ``k_neighbors`` by :func:`neighbour_count`,
+    ``batch_size`` and ``epochs`` by :func:`plan_steps`. ``init``: "kmeans" (every head
+    first learns a k-means partition, ``init_steps`` steps) or "random".
     """
 
     n_heads: int = 8
     hidden_dim: int = 256
     n_layers: int = 2
     k_neighbors: int | None = None
-    epochs: int = 30
-    batch_size: int = 256
+    epochs: int | None = None
+    batch_size: int | None = None
     lr: float = 1e-3
     min_lr: float = 1e-5
     weight_decay: float = 1e-4
-    warmup_epochs: int = 5
+    warmup: float = 1 / 6
     student_temp: float = 0.1
     teacher_temp: float = 0.05
     teacher_temp_start: float = 0.04
-    teacher_temp_warmup_epochs: int = 10
+    teacher_temp_warmup: float = 1 / 3
     beta: float = 0.6
     prior_momentum: float = 0.9
     teacher_momentum: float = 0.95
+    init: Literal["kmeans", "random"] = "kmeans"
+    init_steps: int = 100
 
     def __post_init__(self) -> None:
         if not 0.5 < self.beta <= 1.0:
@@ -134,9 +150,12 @@ class TEMISettings(HeadSettings):
                 raise ValueError(f"{name} must be in [0, 1), got {m}")
         if min(self.student_temp, self.teacher_temp, self.teacher_temp_start) <= 0:
             raise ValueError("temperatures must be positive")
-        if (min(self.n_heads, self.epochs) < 1 or self.batch_size < 2
-                or (self.k_neighbors or 1) < 1):
+        given = [v for v in (self.epochs, self.k_neighbors) if v is not None]
+        if min([self.n_heads, *given]) < 1 or (self.batch_size is not None
+                                              and self.batch_size < 2):
             raise ValueError("n_heads, k_neighbors, epochs >= 1 and batch_size >= 2 needed")
+        if not (0.0 <= self.warmup < 1.0 and 0.0 <= self.teacher_temp_warmup < 1.0):
+            raise ValueError("warmup and teacher_temp_warmup are fractions of the run, in [0, 1)")
 
 
 class TEMI(HeadEstimator):
@@ -162,20 +181,24 @@ class TEMI(HeadEstimator):
         """k for ``n`` points: ``k_neighbors``, or the shared default rule."""
         return neighbour_count(n, self.n_clusters, self.settings.k_neighbors)
 
+    def plan(self, n: int) -> Plan:
+        """Batch size and epochs for ``n`` points (see :func:`plan_steps`)."""
+        return plan_steps(n, self.settings.batch_size, self.settings.epochs)
+
     # -- schedules -------------------------------------------------------------------
-    def _teacher_temp_at(self, epoch: int) -> float:
+    def _teacher_temp_at(self, epoch: int, epochs: int) -> float:
         c = self.settings
-        w = min(c.teacher_temp_warmup_epochs, c.epochs - 1)
+        w = min(round(c.teacher_temp_warmup * epochs), epochs - 1)
         if epoch >= w:
             return c.teacher_temp
         return c.teacher_temp_start + (c.teacher_temp - c.teacher_temp_start) * epoch / w
 
-    def _lr_at(self, step: int, steps_per_epoch: int, total: int) -> float:
+    def _lr_at(self, step: int, plan: Plan) -> float:
         c = self.settings
-        warm = c.warmup_epochs * steps_per_epoch
+        warm = round(c.warmup * plan.epochs) * plan.steps_per_epoch
         if step < warm:
             return c.lr * (step + 1) / warm
-        return _cosine(step - warm, total - warm, c.lr, c.min_lr)
+        return _cosine(step - warm, plan.total_steps - warm, c.lr, c.min_lr)
 
     # -- fitting ---------------------------------------------------------------------
     def fit(self, embeddings: np.ndarray, neighbors: np.ndarray | None = None) -> TEMI:
@@ -207,6 +230,10 @@ class TEMI(HeadEstimator):
         nbrs = torch.as_tensor(np.asarray(neighbors), dtype=torch.long)
         if nbrs.ndim != 2 or nbrs.shape[0] != n:
             raise ValueError(f"neighbors must be (n, k) with n = {n}, got {tuple(nbrs.shape)}")
+        if c.init == "kmeans":
+            history0 = kmeans_warm_start(student, x, self.seed, c.init_steps,
+                                         batch_for(n), c.lr, np.random.default_rng(self.seed))
+            self._say(f"TEMI: warm start from k-means {history0}")
         teacher = copy.deepcopy(student)
         teacher.requires_grad_(False)
         student.train()
@@ -214,19 +241,21 @@ class TEMI(HeadEstimator):
         opt = torch.optim.AdamW(student.parameters(), lr=c.lr, weight_decay=c.weight_decay)
         prior = torch.full((c.n_heads, self.n_clusters), 1.0 / self.n_clusters)
 
-        steps_per_epoch = math.ceil(n / c.batch_size)
-        total = steps_per_epoch * c.epochs
+        plan = self.plan(n)
+        batch, total = plan.batch_size, plan.total_steps
         history: dict[str, Any] = {"loss": [], "loss_mean": [], "teacher_temp": [], "lr": [],
-                                   "teacher_momentum": []}
+                                   "teacher_momentum": [], "plan": {
+                                       "batch_size": batch, "epochs": plan.epochs,
+                                       "steps": total}}
         step = 0
-        bar = tqdm(range(c.epochs), desc="TEMI", unit="epoch", disable=not self.progress)
+        bar = tqdm(range(plan.epochs), desc="TEMI", unit="epoch", disable=not self.progress)
         for epoch in bar:
-            tau_t = self._teacher_temp_at(epoch)
+            tau_t = self._teacher_temp_at(epoch, plan.epochs)
             perm = torch.randperm(n, generator=gen)
             epoch_loss = torch.zeros(c.n_heads, dtype=torch.float64)
             lr = momentum = 0.0
-            for s in range(steps_per_epoch):
-                idx = perm[s * c.batch_size : (s + 1) * c.batch_size]
+            for s in range(plan.steps_per_epoch):
+                idx = perm[s * batch : (s + 1) * batch]
                 pick = torch.randint(nbrs.shape[1], (idx.numel(),), generator=gen)
                 pairs = torch.cat([idx, nbrs[idx, pick]])
                 z = x[pairs]
@@ -236,7 +265,7 @@ class TEMI(HeadEstimator):
                                          c.prior_momentum)
                 losses = temi_loss(student.all_logits(z), t_logits, prior, c.beta,
                                    c.student_temp, tau_t)
-                lr = self._lr_at(step, steps_per_epoch, total)
+                lr = self._lr_at(step, plan)
                 for group in opt.param_groups:
                     group["lr"] = lr
                 opt.zero_grad(set_to_none=True)
@@ -255,7 +284,7 @@ class TEMI(HeadEstimator):
             history["teacher_momentum"].append(momentum)
             bar.set_postfix(loss=f"{np.mean(per_head):.4f}", best=f"{min(per_head):.4f}")
 
-        teacher.temperature.fill_(self._teacher_temp_at(c.epochs))
+        teacher.temperature.fill_(self._teacher_temp_at(plan.epochs, plan.epochs))
         self.priors_ = prior.numpy().copy()
         history.update({"k_neighbors": int(nbrs.shape[1]), "knn_seconds": round(knn_seconds, 3)})
         # The saved head is the teacher, with the selected head's EMA prior: its posterior
