@@ -6,9 +6,13 @@ VENV := .venv
 BIN := $(VENV)/bin
 # The CPU build of torch 2.13.0; an unpinned torch would pull GBs of CUDA packages.
 TORCH := torch==2.13.0
-EXTRAS ?= cpu,train,test,dev
-# prometheus (promtool) and systemd (systemd-analyze): tests/test_deploy.py checks deploy/ with them.
-APT_PACKAGES := libsndfile1 libportaudio2 prometheus systemd
+EXTRAS ?= cpu,train,pretrained,test,dev
+# The aiSFX encoder's weights (CC BY 4.0) ship in this wheel; its requirements pin numpy and
+# librosa versions that do not install here, and it needs none of them: --no-deps.
+AISFX := aisfx==0.1.2
+# prometheus (promtool) and systemd (systemd-analyze): tests/test_deploy.py checks deploy/ with them;
+# chromium: tests/test_report.py loads audioclust-report's page in it (headless).
+APT_PACKAGES := libsndfile1 libportaudio2 prometheus systemd chromium
 FSDD ?= ../shared/datasets/fsdd/recordings
 STAMP := $(VENV)/.setup-done
 
@@ -19,7 +23,8 @@ help:
 	@echo "             through the shipped default model (one JSON record per window on stdout)"
 	@echo "make baselines - the baseline clustering grid on FSDD digits"
 	@echo "make test   - set up if needed, then ruff and the whole test suite"
-	@echo "make setup  - Debian packages, .venv, torch==2.13.0 (CPU), audioclust[$(EXTRAS)]"
+	@echo "make setup  - Debian packages, .venv, torch==2.13.0 (CPU), audioclust[$(EXTRAS)],"
+	@echo "             $(AISFX) (--no-deps: the aiSFX encoder's weights)"
 
 setup: $(STAMP)
 
@@ -36,6 +41,7 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q $(TORCH)
 	$(BIN)/python -m pip install -q -e ".[$(EXTRAS)]"
+	$(BIN)/python -m pip install -q --no-deps $(AISFX)
 	@$(BIN)/python -c "import torch, onnxruntime, audioclust.models.frontend; \
 	  print('audioclust ready: torch', torch.__version__, '| onnxruntime', onnxruntime.__version__)"
 	touch $(STAMP)

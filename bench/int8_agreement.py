@@ -32,19 +32,6 @@ from benchlib import (
 THRESHOLD = 0.98  # issue 5 §4
 
 
-def run_all(model: Any, clips: list[np.ndarray], batch: int) -> tuple[np.ndarray, np.ndarray]:
-    """Embeddings and posteriors of ``clips`` in their order, ``batch`` clips per call."""
-    # Similar lengths share a batch: less padding to compute (the graph masks it, so
-    # results do not depend on the grouping).
-    order = np.argsort([len(c) for c in clips], kind="stable")
-    emb = np.zeros((len(clips), model.info.embedding_dim), np.float32)
-    post = np.zeros((len(clips), model.info.n_clusters), np.float32)
-    for start in range(0, len(order), batch):
-        idx = order[start : start + batch]
-        emb[idx], post[idx] = model.run([clips[i] for i in idx])
-    return emb, post
-
-
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """The whole measurement; returns the JSON document."""
     from audioclust.models.audio import find_audio_files, load_audio
@@ -91,11 +78,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
         log(f"{len(clips)} clips through fp32 ...")
         start = time.perf_counter()
-        z, p = run_all(fp32, clips, args.batch)
+        z, p = fp32.embed(clips, max_batch=args.batch)
         fp32_s = time.perf_counter() - start
         log(f"{len(clips)} clips through int8 ...")
         start = time.perf_counter()
-        zq, pq = run_all(int8, clips, args.batch)
+        zq, pq = int8.embed(clips, max_batch=args.batch)
         int8_s = time.perf_counter() - start
 
     agree = p.argmax(1) == pq.argmax(1)

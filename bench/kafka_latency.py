@@ -199,13 +199,9 @@ def main(argv: list[str] | None = None) -> int:
             broker = Broker(log_path=tmp / "tansu.log").start()
             bootstrap = broker.bootstrap
         try:
-            if args.model:
-                model = args.model
-            else:
-                from stream_replay import random_model
+            from benchlib import model_or_random
 
-                log("exporting a random test model ...")
-                model = random_model(tmp)
+            model = model_or_random(args.model, tmp)
             info = OnnxModel(model).info
             window, hop = info.window_samples, info.hop_samples
             chunk = round(args.chunk_seconds * info.sample_rate)

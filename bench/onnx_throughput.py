@@ -1,8 +1,9 @@
 """Embedding throughput of an exported model on this CPU, and the fraction of the machine's
 dense-matmul peak it reaches (issue 5, §4).
 
-For the fp32 model and its int8 version, at each batch size, with clips one model window
-long: clips/s and the real-time factor (audio seconds per wall second), as the median of
+For the fp32 model and its int8 version (and a ``--baseline`` model, say the one before a
+change), at each batch size, with clips one model window long, timed in turns: clips/s
+and the real-time factor (audio seconds per wall second), as the median of
 ``--repeats`` timed runs of at least ``--min-time`` seconds each after ``--warmup`` calls,
 with the spread. The FLOPs per clip are counted from the graph (see :func:`count_flops`),
 and the peak is measured in the same run, before and after the model, with the same thread
@@ -17,9 +18,7 @@ path (the frontend stays float, as in an exported int8 model).
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import statistics
 import sys
 import tempfile
 import time
@@ -31,7 +30,17 @@ from typing import Any
 
 import numpy as np
 import onnx
-from benchlib import check_pair, default_threads, log, machine_info, make_int8, write_json
+from benchlib import (
+    batch_sizes,
+    check_pair,
+    default_threads,
+    log,
+    machine_info,
+    make_int8,
+    measure,
+    measure_side_by_side,
+    run_and_report,
+)
 from onnx import TensorProto, helper, shape_inference
 
 # Weight input position of each counted op (Conv family) / first-operand position (MatMul
@@ -183,46 +192,7 @@ def count_flops(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray],
     return result
 
 
-# ---------------------------------------------------------------- timing
-
-
-@dataclass
-class Rate:
-    """Items per second over timed runs: each run repeats a call for at least min_time."""
-
-    runs: list[float]
-    calls_per_run: list[int]
-
-    @property
-    def median(self) -> float:
-        return statistics.median(self.runs)
-
-    def to_dict(self) -> dict[str, Any]:
-        med = self.median
-        return {"median": med, "min": min(self.runs), "max": max(self.runs),
-                # (max - min) / median: how far apart the timed runs were
-                "spread": (max(self.runs) - min(self.runs)) / med if med else 0.0,
-                "runs": self.runs, "calls_per_run": self.calls_per_run}
-
-
-def measure(call: Callable[[], object], items_per_call: float, warmup: int, repeats: int,
-            min_time: float) -> Rate:
-    """Rate of ``call`` after ``warmup`` calls: ``repeats`` runs of >= ``min_time`` s each."""
-    for _ in range(warmup):
-        call()
-    runs, counts = [], []
-    for _ in range(repeats):
-        n = 0
-        start = time.perf_counter()
-        while True:
-            call()
-            n += 1
-            elapsed = time.perf_counter() - start
-            if elapsed >= min_time:
-                break
-        runs.append(n * items_per_call / elapsed)
-        counts.append(n)
-    return Rate(runs, counts)
+# ---------------------------------------------------------------- peak
 
 
 def _matmul_session(n: int, threads: int, integer: bool) -> Callable[[], object]:
@@ -318,28 +288,43 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             log(f"warning: {w}")
         described = {"model": _describe(fp32), "int8_model": {**_describe(int8), "source": made}}
 
+        baseline, baseline_flops = None, None
+        if args.baseline:
+            baseline = OnnxModel(args.baseline, provider="cpu", threads=threads)
+            described["baseline"] = _describe(baseline)
         feeds = {"waveform": _clips(1, samples), "lengths": np.array([samples], np.int64)}
         log("counting FLOPs ...")
         flops = count_flops(onnx.load(args.model), feeds)
         flops_int8 = count_flops(onnx.load(int8_path), feeds)
+        if args.baseline:
+            baseline_flops = count_flops(onnx.load(args.baseline), feeds)
 
         log(f"dense-matmul peak ({args.peak_size}^2, {threads} threads) ...")
         peak_before = measure_peak(args.peak_size, threads, args.peak_repeats, args.min_time)
+        # Every model of the run at a batch size, timed in turns: ratios from one run.
+        models = {"fp32": (fp32, flops), "int8": (int8, flops)}
+        if baseline is not None:
+            models["baseline"] = (baseline, baseline_flops)
         results = []
-        for precision, model in (("fp32", fp32), ("int8", int8)):
-            for batch in args.batches:
-                log(f"{precision} batch {batch} ...")
-                clips = _clips(batch, samples)
-                rate = measure(lambda m=model, c=clips: m.run_batch(c), batch, args.warmup,
-                               args.repeats, args.min_time)
-                achieved = rate.median * flops.flops / 1e9
+        for batch in args.batches:
+            log(f"batch {batch}: {', '.join(models)} in turns ...")
+            clips = _clips(batch, samples)
+            rates = measure_side_by_side(
+                {name: (lambda m=model, c=clips: m.embed(c, max_batch=len(c)))
+                 for name, (model, _) in models.items()},
+                batch, args.warmup, args.repeats, args.min_time)
+            for name, rate in rates.items():
                 results.append({
-                    "precision": precision,
+                    "model": "baseline" if name == "baseline" else "model",
+                    "precision": "fp32" if name == "baseline" else name,
                     "batch": batch,
                     "clips_per_s": rate.to_dict(),
+                    "clips_per_s_per_thread": rate.median / threads,
                     "ms_per_batch": 1e3 * batch / rate.median,
                     "real_time_factor": rate.median * seconds,
-                    "gflops": achieved,
+                    "gflops": rate.median * models[name][1].flops / 1e9,
+                    "vs_baseline": rate.median / rates["baseline"].median
+                    if "baseline" in rates else None,
                 })
         peak_after = measure_peak(args.peak_size, threads, args.peak_repeats, args.min_time)
 
@@ -373,6 +358,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     "count is used for both precisions.",
             "fp32_graph": flops.to_dict(),
             "int8_graph": flops_int8.to_dict(),
+            "baseline_graph": None if baseline_flops is None else baseline_flops.to_dict(),
         },
         "peak": {
             "fp32_gflops": peak,
@@ -407,31 +393,30 @@ def markdown(doc: dict[str, Any]) -> str:
         f"{p['before_gflops']['numpy_sgemm_fp32']:.1f} / "
         f"{p['after_gflops']['numpy_sgemm_fp32']:.1f} before / after); int8 MatMulInteger "
         f"{p['before_gflops']['ort_matmulinteger_int8']:.1f} GOP/s.",
+    ]
+    if doc.get("baseline"):
+        b = doc["baseline"]
+        lines.append(f"Baseline `{b['path']}` (sha256 {b['weights_sha256'][:12]}), FLOPs per "
+                     f"clip {f['baseline_graph']['flops'] / 1e6:.1f} M, timed in turns with "
+                     "the model.")
+    lines += [
         "",
-        "| precision | batch | clips/s (median) | min–max | ms/batch | real-time factor "
-        "| GFLOP/s | % of peak |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| model | precision | batch | clips/s (median) | min–max | per thread | ms/batch "
+        "| real-time factor | GFLOP/s | % of peak | × baseline |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in doc["results"]:
         c = r["clips_per_s"]
+        ratio = "" if r["vs_baseline"] is None else f"{r['vs_baseline']:.2f}×"
         lines.append(
-            f"| {r['precision']} | {r['batch']} | {c['median']:.1f} | {c['min']:.1f}–"
-            f"{c['max']:.1f} | {r['ms_per_batch']:.2f} | {r['real_time_factor']:,.1f}× | "
-            f"{r['gflops']:.2f} | {100 * r['peak_fraction']:.1f} % |")
+            f"| {r['model']} | {r['precision']} | {r['batch']} | {c['median']:.1f} | "
+            f"{c['min']:.1f}–{c['max']:.1f} | {r['clips_per_s_per_thread']:.1f} | "
+            f"{r['ms_per_batch']:.2f} | {r['real_time_factor']:,.1f}× | {r['gflops']:.2f} | "
+            f"{100 * r['peak_fraction']:.1f} % | {ratio} |")
     lines.append("\n% of peak: counted FLOPs per clip x clips/s over the fp32 peak, for the "
                  "int8 rows too (their multiplications are the same, in int8 or fp32).")
     lines.extend(f"\nwarning: {w}" for w in doc["warnings"])
     return "\n".join(lines)
-
-
-def _batches(text: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        values = []
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: give positive batch sizes like 1,32")
-    return values
 
 
 def _positive(kind: type) -> Callable[[str], Any]:
@@ -457,9 +442,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "(audioclust-export)")
     parser.add_argument("--int8", type=Path, help="its int8 version; default: quantise "
                         "--model here with audioclust-export's int8 path")
+    parser.add_argument("--baseline", type=Path, help="another fp32 model (the one before a "
+                        "change) timed in turns with --model, for ratios from one run")
     parser.add_argument("--threads", type=_positive(int), default=default_threads(),
                         help="intra-op threads for the model and the peak measurement")
-    parser.add_argument("--batches", type=_batches, default="1,32", help="batch sizes")
+    parser.add_argument("--batches", type=batch_sizes, default="1,32", help="batch sizes")
     parser.add_argument("--clip-seconds", type=_positive(float),
                         help="clip length; default: the model's window from its metadata")
     parser.add_argument("--warmup", type=int, default=5, help="untimed calls first")
@@ -482,19 +469,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        doc = run(args)
-    except (OSError, ValueError) as exc:  # ModelError is a ValueError
-        print(f"onnx_throughput: error: {exc}", file=sys.stderr)
-        return 1
-    write_json(doc, args.out)
-    table = markdown(doc)
-    if args.json:
-        log(table)
-        print(json.dumps(doc, indent=2))
-    else:
-        print(table)
-    return 0
+    return run_and_report("onnx_throughput", lambda: run(args), markdown, args.json, args.out)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ and then by command-line flags. One function does both: :func:`build_config`.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import tomllib
 import types
@@ -14,7 +15,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-__all__ = ["ConfigError", "build_config", "read_config_file"]
+__all__ = ["ConfigError", "build_config", "config_from_dict", "read_config_file"]
 
 T = TypeVar("T")
 
@@ -27,9 +28,11 @@ def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
     """Read a ``.toml``, ``.yaml`` or ``.yml`` file into a dict."""
     p = Path(path)
     try:
-        text = p.read_text()
+        text = p.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"{p}: cannot read config ({exc.strerror or exc})") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{p}: not a text file (byte {exc.start} is not UTF-8)") from exc
     try:
         if p.suffix == ".toml":
             data = tomllib.loads(text)
@@ -42,6 +45,11 @@ def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"{p}: top level must be a table/mapping")
     return data
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else f"{text[:57]}..."
 
 
 def _coerce(value: Any, tp: Any, where: str) -> Any:
@@ -57,30 +65,45 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
                 return _coerce(value, arg, where)
             except ConfigError:
                 continue
-        raise ConfigError(f"{where}: {value!r} does not fit {tp}")
+        raise ConfigError(f"{where}: {_show(value)} does not fit {tp}")
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a table, got {value!r}")
+            raise ConfigError(f"{where}: expected a table, got {_show(value)}")
         return _from_dict(tp, value, where)
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
+            raise ConfigError(f"{where}: expected a list, got {_show(value)}")
         (inner, *_) = typing.get_args(tp) or (Any,)
         items = [_coerce(v, inner, f"{where}[{i}]") for i, v in enumerate(value)]
         return tuple(items) if origin is tuple else items
     if origin is typing.Literal:
         if value not in typing.get_args(tp):
-            raise ConfigError(f"{where}: {value!r} is not one of {typing.get_args(tp)}")
+            raise ConfigError(f"{where}: {_show(value)} is not one of {typing.get_args(tp)}")
+        return value
+    if origin is dict:
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise ConfigError(f"{where}: expected a table, got {_show(value)}")
         return value
     if tp is Any:
         return value
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+        value = float(value) if abs(value) < 2**1023 else math.inf
+    if tp is float and isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{where}: {_show(value)} is not a finite number")
     if tp is bool and not isinstance(value, bool):
-        raise ConfigError(f"{where}: expected true/false, got {value!r}")
+        raise ConfigError(f"{where}: expected true/false, got {_show(value)}")
+    if tp is int and isinstance(value, bool):  # Python counts True as 1; a setting must not
+        raise ConfigError(f"{where}: expected an integer, got {_show(value)}")
     if isinstance(tp, type) and not isinstance(value, tp):
-        raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r}")
+        raise ConfigError(f"{where}: expected {tp.__name__}, got {_show(value)}")
     return value
+
+
+def config_from_dict(cls: type[T], data: dict[str, Any], where: str | None = None) -> T:
+    """``cls(**data)`` with every value checked against its type hint (ConfigError)."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or cls.__name__}: expected a table, got {_show(data)}")
+    return _from_dict(cls, data, where or cls.__name__)
 
 
 def _from_dict(cls: type[T], data: dict[str, Any], where: str) -> T:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,8 @@ from .checkpoint import read_checked_metadata, write_safetensors
 from .encoders import build_encoder, encoder_name
 from .frontend import FrontendConfig, LogMelFrontend
 
-__all__ = ["EMBEDDER_FORMAT", "Embedder", "embed_clips", "load_embedder", "save_embedder"]
+__all__ = ["EMBEDDER_FORMAT", "Embedder", "embed_by_length", "embed_clips", "load_embedder",
+           "save_embedder"]
 
 EMBEDDER_FORMAT = "audioclust-embedder"
 _FORMAT_VERSION = "1"
@@ -59,14 +60,16 @@ class Embedder(nn.Module):
 
     @property
     def min_samples(self) -> int:
-        """Shortest waveform that yields the encoder's minimum number of frames."""
-        return (int(self.encoder.min_frames) - 1) * self.frontend.config.hop_length
+        """Shortest waveform that yields the encoder's minimum number of frames (and that
+        the frontend's edge padding accepts)."""
+        frames = (int(self.encoder.min_frames) - 1) * self.frontend.config.hop_length
+        return max(frames, self.frontend.stft.min_samples)
 
     def normalise(self, logmel: torch.Tensor) -> torch.Tensor:
         return (logmel - self.norm_mean) / self.norm_std
 
     def forward(self, waveform: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
-        x = self.normalise(self.frontend(waveform))
+        x = self.normalise(self.frontend(waveform, lengths))
         if lengths is None:
             return self.encoder(x)
         frames = 1 + torch.div(lengths, self.frontend.config.hop_length, rounding_mode="floor")
@@ -130,21 +133,22 @@ def load_embedder(
 
 @torch.inference_mode()
 def embed_clips(
-    embedder: Embedder,
+    embedder: nn.Module,
     clips: list[np.ndarray],
     batch_size: int = 64,
     progress: bool = False,
 ) -> np.ndarray:
     """Embed waveforms of any lengths; (n, d) float32.
 
-    Clips are sorted by length and batched with zero padding plus their lengths, so
-    padding never changes an embedding; clips shorter than the encoder's minimum are
-    zero-padded up to it (and counted as that long).
+    ``embedder``: an :class:`Embedder`, or any module with its contract (``forward(waveform,
+    lengths)``, ``embed_dim``, ``min_samples``). Clips are sorted by length and batched
+    with zero padding plus their lengths, so padding never changes an embedding; clips
+    shorter than the encoder's minimum are zero-padded up to it (and counted as that long).
     """
     from tqdm.auto import tqdm
 
     embedder.eval()
-    device = embedder.norm_mean.device
+    device = next(iter(embedder.state_dict().values())).device
     min_len = max(embedder.min_samples, 1)
     order = np.argsort([len(c) for c in clips], kind="stable")
     out = np.zeros((len(clips), embedder.embed_dim), dtype=np.float32)
@@ -159,4 +163,29 @@ def embed_clips(
             torch.from_numpy(batch).to(device), torch.tensor(lengths, device=device)
         )
         out[idx] = emb.float().cpu().numpy()
+    return out
+
+
+def embed_by_length(
+    run: Callable[[np.ndarray], np.ndarray],
+    clips: list[np.ndarray],
+    dim: int,
+    batch_size: int = 64,
+    progress: bool = False,
+) -> np.ndarray:
+    """(n, dim) float32 embeddings by ``run`` ((B, T) float32 -> (B, dim)), batching only
+    clips of equal length: for encoders that take no lengths, or that normalise over time
+    with any padding included, so that no clip is ever padded."""
+    from tqdm.auto import tqdm
+
+    order = np.argsort([len(c) for c in clips], kind="stable")
+    groups: list[list[int]] = []
+    for i in order:
+        if groups and len(clips[groups[-1][0]]) == len(clips[i]) and len(groups[-1]) < batch_size:
+            groups[-1].append(int(i))
+        else:
+            groups.append([int(i)])
+    out = np.zeros((len(clips), dim), dtype=np.float32)
+    for group in tqdm(groups, desc="embed", unit="batch", disable=not progress):
+        out[group] = run(np.stack([np.asarray(clips[i], dtype=np.float32) for i in group]))
     return out

@@ -1,9 +1,16 @@
-"""One ONNX graph from a 16 kHz waveform to the clip embedding and the cluster posterior.
+"""One ONNX graph from a waveform to the clip embedding and the cluster posterior.
 
-Inputs: ``waveform`` (B, T) float32 and ``lengths`` (B,) int64 (real samples per row, so
-rows of a batch may be zero-padded to a common T). Outputs: ``embedding`` (B, d) and
-``posterior`` (B, K). Batch and length are dynamic. The metadata properties carry what a
-runtime needs to use the model without any training code: see :data:`METADATA_KEYS`.
+Inputs: ``waveform`` (B, T) float32 at the encoder's sample rate and ``lengths`` (B,)
+int64 (real samples per row, so rows of a batch may be zero-padded to a common T).
+Outputs: ``embedding`` (B, d) and ``posterior`` (B, K). Batch and length are dynamic. The
+metadata properties carry what a runtime needs to use the model without any training
+code: see :data:`METADATA_KEYS`.
+
+The encoder is any encoder spec (``models/encoder_spec.py``): torch encoders (audioclust
+checkpoints, the pretrained log-mel CNNs, Hugging Face models) are exported with the head
+by torch; an ``onnx:`` encoder's own graph is merged with the exported head by
+:func:`~audioclust.models.onnx_encoder.merge_with_head`. A pretrained encoder's credit
+and licence travel in the ``encoder`` metadata.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ import onnx
 import torch
 from torch import nn
 
-from .embedder import Embedder, load_embedder, read_embedder_metadata
+from .encoder_spec import WaveformEncoder, open_encoder
 from .heads import ClusterHead, load_head, read_head_metadata
 from .onnx_export import export_onnx, set_metadata
 
@@ -47,7 +54,7 @@ class FullModel(nn.Module):
     Without a head (head-free export) the graph returns the embedding alone.
     """
 
-    def __init__(self, embedder: Embedder, head: ClusterHead | None):
+    def __init__(self, embedder: nn.Module, head: ClusterHead | None):
         super().__init__()
         if head is not None and head.config.in_dim != embedder.embed_dim:
             raise ValueError(f"head expects {head.config.in_dim}-d embeddings, encoder gives "
@@ -94,7 +101,7 @@ def _check_prior(head: ClusterHead, path: str | os.PathLike) -> None:
 
 
 def export_model(
-    encoder_path: str | os.PathLike,
+    encoder_path: str | os.PathLike | WaveformEncoder,
     head_path: str | os.PathLike | None,
     out: str | os.PathLike,
     window_seconds: float = 1.0,
@@ -102,7 +109,7 @@ def export_model(
     quantize: str | None = None,
     description: str = "",
 ) -> ExportResult:
-    """Export encoder checkpoint + head checkpoint to one ONNX file at ``out``.
+    """Export encoder (any encoder spec) + head checkpoint to one ONNX file at ``out``.
 
     ``head_path=None`` exports the encoder alone (head-free): the graph's only output is
     the embedding, the metadata says ``n_clusters`` 0, ``prior`` [] and ``head_method``
@@ -118,15 +125,28 @@ def export_model(
     if not 0 < hop_seconds <= window_seconds:
         raise ValueError(f"need 0 < hop <= window, got hop {hop_seconds}, window "
                          f"{window_seconds}")
-    enc_meta = read_embedder_metadata(encoder_path)
+    enc = open_encoder(encoder_path)
     head_meta = read_head_metadata(head_path) if head_path is not None else None
-    embedder = load_embedder(encoder_path)
+    # as audioclust-eval head checks: a head recording its encoder's identity needs that one
+    if (head_meta is not None and head_meta["encoder_sha256"]
+            and head_meta["encoder_sha256"] != enc.sha256):
+        raise ValueError(f"{head_path} was trained on the encoder with SHA-256 "
+                         f"{head_meta['encoder_sha256'][:12]}..., but {encoder_path} is "
+                         f"{enc.sha256[:12]}...: pass the encoder the head was trained with")
     head = load_head(head_path) if head_path is not None else None
+    if head is not None and head.config.in_dim != enc.embed_dim:
+        raise ValueError(f"head expects {head.config.in_dim}-d embeddings, encoder gives "
+                         f"{enc.embed_dim}")
     if head is not None:
         _check_prior(head, head_path)
-    model = FullModel(embedder, head).eval()
-    sr = embedder.frontend.config.sample_rate
-    min_samples = max(embedder.min_samples, embedder.frontend.config.n_fft)
+    sr = enc.sample_rate
+    embedder = enc.embedder
+    if embedder is not None:
+        frontend = embedder.frontend.config.to_dict()
+        min_samples = max(embedder.min_samples, embedder.frontend.config.n_fft)
+    else:
+        frontend = {"kind": enc.kind}
+        min_samples = enc.min_samples
     if window_seconds * sr < min_samples:
         raise ValueError(f"window {window_seconds} s is shorter than the model's minimum "
                          f"{min_samples / sr:.3f} s")
@@ -139,30 +159,34 @@ def export_model(
         "window_seconds": window_seconds,
         "hop_seconds": hop_seconds,
         "min_samples": min_samples,
-        "frontend": json.dumps(embedder.frontend.config.to_dict(), sort_keys=True),
-        "embedding_dim": embedder.embed_dim,
+        "frontend": json.dumps(frontend, sort_keys=True),
+        "embedding_dim": enc.embed_dim,
         "n_clusters": 0 if head is None else head.config.n_clusters,
         "prior": json.dumps([] if head is None else [round(float(p), 8) for p in head.prior]),
-        "encoder": json.dumps({"name": enc_meta["encoder"], "config": enc_meta["encoder_config"]},
-                              sort_keys=True),
-        "encoder_method": str(enc_meta["info"].get("method", "unknown")),
+        "encoder": json.dumps(enc.description, sort_keys=True),
+        "encoder_method": enc.method,
         "head_method": "none" if head_meta is None else head_meta["method"],
-        "training_data": json.dumps({"encoder": enc_meta["info"].get("data", ""),
-                                     "encoder_clips": enc_meta["info"].get("clips"),
+        "training_data": json.dumps({"encoder": enc.info.get("data", ""),
+                                     "encoder_clips": enc.info.get("clips"),
                                      "head": "" if head_meta is None
                                      else head_meta["info"].get("data", "")}),
         "quantization": quantize or "none",
         "description": description,
     }
     out = Path(out)
-    example = (torch.zeros(2, int(window_seconds * sr)), torch.full((2,), int(window_seconds * sr)))
     float_path = out if quantize is None else out.with_suffix(".fp32.onnx")
-    outputs = ["embedding"] if head is None else ["embedding", "posterior"]
-    export_onnx(
-        model, example, float_path, ["waveform", "lengths"], outputs,
-        {"waveform": {0: "batch", 1: "samples"}, "lengths": {0: "batch"}},
-        min_sizes={"samples": min_samples},
-    )
+    if enc.onnx is not None:
+        _export_onnx_encoder(enc, head, float_path)
+    else:
+        model = FullModel(enc.require_module("export"), head).eval()
+        example = (torch.zeros(2, int(window_seconds * sr)),
+                   torch.full((2,), int(window_seconds * sr)))
+        outputs = ["embedding"] if head is None else ["embedding", "posterior"]
+        export_onnx(
+            model, example, float_path, ["waveform", "lengths"], outputs,
+            {"waveform": {0: "batch", 1: "samples"}, "lengths": {0: "batch"}},
+            min_sizes={"samples": min_samples},
+        )
     if quantize == "int8":
         _quantize_int8(float_path, out)
         float_path.unlink()
@@ -172,6 +196,24 @@ def export_model(
     set_metadata(onnx_model, strings)
     onnx.save(onnx_model, out)
     return ExportResult(out, strings)
+
+
+def _export_onnx_encoder(enc: WaveformEncoder, head: ClusterHead | None, out: Path) -> None:
+    """An onnx: encoder's own graph, merged with the head exported on its own."""
+    import tempfile
+
+    from .onnx_encoder import merge_with_head
+
+    head_model = None
+    if head is not None:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = export_onnx(head.eval(), (torch.zeros(2, enc.embed_dim),),
+                               Path(tmp) / "head.onnx", ["z"], ["posterior"],
+                               {"z": {0: "batch"}})
+            head_model = onnx.load(path)
+    merged = merge_with_head(enc.onnx, head_model)
+    onnx.checker.check_model(merged)
+    onnx.save(merged, out)
 
 
 def quantize_model(src: str | os.PathLike, out: str | os.PathLike) -> Path:
@@ -220,22 +262,25 @@ def _quantize_int8(src: Path, dst: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``audioclust-export``: encoder + head checkpoints -> one ONNX model."""
+    """``audioclust-export``: encoder + head checkpoint -> one ONNX model."""
     import argparse
     import sys
 
     from .cli import HelpFormatter, run_command
+    from .encoder_spec import add_encoder_arguments, encoder_from_args
 
     parser = argparse.ArgumentParser(
         prog="audioclust-export",
         description=(
-            "Export an encoder checkpoint (audioclust-train ssl) and a head checkpoint "
-            "(audioclust-train head) as one ONNX graph: 16 kHz waveform + lengths -> "
-            "embedding + cluster posterior, with the metadata audioclust-stream needs."
+            "Export an encoder (a checkpoint from audioclust-train ssl, or a pretrained "
+            "model: aisfx, panns:FILE, byola:FILE, onnx:FILE, hf:DIR) and a head checkpoint "
+            "(audioclust-train head) as one ONNX graph: waveform + lengths at the encoder's "
+            "sample rate -> embedding + cluster posterior, with the metadata "
+            "audioclust-stream needs (a pretrained encoder's credit and licence included)."
         ),
         formatter_class=HelpFormatter,
     )
-    parser.add_argument("--encoder", required=True, type=Path, help="encoder .safetensors")
+    add_encoder_arguments(parser, help="the encoder the head was trained on")
     parser.add_argument("--head", type=Path, help="head .safetensors; without it the model is "
                         "head-free (embedding only; audioclust-stream clusters online)")
     parser.add_argument("-o", "--output", required=True, type=Path, help="model .onnx to write")
@@ -247,8 +292,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     def body() -> int:
-        result = export_model(args.encoder, args.head, args.output, args.window, args.hop,
-                              args.quantize, args.description)
+        result = export_model(encoder_from_args(args.encoder, args), args.head, args.output,
+                              args.window, args.hop, args.quantize, args.description)
         if args.json:
             print(json.dumps({"path": str(result.path), "metadata": result.metadata}))
         else:

@@ -3,8 +3,9 @@
 No torch here: the streaming service imports this and onnxruntime only. The loader reads
 and checks the model's metadata, picks the CUDA execution provider when ONNX Runtime has
 it and the CPU provider otherwise (the choice is logged and exposed as ``provider``),
-sets thread counts, and runs batches of variable-length audio by zero-padding them and
-passing each row's length, which the graph uses to ignore the padding.
+sets thread counts, and embeds windows of any lengths with :meth:`OnnxModel.embed`:
+length-bucketed batches, zero-padded only where lengths differ, each row with its length,
+which the graph uses to ignore the padding.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -136,9 +139,13 @@ class OnnxModel:
 
     ``provider``: "auto" (CUDA when available, else CPU), "cpu", "cuda" or a full
     provider name. ``threads``: intra-op threads (0 lets ONNX Runtime decide).
+    ``device_id``: the GPU the CUDA provider runs on. On CUDA every batch runs through
+    I/O binding: the inputs are copied to the GPU once and the outputs are allocated
+    there by ONNX Runtime, then copied back, instead of ONNX Runtime's per-call staging.
     """
 
-    def __init__(self, path: str | os.PathLike, provider: str = "auto", threads: int = 0):
+    def __init__(self, path: str | os.PathLike, provider: str = "auto", threads: int = 0,
+                 device_id: int = 0):
         import onnxruntime as ort
 
         self.path = Path(path)
@@ -149,8 +156,13 @@ class OnnxModel:
         options.inter_op_num_threads = 1
         options.log_severity_level = 3  # errors only; ours are clearer
         providers = _choose_providers(provider)
+        if "CUDAExecutionProvider" in providers:
+            _preload_cuda_libraries()
+        provider_options = [{"device_id": str(device_id)} if p == "CUDAExecutionProvider"
+                            else {} for p in providers]
         try:
-            self.session = ort.InferenceSession(str(self.path), options, providers=providers)
+            self.session = ort.InferenceSession(str(self.path), options, providers=providers,
+                                                provider_options=provider_options)
         except Exception as exc:  # ORT raises its own Fail/InvalidProtobuf/... types
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ModelError(self.path, f"not a loadable ONNX model ({first})") from exc
@@ -158,6 +170,10 @@ class OnnxModel:
         self.info = ModelInfo.from_metadata(meta, self.path)
         self._check_signature()
         self.provider = self.session.get_providers()[0]
+        self.device_id = device_id
+        #: Where the outputs are allocated: "cuda" binds them on the GPU, None runs plainly.
+        self.output_device: str | None = "cuda" if self.provider == "CUDAExecutionProvider" \
+            else None
         log.info("model %s on %s (requested %s)", self.path.name, self.provider, provider)
 
     def _check_signature(self) -> None:
@@ -175,44 +191,95 @@ class OnnxModel:
 
     @property
     def head_free(self) -> bool:
-        """An encoder without a clustering head: :meth:`run` gives no posterior."""
+        """An encoder without a clustering head: :meth:`embed` gives no posterior."""
         return self.info.n_clusters == 0
 
     @property
     def _outputs(self) -> tuple[str, ...]:
         return _OUTPUTS[:1] if self.head_free else _OUTPUTS
 
-    def _session_run(self, batch: np.ndarray,
-                     lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        out = self.session.run(list(self._outputs), {"waveform": batch, "lengths": lengths})
+    def _run(self, batch: np.ndarray,
+             lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """One call of the graph on a (B, T) float32 batch and its (B,) int64 lengths."""
+        names = list(self._outputs)
+        if self.output_device is None:
+            out = self.session.run(names, {"waveform": batch, "lengths": lengths})
+        else:
+            binding = self.session.io_binding()
+            binding.bind_cpu_input("waveform", batch)
+            binding.bind_cpu_input("lengths", lengths)
+            for name in names:
+                binding.bind_output(name, self.output_device, self.device_id)
+            self.session.run_with_iobinding(binding)
+            out = binding.copy_outputs_to_cpu()
         return out[0], (None if self.head_free else out[1])
 
-    def run(self, clips: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
-        """Embeddings (B, d) and posteriors (B, K) for mono float32 clips at the model's rate.
+    def embed(self, windows: Sequence[np.ndarray] | np.ndarray, max_batch: int = 32,
+              on_batch: Callable[[int, float], None] | None = None,
+              ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Embeddings (n, d) and posteriors (n, K) of mono float32 windows at the model's
+        rate, in their order; a head-free model gives None for the posteriors.
 
-        Clips may differ in length; each must be at least ``info.min_samples`` long. A
-        head-free model gives None for the posteriors.
+        Windows may differ in length; each must be at least ``info.min_samples`` long.
+        They run in batches of at most ``max_batch``: the windows of a length that
+        several share (a stream's full windows) as they are, the others (the tails of
+        ended streams) sorted by length and zero-padded together, each row with its
+        length, which the graph uses to ignore the padding. A (B, T) array is B windows of
+        one length. ``on_batch(size, seconds)`` is called after each batch.
         """
-        if not clips:
-            return (np.zeros((0, self.info.embedding_dim), np.float32),
-                    None if self.head_free else np.zeros((0, self.info.n_clusters), np.float32))
-        lengths = np.array([len(c) for c in clips], dtype=np.int64)
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be at least 1, got {max_batch}")
+        n = len(windows)
+        emb = np.zeros((n, self.info.embedding_dim), np.float32)
+        post = None if self.head_free else np.zeros((n, self.info.n_clusters), np.float32)
+        if n == 0:
+            return emb, post
+        if isinstance(windows, np.ndarray) and windows.ndim != 2:
+            raise ValueError(f"expected (batch, samples) or a list of 1-D windows, got shape "
+                             f"{windows.shape}")
+        lengths = np.array([len(w) for w in windows], dtype=np.int64)
         short = int(lengths.min())
         if short < self.info.min_samples:
-            raise ValueError(f"a clip of {short} samples is shorter than the model's minimum "
-                             f"{self.info.min_samples}")
-        batch = np.zeros((len(clips), int(lengths.max())), dtype=np.float32)
-        for row, clip in enumerate(clips):
-            batch[row, : len(clip)] = clip
-        return self._session_run(batch, lengths)
+            raise ValueError(f"a window of {short} samples is shorter than the model's "
+                             f"minimum {self.info.min_samples}")
+        for idx in _buckets(lengths, max_batch):
+            t0 = time.perf_counter()
+            if isinstance(windows, np.ndarray):
+                whole = len(idx) == n and bool((idx == np.arange(n)).all())
+                batch = np.ascontiguousarray(windows if whole else windows[idx],
+                                             dtype=np.float32)
+            else:
+                batch = np.zeros((len(idx), int(lengths[idx].max())), dtype=np.float32)
+                for row, i in enumerate(idx):
+                    batch[row, : lengths[i]] = windows[i]
+            z, p = self._run(batch, lengths[idx])
+            emb[idx] = z
+            if post is not None:
+                post[idx] = p
+            if on_batch is not None:
+                on_batch(len(idx), time.perf_counter() - t0)
+        return emb, post
 
-    def run_batch(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """Like :meth:`run` for an equal-length (B, T) float32 array, without copying."""
-        batch = np.ascontiguousarray(batch, dtype=np.float32)
-        if batch.ndim != 2:
-            raise ValueError(f"expected (batch, samples), got shape {batch.shape}")
-        if batch.shape[1] < self.info.min_samples:
-            raise ValueError(f"{batch.shape[1]} samples is shorter than the model's minimum "
-                             f"{self.info.min_samples}")
-        lengths = np.full(batch.shape[0], batch.shape[1], dtype=np.int64)
-        return self._session_run(batch, lengths)
+
+def _buckets(lengths: np.ndarray, max_batch: int) -> list[np.ndarray]:
+    """Index batches of at most ``max_batch``: each length several windows share on its
+    own (no padding), the lengths no other window has sorted and packed together."""
+    values, counts = np.unique(lengths, return_counts=True)
+    shared = set(values[counts > 1].tolist())
+    groups = [np.flatnonzero(lengths == v) for v in values if v in shared]
+    single = np.flatnonzero(~np.isin(lengths, list(shared)))
+    groups.append(single[np.argsort(lengths[single], kind="stable")])
+    return [g[lo : lo + max_batch] for g in groups for lo in range(0, len(g), max_batch)]
+
+
+def _preload_cuda_libraries() -> None:
+    """Load the CUDA and cuDNN libraries of the nvidia-* wheels when they are installed
+    (``onnxruntime-gpu[cuda,cudnn]``), so no system CUDA install is needed."""
+    import onnxruntime as ort
+
+    preload = getattr(ort, "preload_dlls", None)  # ONNX Runtime >= 1.21
+    if preload is not None:
+        try:
+            preload()
+        except Exception as exc:  # a system CUDA install may still serve
+            log.debug("onnxruntime.preload_dlls: %s", exc)

@@ -27,15 +27,18 @@ windows were batched for inference (file, Kafka and microphone give the same out
 
 from __future__ import annotations
 
-import json
 import os
 from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from river import drift
+
+from audioclust.stream.state import StateError, read_state_file, write_state_file
 
 __all__ = ["AssignConfig", "Assigner", "Assignment", "StreamAssigner"]
 
@@ -55,12 +58,23 @@ class AssignConfig:
     detector_memory: int = 512
     #: From this many clusters on, the nearest centroid is found with faiss.
     faiss_min_clusters: int = 256
+    #: Streams whose state is kept (about 44 kB each for 10 clusters of 256-d); beyond it
+    #: the least recently used stream's state is dropped (it starts again from the prior).
+    max_streams: int = 10_000
 
     def __post_init__(self) -> None:
         if not 0 <= self.prior_momentum < 1 or not 0 <= self.centroid_momentum < 1:
             raise ValueError("momenta must be in [0, 1)")
-        if self.max_prior_ratio < 1:
+        if not 1 <= self.max_prior_ratio < float("inf"):
             raise ValueError(f"max_prior_ratio must be >= 1, got {self.max_prior_ratio}")
+        if not 0 <= self.min_confidence <= 1 or not -1 <= self.min_similarity <= 1:
+            raise ValueError("min_confidence must be in [0, 1] and min_similarity in [-1, 1]")
+        if not 0 < self.adwin_delta < 1:
+            raise ValueError(f"adwin_delta must be in (0, 1), got {self.adwin_delta}")
+        if self.centroid_warmup < 0 or not 0 <= self.detector_memory <= 1_000_000 \
+                or self.faiss_min_clusters < 1 or self.max_streams < 1:
+            raise ValueError("need centroid_warmup >= 0, 0 <= detector_memory <= 1e6, "
+                             "faiss_min_clusters >= 1 and max_streams >= 1")
 
 
 @dataclass
@@ -233,10 +247,10 @@ class StreamAssigner:
 class Assigner:
     """Per-stream :class:`StreamAssigner` objects, and their state file.
 
-    The state file is one ``.npz`` (no pickle): each stream's arrays under
-    ``<stream>/<name>`` and a JSON document with the scalars, the model's weight hash and
-    the config. It is written to a temporary file and renamed, so a crash never leaves a
-    half-written state.
+    The state file (format: :mod:`audioclust.stream.state`) holds each stream's
+    ``state()``, a JSON document with the model's weight hash and the config, and what a
+    subclass adds through ``_extra_state``. It is written to a temporary file and renamed,
+    so a crash never leaves a half-written state.
     """
 
     def __init__(
@@ -250,55 +264,73 @@ class Assigner:
         self.dim = dim
         self.config = config or AssignConfig()
         self.model_id = model_id
+        #: Least recently used first; at most ``config.max_streams``.
         self.streams: dict[str, StreamAssigner] = {}
+        #: States dropped so far to stay within ``config.max_streams``.
+        self.evicted = 0
+
+    def _new_stream(self) -> StreamAssigner:
+        return StreamAssigner(self.train_prior, self.dim, self.config)
 
     def stream(self, name: str) -> StreamAssigner:
-        if name not in self.streams:
-            self.streams[name] = StreamAssigner(self.train_prior, self.dim, self.config)
-        return self.streams[name]
+        s = self.streams.pop(name, None)
+        if s is None:
+            s = self._new_stream()
+        self.streams[name] = s  # to the back: the most recently used
+        self._trim()
+        return s
+
+    def _trim(self) -> None:
+        while len(self.streams) > self.config.max_streams:
+            del self.streams[next(iter(self.streams))]
+            self.evicted += 1
 
     def process(self, stream: str, embedding: np.ndarray, posterior: np.ndarray) -> Assignment:
         return self.stream(stream).process(embedding, posterior)
 
     def save(self, path: str | os.PathLike) -> Path:
-        out = Path(path)
-        arrays: dict[str, np.ndarray] = {}
-        scalars: dict[str, Any] = {}
-        for name, s in self.streams.items():
-            a, sc = s.state()
-            for key, value in a.items():
-                arrays[f"{name}/{key}"] = value
-            scalars[name] = sc
-        doc = {"version": 1, "model": self.model_id, "config": asdict(self.config),
-               "streams": scalars}
         extra_arrays, extra_doc = self._extra_state()
-        arrays.update(extra_arrays)
-        doc.update(extra_doc)
-        arrays["__meta__"] = np.array(json.dumps(doc))
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".{out.name}.tmp.npz")
-        np.savez(tmp, **arrays)
-        os.replace(tmp, out)
-        return out
+        doc = {"model": self.model_id, "config": asdict(self.config), **extra_doc}
+        return write_state_file(path, doc, {name: s.state() for name, s in self.streams.items()},
+                                extra_arrays)
 
     def _extra_state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         """Arrays and JSON entries a subclass adds to the state file (none here)."""
         return {}, {}
 
+    def _load_extra(self, arrays: dict[str, np.ndarray], doc: dict[str, Any]) -> None:
+        """Restore what ``_extra_state`` wrote (called by :meth:`load`; nothing here)."""
+
     def load(self, path: str | os.PathLike) -> int:
-        """Restore streams from ``path``; returns how many. Refuses another model's state."""
+        """Restore streams from ``path``; returns how many. Refuses another model's state;
+        a file that is not a readable state raises one line (ValueError) naming it, and then
+        nothing has been restored."""
         p = Path(path)
-        try:
-            with np.load(p, allow_pickle=False) as z:
-                doc = json.loads(str(z["__meta__"]))
-                arrays = {k: z[k] for k in z.files if k != "__meta__"}
-        except (OSError, ValueError, KeyError) as exc:
-            raise ValueError(f"{p}: not a readable audioclust state file ({exc})") from exc
-        if self.model_id and doc.get("model") and doc["model"] != self.model_id:
-            raise ValueError(f"{p}: state belongs to another model ({doc['model'][:12]}…); "
+        state = read_state_file(p)
+        model = state.doc.get("model")
+        if self.model_id and model and model != self.model_id:
+            raise StateError(f"{p}: state belongs to another model ({str(model)[:12]}…); "
                              "move it away to start fresh")
-        for name, scalars in doc["streams"].items():
-            prefix = f"{name}/"
-            own = {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
-            self.stream(name).load_state(own, scalars)
-        return len(doc["streams"])
+        restored: dict[str, StreamAssigner] = {}
+        for name, (arrays, scalars) in state.streams.items():
+            s = self._new_stream()
+            with _naming_the_file(p, f"stream {name[:60]!r}: "):
+                s.load_state(arrays, scalars)
+            restored[name] = s
+        with _naming_the_file(p, ""):
+            self._load_extra(state.arrays, state.doc)
+        for name, s in restored.items():
+            self.streams.pop(name, None)
+            self.streams[name] = s
+        self._trim()
+        return min(len(restored), self.config.max_streams)
+
+
+@contextmanager
+def _naming_the_file(path: Path, what: str) -> Iterator[None]:
+    """A state that does not fit the model becomes one StateError line naming the file."""
+    try:
+        yield
+    except (KeyError, ValueError, TypeError, AttributeError, IndexError) as exc:
+        text = f"missing {exc}" if isinstance(exc, KeyError) else str(exc)
+        raise StateError(f"{path}: {what}{' '.join(text.split())[:200]}") from exc

@@ -112,13 +112,19 @@ def _kafka_options(items: list[str]) -> dict[str, Any]:
     return out
 
 
-def _kafka_config(cfg: StreamConfig, args: argparse.Namespace) -> Any:
+def check_kafka_settings(table: dict[str, Any], **overrides: Any) -> Any:
+    """The :class:`KafkaConfig` of a ``[kafka]`` table (ConfigError naming the setting)."""
     try:
         from audioclust.stream.sources.kafka import KafkaConfig
     except ImportError as exc:
-        raise UserError(f"the Kafka source is not available in this build ({exc})") from exc
-    return KafkaConfig.from_dict({**cfg.kafka, **_kafka_options(args.kafka_option)},
-                                 bootstrap=args.bootstrap, topic=args.topic, group=args.group)
+        raise UserError(f"Kafka settings cannot be checked in this build ({exc})") from exc
+
+    return KafkaConfig.from_dict(table, **overrides)
+
+
+def _kafka_config(cfg: StreamConfig, args: argparse.Namespace) -> Any:
+    return check_kafka_settings({**cfg.kafka, **_kafka_options(args.kafka_option)},
+                                bootstrap=args.bootstrap, topic=args.topic, group=args.group)
 
 
 def _device(text: str | None) -> str | int | None:
@@ -127,7 +133,7 @@ def _device(text: str | None) -> str | int | None:
     return int(text) if text.strip().isdigit() else text
 
 
-def _open_sink(spec: str, cfg: StreamConfig, args: argparse.Namespace, metrics: Any) -> Sink:
+def _open_sink(spec: str, kafka: Any, metrics: Any) -> Sink:
     kind, _, arg = spec.partition(":")
     if kind == "stdout" and not arg:
         from audioclust.stream.sinks.jsonl import StdoutSink
@@ -142,11 +148,11 @@ def _open_sink(spec: str, cfg: StreamConfig, args: argparse.Namespace, metrics: 
             from audioclust.stream.sinks.kafka import KafkaSink
         except ImportError as exc:
             raise UserError(f"the Kafka sink is not available in this build ({exc})") from exc
-        return KafkaSink(arg, _kafka_config(cfg, args), metrics=metrics)
+        return KafkaSink(arg, kafka, metrics=metrics)
     raise UserError(f"--sink {spec!r}: use stdout, jsonl:FILE or kafka:TOPIC")
 
 
-def _open_source(args: argparse.Namespace, cfg: StreamConfig, sample_rate: int,
+def _open_source(args: argparse.Namespace, cfg: StreamConfig, kafka: Any, sample_rate: int,
                  metrics: Any) -> Source:
     if args.source == "file":
         if not args.paths:
@@ -164,7 +170,7 @@ def _open_source(args: argparse.Namespace, cfg: StreamConfig, sample_rate: int,
         from audioclust.stream.sources.kafka import KafkaSource
     except ImportError as exc:
         raise UserError(f"the Kafka source is not available in this build ({exc})") from exc
-    return KafkaSource(_kafka_config(cfg, args), sample_rate=sample_rate, metrics=metrics)
+    return KafkaSource(kafka, sample_rate=sample_rate, metrics=metrics)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -180,6 +186,8 @@ def _serve(args: argparse.Namespace) -> int:
         "mic": {"device": _device(args.device)},
     }
     cfg = load_stream_config(args.config, overrides)
+    # Checked whatever the source: a typo in [kafka] should not wait for the day it is used.
+    kafka = _kafka_config(cfg, args)
 
     # Stop requests arrive from here on; the loop sees them between polls and drains.
     stop = threading.Event()
@@ -222,8 +230,8 @@ def _serve(args: argparse.Namespace) -> int:
                  cfg.hop_seconds or info.hop_seconds, info.n_clusters or "head-free",
                  model.provider)
         try:
-            source = _open_source(args, cfg, info.sample_rate, metrics)
-            sink = _open_sink(cfg.sink, cfg, args, metrics)
+            source = _open_source(args, cfg, kafka, info.sample_rate, metrics)
+            sink = _open_sink(cfg.sink, kafka, metrics)
             pipeline = Pipeline(model, source, sink, cfg, metrics, health)
             summary = pipeline.run(stop)
         except NoInputDevice as exc:
@@ -259,3 +267,4 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+

@@ -23,8 +23,24 @@ from typing import Any, Literal
 
 from audioclust.models.config import build_config
 from audioclust.stream.assign import AssignConfig
+from audioclust.stream.messages import check_stream_id
 
-__all__ = ["FileConfig", "HeadFreeConfig", "MicConfig", "StreamConfig", "load_stream_config"]
+__all__ = ["FileConfig", "HeadFreeConfig", "MicConfig", "StreamConfig", "in_range",
+           "load_stream_config"]
+
+
+#: Upper bounds of the batching settings: beyond them a setting is a typo, not a choice
+#: (a batch of 1,024 one-second windows is 64 MB of input alone).
+MAX_BATCH = 1024
+MAX_QUEUE = 65_536
+
+
+def in_range(name: str, value: float, lo: float, hi: float, low_open: bool = False) -> None:
+    """ValueError unless lo <= value <= hi (lo < value with ``low_open``); NaN fails too."""
+    ok = (lo < value if low_open else lo <= value) and value <= hi
+    if not ok:
+        low = f"> {lo:g}" if low_open else f">= {lo:g}"
+        raise ValueError(f"{name} must be {low} and <= {hi:g}, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -39,8 +55,8 @@ class FileConfig:
     parallel: int = 8
 
     def __post_init__(self) -> None:
-        if self.chunk_seconds <= 0 or self.parallel < 1:
-            raise ValueError("file.chunk_seconds must be > 0 and file.parallel >= 1")
+        in_range("file.chunk_seconds", self.chunk_seconds, 0, 60, low_open=True)
+        in_range("file.parallel", self.parallel, 1, 4096)
 
 
 @dataclass(frozen=True)
@@ -63,8 +79,13 @@ class MicConfig:
     dtype: Literal["int16", "float32"] = "int16"
 
     def __post_init__(self) -> None:
-        if self.block_seconds <= 0 or self.queue_blocks < 1:
-            raise ValueError("mic.block_seconds must be > 0 and mic.queue_blocks >= 1")
+        in_range("mic.block_seconds", self.block_seconds, 0, 10, low_open=True)
+        in_range("mic.queue_blocks", self.queue_blocks, 1, 1_000_000)
+        if self.sample_rate is not None:
+            in_range("mic.sample_rate", self.sample_rate, 1000, 768_000)
+        problem = check_stream_id(self.stream)
+        if problem:
+            raise ValueError(f"mic.stream: {problem}")
 
 
 @dataclass(frozen=True)
@@ -81,10 +102,10 @@ class HeadFreeConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.n_clusters < 2 or self.chunk_size < 1 or self.temperature <= 0:
-            raise ValueError("headfree needs n_clusters >= 2, chunk_size >= 1, temperature > 0")
-        if not 0 < self.halflife <= 1:
-            raise ValueError(f"headfree.halflife must be in (0, 1], got {self.halflife}")
+        in_range("headfree.n_clusters", self.n_clusters, 2, 100_000)
+        in_range("headfree.chunk_size", self.chunk_size, 1, 1_000_000)
+        in_range("headfree.temperature", self.temperature, 0, 1e6, low_open=True)
+        in_range("headfree.halflife", self.halflife, 0, 1, low_open=True)
 
 
 @dataclass(frozen=True)
@@ -118,6 +139,10 @@ class StreamConfig:
     metrics_host: str = "127.0.0.1"
     #: /healthz fails when the loop has not beaten for this long.
     stall_seconds: float = 60.0
+    #: A stream fed no audio for this long (counted only while the source is connected) is
+    #: finished as if it had ended: its tail window is emitted (when it holds the model's
+    #: minimum) and its chunks are acknowledged. A later chunk starts it afresh.
+    stream_idle_seconds: float = 30.0
     assign: AssignConfig = field(default_factory=AssignConfig)
     headfree: HeadFreeConfig = field(default_factory=HeadFreeConfig)
     file: FileConfig = field(default_factory=FileConfig)
@@ -126,11 +151,20 @@ class StreamConfig:
     kafka: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.max_batch < 1 or self.max_queue < self.max_batch:
-            raise ValueError(f"need max_batch >= 1 and max_queue >= max_batch, got "
-                             f"{self.max_batch} and {self.max_queue}")
-        if self.max_wait < 0 or self.state_interval <= 0:
-            raise ValueError("max_wait must be >= 0 and state_interval > 0")
+        in_range("max_batch", self.max_batch, 1, MAX_BATCH)
+        in_range("max_queue", self.max_queue, self.max_batch, MAX_QUEUE)
+        in_range("max_wait", self.max_wait, 0, 60)
+        in_range("silence_dbfs", self.silence_dbfs, -400, 0)
+        in_range("state_interval", self.state_interval, 0, 86_400, low_open=True)
+        in_range("stall_seconds", self.stall_seconds, 0, 86_400, low_open=True)
+        in_range("stream_idle_seconds", self.stream_idle_seconds, 0, 1e6, low_open=True)
+        in_range("threads", self.threads, 0, 1024)
+        if self.metrics_port is not None:
+            in_range("metrics_port", self.metrics_port, 0, 65_535)
+        for name in ("window_seconds", "hop_seconds"):
+            value = getattr(self, name)
+            if value is not None:
+                in_range(name, value, 0, 600, low_open=True)
         if (self.window_seconds is not None and self.hop_seconds is not None
                 and not 0 < self.hop_seconds <= self.window_seconds):
             raise ValueError(f"need 0 < hop <= window, got hop {self.hop_seconds}, window "

@@ -30,11 +30,8 @@ low similarity to the stream's running centroid), ADWIN drift. Then the clustere
 
 from __future__ import annotations
 
-import json
-import os
 from collections import defaultdict
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -45,7 +42,7 @@ from audioclust.stream.config import HeadFreeConfig
 
 __all__ = ["HeadFreeAssigner", "OnlineClusterer"]
 
-#: Prefix of the clusterer's arrays in the state file (stream arrays are "<stream>/...").
+#: Prefix of the clusterer's arrays in the state file (stream states are "stream.<i>").
 _KEY = "__headfree__."
 
 
@@ -131,12 +128,8 @@ class HeadFreeAssigner(Assigner):
         c_arrays, c_scalars = self.clusterer.state()
         return {f"{_KEY}{key}": value for key, value in c_arrays.items()}, {"headfree": c_scalars}
 
-    def load(self, path: str | os.PathLike) -> int:
-        n = super().load(path)
-        with np.load(Path(path), allow_pickle=False) as z:
-            doc = json.loads(str(z["__meta__"]))
-            if "headfree" not in doc:
-                raise ValueError(f"{path}: state of a model with a head, not head-free")
-            arrays = {k[len(_KEY):]: z[k] for k in z.files if k.startswith(_KEY)}
-        self.clusterer.load_state(arrays, doc["headfree"])
-        return n
+    def _load_extra(self, arrays: dict[str, np.ndarray], doc: dict[str, Any]) -> None:
+        if "headfree" not in doc:
+            raise ValueError("state of a model with a head, not head-free")
+        self.clusterer.load_state({k[len(_KEY):]: v for k, v in arrays.items()
+                                   if k.startswith(_KEY)}, doc["headfree"])

@@ -6,7 +6,8 @@ say what it is. ``docs/kafka.md`` is the reference; in short:
 =================  ========  ==================================================================
 header             required  meaning
 =================  ========  ==================================================================
-``stream-id``      yes [1]_  the stream the chunk belongs to (also the message key)
+``stream-id``      yes [1]_  the stream the chunk belongs to (also the message key), at most
+                             :data:`MAX_STREAM_ID_BYTES` bytes of UTF-8
 ``seq``            yes       per-stream sequence number, 0, 1, 2, ... (decimal integer >= 0)
 ``content-type``   no        ``audio/pcm`` (default), ``audio/wav`` or ``audio/flac``
 ``sample-rate``    PCM       Hz, one of :data:`SUPPORTED_RATES`; containers carry their own
@@ -38,11 +39,13 @@ from audioclust.models.audio import AudioError, decode_audio, resample, to_mono_
 __all__ = [
     "CONTENT_TYPES",
     "MAX_MESSAGE_BYTES",
+    "MAX_STREAM_ID_BYTES",
     "REASONS",
     "SUPPORTED_RATES",
     "AudioMessage",
     "EncodedMessage",
     "MessageError",
+    "check_stream_id",
     "decode_message",
     "encode_container",
     "encode_pcm",
@@ -59,6 +62,10 @@ _DTYPES = {"int16": np.dtype("<i2"), "float32": np.dtype("<f4")}
 MAX_CHANNELS = 8
 #: Default largest value accepted (4 MiB: 65 s of 16 kHz int16 mono); bigger is ``too_large``.
 MAX_MESSAGE_BYTES = 4 << 20
+#: Longest stream id, in bytes of UTF-8 (longer ids are ``bad_stream_id``). Every record
+#: carries the id, and the service holds it per stream; any id within it is fine (a NUL, a
+#: slash, any character).
+MAX_STREAM_ID_BYTES = 1024
 
 #: Every reason code :class:`MessageError` can carry, with what it means.
 REASONS: dict[str, str] = {
@@ -76,6 +83,7 @@ REASONS: dict[str, str] = {
     "bad_offset": "offset header not a non-negative integer",
     "bad_timestamp": "timestamp header not a finite number",
     "bad_header": "a header value that is not UTF-8 text",
+    "bad_stream_id": f"stream id longer than {MAX_STREAM_ID_BYTES} bytes of UTF-8",
 }
 
 
@@ -111,9 +119,21 @@ class AudioMessage:
     end_of_stream: bool = False
 
 
-def _headers(stream: str, seq: int, extra: Mapping[str, object]) -> list[tuple[str, bytes]]:
+def check_stream_id(stream: str) -> str | None:
+    """Why ``stream`` cannot be a stream id (empty, or over :data:`MAX_STREAM_ID_BYTES`), or
+    None when it can."""
     if not stream:
-        raise ValueError("stream id must not be empty")
+        return "the stream id is empty"
+    n = len(stream.encode("utf-8", "surrogatepass"))
+    if n > MAX_STREAM_ID_BYTES:
+        return f"the stream id is {n} bytes long, more than the limit of {MAX_STREAM_ID_BYTES}"
+    return None
+
+
+def _headers(stream: str, seq: int, extra: Mapping[str, object]) -> list[tuple[str, bytes]]:
+    problem = check_stream_id(stream)
+    if problem:
+        raise ValueError(problem)
     if seq < 0:
         raise ValueError(f"seq must be >= 0, got {seq}")
     out = [("stream-id", stream.encode()), ("seq", str(int(seq)).encode())]
@@ -235,6 +255,9 @@ def decode_message(value: bytes | None, headers: Sequence[tuple[str, bytes | Non
     stream = h.get("stream-id") or (key.decode("utf-8", "replace") if key else "")
     if not stream:
         raise MessageError("missing_header", "no 'stream-id' header and no message key")
+    problem = check_stream_id(stream)
+    if problem:
+        raise MessageError("bad_stream_id", f"{problem} (starts {stream[:40]!r})")
     seq = _int_header(h, "seq", "bad_seq", required=True, lo=0)
     offset = _int_header(h, "offset", "bad_offset", required=False, lo=0)
     timestamp = None

@@ -6,7 +6,8 @@ process-global state), served by a small HTTP server on ``--metrics-port``, boun
 
 - ``/metrics``: the Prometheus text format;
 - ``/healthz``: 200 while the processing loop is alive (it beat within ``stall_seconds``);
-- ``/readyz``: 200 once the model is loaded and the source is connected, 503 otherwise.
+- ``/readyz``: 200 while the model is loaded, the loop alive and the source connected (for
+  Kafka: the group coordinator known and its connection up), 503 otherwise.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import generate_latest
@@ -57,6 +59,10 @@ class StreamMetrics:
                                      "overflows reported by PortAudio", registry=r)
         self.errors = Counter("audioclust_errors", "Recoverable errors by kind", ["kind"],
                               registry=r)
+        self.streams_expired = Counter(
+            "audioclust_streams_expired", "Streams finished before their end: idle, or to "
+            "bound the messages in flight (in_flight); assignment states dropped beyond "
+            "assign.max_streams (state_limit)", ["reason"], registry=r)
 
 
 class Health:
@@ -66,8 +72,12 @@ class Health:
         self.stall_seconds = stall_seconds
         self._beat = time.monotonic()
         self.model_loaded = False
-        self.source_connected = False
+        self._source: Any = None  # asked for ``connected`` at every /readyz
         self._lock = threading.Lock()
+
+    def attach(self, source: Any) -> None:
+        """Readiness follows ``source.connected`` from now on (None: not ready)."""
+        self._source = source
 
     def beat(self) -> None:
         with self._lock:
@@ -78,7 +88,9 @@ class Health:
             return time.monotonic() - self._beat < self.stall_seconds
 
     def ready(self) -> bool:
-        return self.model_loaded and self.source_connected and self.alive()
+        source = self._source
+        return self.model_loaded and source is not None and bool(source.connected) \
+            and self.alive()
 
 
 class MetricsServer:

@@ -27,6 +27,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from audioclust.models.files import check_writable
 from audioclust.models.runtime import OnnxModel
 from audioclust.stream.assign import Assigner, Assignment
 from audioclust.stream.config import StreamConfig
@@ -55,6 +56,9 @@ class AssignerLike(Protocol):
     def save(self, path: str | Path) -> Path: ...
 
     def load(self, path: str | Path) -> int: ...
+
+    #: Stream states dropped so far to stay within ``assign.max_streams``.
+    evicted: int
 
 
 def model_id(model: OnnxModel) -> str:
@@ -135,12 +139,25 @@ class Pipeline:
         self.queue: list[_Entry] = []
         self.summary = RunSummary()
         self._windows_per_stream: dict[str, int] = defaultdict(int)
+        # Streams with audio in the windower, least recently fed first, with the idle clock
+        # at their last chunk. The idle clock runs only while the source is connected, so a
+        # broker outage does not expire every stream at once.
+        self._fed: dict[str, float] = {}
+        self._idle_clock = 0.0
+        self._tick = time.monotonic()
+        self._evicted = 0
         self._last_save = time.monotonic()
         self._event_log: dict[tuple[str, str], tuple[float, int]] = {}
         self.health.model_loaded = True
-        if config.state and Path(config.state).exists():
-            n = self.assigner.load(config.state)
-            log.info("restored the state of %d streams from %s", n, config.state)
+        if config.state:
+            if Path(config.state).exists():
+                n = self.assigner.load(config.state)
+                log.info("restored the state of %d streams from %s", n, config.state)
+            try:  # now, not at the first save minutes into the run
+                check_writable(config.state)
+            except OSError as exc:
+                raise ValueError(f"{config.state}: cannot write the state file there "
+                                 f"({exc.strerror or exc})") from exc
 
     # --- hooks for sources -----------------------------------------------------------------
 
@@ -153,10 +170,24 @@ class Pipeline:
         gone = set(streams)
         for s in gone:
             self.windower.streams.pop(s, None)
+            self._drop_stream(s)
         self.queue = [e for e in self.queue if e.item.stream not in gone]
         self.metrics.queue_depth.set(self._queued_windows())
         if gone:
             log.info("forgot %d streams: %s", len(gone), ", ".join(sorted(gone))[:200])
+
+    def release(self, chunks: int) -> int:
+        """Finish the least recently fed streams, as if they had ended, until at least
+        ``chunks`` of their chunks are acknowledged (a source at its bound of un-acked
+        messages asks this when those are all held by streams waiting for more audio).
+        Returns how many chunks were acknowledged."""
+        released = 0
+        while self._fed and released < chunks:
+            stream = next(iter(self._fed))
+            released += self.windower.pending_acks(stream)
+            self._end_stream(stream, expired="in_flight")
+        self._process()
+        return released
 
     # --- the loop --------------------------------------------------------------------------
 
@@ -171,8 +202,9 @@ class Pipeline:
         started = time.monotonic()
         clean = False
         try:
-            self.source.open(PipelineHooks(flush=self.flush, forget=self.forget))
-            self.health.source_connected = True
+            self.source.open(PipelineHooks(flush=self.flush, forget=self.forget,
+                                           release=self.release))
+            self.health.attach(self.source)
             self.health.beat()
             log.info("ready: %s source open, model %s", self.source.kind, self.model_name)
             while not stop.is_set():
@@ -182,6 +214,7 @@ class Pipeline:
                     self._take(item)
                     if len(self.queue) >= self.config.max_queue:
                         self._process()  # bounded: nothing more is taken in until written
+                self._expire_idle()
                 if self._due():
                     self._process()
                 self._maybe_save()
@@ -191,7 +224,7 @@ class Pipeline:
             self._process()
             clean = True
         finally:
-            self.health.source_connected = False
+            self.health.attach(None)
             self.summary.wall_seconds = time.monotonic() - started
             try:
                 if clean:
@@ -204,13 +237,24 @@ class Pipeline:
         return self.summary
 
     def save_state(self) -> None:
+        """Write the state file now (a failure is a one-line ValueError)."""
         if self.config.state:
-            self.assigner.save(self.config.state)
             self._last_save = time.monotonic()
+            try:
+                self.assigner.save(self.config.state)
+            except OSError as exc:
+                raise ValueError(f"{self.config.state}: state not saved "
+                                 f"({exc.strerror or exc})") from exc
 
     def _maybe_save(self) -> None:
         if self.config.state and time.monotonic() - self._last_save >= self.config.state_interval:
-            self.save_state()
+            try:
+                self.save_state()
+            except ValueError as exc:  # a full disk must not stop the service; retried later
+                if not isinstance(exc.__cause__, OSError):
+                    raise
+                self.metrics.errors.labels(kind="state_save").inc()
+                log.error("%s; retrying in %g s", exc, self.config.state_interval)
 
     def _queued_windows(self) -> int:
         return sum(isinstance(e.item, Window) for e in self.queue)
@@ -232,25 +276,49 @@ class Pipeline:
         return time.monotonic() - self.queue[0].arrived >= self.config.max_wait
 
     def _take(self, item: Chunk | EndOfStream) -> None:
-        now = time.monotonic()
         if isinstance(item, EndOfStream):
-            buffered = self.windower.streams.get(item.stream)
-            samples = 0 if buffered is None else buffered.end - buffered.buffer_start
-            out = self.windower.finish(item.stream, self.model.info.min_samples)
-            if not any(isinstance(i, Window) for i in out) and \
-                    not self._windows_per_stream.get(item.stream):
-                # Too short for even one window: say so rather than vanish without a trace.
-                self.metrics.errors.labels(kind="too_short").inc()
-                log.warning("%s: ended after %d samples, shorter than the model's minimum "
-                            "%d: no window", item.stream, samples, self.model.info.min_samples)
-            self._windows_per_stream.pop(item.stream, None)
-        else:
-            out, events = self.windower.push(item)
-            self.summary.audio_seconds += np.asarray(item.samples).size / self.sample_rate
-            for ev in events:
-                self.metrics.stream_events.labels(kind=ev.kind).inc()
-                self._log_event(ev.stream, ev.kind, ev.detail)
-        for it in out:
+            self._end_stream(item.stream)
+            return
+        out, events = self.windower.push(item)
+        self.summary.audio_seconds += np.asarray(item.samples).size / self.sample_rate
+        for ev in events:
+            self.metrics.stream_events.labels(kind=ev.kind).inc()
+            self._log_event(ev.stream, ev.kind, ev.detail)
+        self._fed.pop(item.stream, None)  # to the back: the most recently fed
+        self._fed[item.stream] = self._idle_clock
+        self._enqueue(out)
+
+    def _end_stream(self, stream: str, expired: str | None = None) -> None:
+        """The stream's tail window (or the acks of its last chunks) joins the queue.
+
+        ``expired`` says why a stream that did not end is finished all the same ("idle",
+        "in_flight"): the same rule as an end, its audio acknowledged, counted and logged.
+        """
+        buffered = self.windower.streams.get(stream)
+        samples = 0 if buffered is None else buffered.end - buffered.buffer_start
+        out = self.windower.finish(stream, self.model.info.min_samples)
+        if expired is not None:
+            self.metrics.streams_expired.labels(reason=expired).inc()
+            self._log_event("", f"stream expired ({expired})",
+                            f"stream {stream[:60]!r}, {samples} samples buffered")
+        elif not any(isinstance(i, Window) for i in out) and \
+                not self._windows_per_stream.get(stream):
+            # Too short for even one window: say so rather than vanish without a trace.
+            self.metrics.errors.labels(kind="too_short").inc()
+            log.warning("%s: ended after %d samples, shorter than the model's minimum "
+                        "%d: no window", stream, samples, self.model.info.min_samples)
+        self._drop_stream(stream)
+        self._enqueue(out)
+
+    def _drop_stream(self, stream: str) -> None:
+        self._fed.pop(stream, None)
+        self._windows_per_stream.pop(stream, None)
+        for kind in ("gap", "duplicate", "overlap"):
+            self._event_log.pop((stream, kind), None)
+
+    def _enqueue(self, items: list[Window | AckOnly]) -> None:
+        now = time.monotonic()
+        for it in items:
             entry = _Entry(it, now)
             if isinstance(it, Window):
                 self._windows_per_stream[it.stream] += 1
@@ -258,6 +326,20 @@ class Pipeline:
                 entry.silent = bool(entry.level < self.gate.threshold_dbfs)
             self.queue.append(entry)
         self.metrics.queue_depth.set(self._queued_windows())
+
+    def _expire_idle(self, now: float | None = None) -> None:
+        """Finish the streams fed nothing for ``stream_idle_seconds`` of idle clock
+        (``now``: a ``time.monotonic()`` reading, by default the current one)."""
+        now = time.monotonic() if now is None else now
+        if self.source.connected:
+            self._idle_clock += now - self._tick
+        self._tick = now
+        limit = self.config.stream_idle_seconds
+        while self._fed:
+            stream, fed_at = next(iter(self._fed.items()))
+            if self._idle_clock - fed_at < limit:
+                break
+            self._end_stream(stream, expired="idle")
 
     def _log_event(self, stream: str, kind: str, detail: str) -> None:
         # At most one line per stream and kind every EVENT_LOG_SECONDS: a flooded
@@ -269,38 +351,12 @@ class Pipeline:
             self._event_log[key] = (last, skipped + 1)
             return
         more = f"; {skipped} more since the last report" if skipped else ""
-        log.warning("%s: %s (%s%s)", stream, kind, detail, more)
+        log.warning("%s%s (%s%s)", f"{stream}: " if stream else "", kind, detail, more)
         self._event_log[key] = (now, 0)
 
-    def _infer(self, windows: list[Window]) -> tuple[list[np.ndarray], list[np.ndarray | None]]:
-        """Embeddings and posteriors for ``windows``, in batches of at most ``max_batch``.
-
-        Full windows (equal length) run unpadded; the odd-length tails of ended streams
-        run together, zero-padded (the graph masks the padding by their lengths).
-        """
-        n = len(windows)
-        emb: list[np.ndarray] = [np.empty(0)] * n
-        post: list[np.ndarray | None] = [None] * n
-        by_length: dict[int, list[int]] = defaultdict(list)
-        for i, w in enumerate(windows):
-            by_length[len(w.samples)].append(i)
-        full = by_length.pop(self.window_samples, [])
-        groups = [(full, True), ([i for idx in by_length.values() for i in idx], False)]
-        mb = self.config.max_batch
-        for idx, equal in groups:
-            for lo in range(0, len(idx), mb):
-                part = idx[lo : lo + mb]
-                t0 = time.perf_counter()
-                if equal:
-                    z, p = self.model.run_batch(np.stack([windows[i].samples for i in part]))
-                else:
-                    z, p = self.model.run([windows[i].samples for i in part])
-                self.metrics.inference_latency.observe(time.perf_counter() - t0)
-                self.metrics.batch_size.observe(len(part))
-                for row, i in enumerate(part):
-                    emb[i] = z[row]
-                    post[i] = None if p is None else p[row]
-        return emb, post
+    def _observe_batch(self, size: int, seconds: float) -> None:
+        self.metrics.inference_latency.observe(seconds)
+        self.metrics.batch_size.observe(size)
 
     def _process(self) -> None:
         """Run, assign, write, flush, then ack everything queued."""
@@ -308,8 +364,10 @@ class Pipeline:
             return
         entries, self.queue = self.queue, []
         todo = [e.item for e in entries if isinstance(e.item, Window) and not e.silent]
-        emb, post = self._infer(todo) if todo else ([], [])
-        results = {id(w): (emb[i], post[i]) for i, w in enumerate(todo)}
+        emb, post = self.model.embed([w.samples for w in todo], self.config.max_batch,
+                                     self._observe_batch)
+        results = {id(w): (emb[i], None if post is None else post[i])
+                   for i, w in enumerate(todo)}
         records: list[dict[str, Any]] = []
         kind = self.source.kind
         for e in entries:
@@ -323,6 +381,10 @@ class Pipeline:
                 a = self.assigner.process(w.stream, z, p)
             records.append(self._record(w, e, a))
             self.metrics.windows.labels(source=kind).inc()
+        dropped = self.assigner.evicted - self._evicted
+        if dropped:
+            self._evicted = self.assigner.evicted
+            self.metrics.streams_expired.labels(reason="state_limit").inc(dropped)
         if records:
             self.sink.write(records)
             self.sink.flush()

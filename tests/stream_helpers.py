@@ -53,7 +53,7 @@ def reference(model: OnnxModel, streams: dict[str, np.ndarray],
             if silent:
                 rec.update(cluster=None, confidence=None, novel=False)
             else:
-                z, p = model.run([x])
+                z, p = model.embed([x])
                 a = assigner.process(name, z[0], p[0])
                 rec.update(cluster=a.cluster, confidence=a.confidence, novel=a.novel)
             out.append(rec)

@@ -140,3 +140,15 @@ def test_faiss_nearest_matches_numpy():
 def test_bad_prior():
     with pytest.raises(ValueError, match="positive vector"):
         StreamAssigner(np.array([1.0, 0.0]), dim=2)
+
+
+def test_assignment_states_beyond_max_streams_are_dropped_least_recent_first(tmp_path):
+    a = Assigner(PRIOR, 2, AssignConfig(max_streams=3))
+    p = np.array([0.6, 0.2, 0.2])
+    for name in ["s0", "s1", "s2", "s0", "s3", "s4"]:  # s0 used again: s1 is the oldest
+        a.process(name, np.array([1.0, 0.0]), p)
+    assert list(a.streams) == ["s0", "s3", "s4"] and a.evicted == 2
+    assert a.streams["s0"].windows == 2
+    b = Assigner(PRIOR, 2, AssignConfig(max_streams=2))
+    assert b.load(a.save(tmp_path / "state.npz")) == 2  # the most recent ones
+    assert list(b.streams) == ["s3", "s4"]

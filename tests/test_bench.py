@@ -124,11 +124,15 @@ def test_flops_of_the_exported_model(tp, stream_model, int8_model):
     n = 16000
     feeds = {"waveform": np.zeros((1, n), np.float32), "lengths": np.array([n], np.int64)}
     count = tp.count_flops(onnx.load(stream_model), feeds)
-    fe = OnnxModel(stream_model).info.frontend
-    frames, bins = 1 + n // fe["hop_length"], fe["n_fft"] // 2 + 1
-    # the DFT convolution (cos and sin kernels of n_fft taps) and the mel matmul
-    assert count.frontend_flops == 2 * (2 * bins * frames * fe["n_fft"]
-                                        + fe["n_mels"] * bins * frames)
+    from audioclust.models.frontend import FrontendConfig, LogMelFrontend
+
+    frontend = LogMelFrontend(FrontendConfig(**OnnxModel(stream_model).info.frontend))
+    stft, frames = frontend.stft, frontend.config.num_frames(n)
+    (channels, _, taps), rows = stft.stage1.shape, stft.stage2.shape[0]
+    # the STFT's grouped convolution and matrix product, and the mel matmul
+    assert count.frontend_flops == 2 * (channels * frames * taps
+                                        + rows * channels * frames
+                                        + frontend.mel.numel() * frames)
     assert count.flops > count.frontend_flops  # the encoder and head count too
     assert count.nodes["Gemm"] == 3  # the head's three linear layers
     # per clip means per clip: a batch of 3 costs three times one
@@ -223,16 +227,6 @@ def test_int8_agreement_of_a_model_with_itself_is_total(stream_model, fsdd_dir, 
     assert doc["agreement"] == 1.0 and doc["disagreeing"] == []
     assert doc["cosine"]["min"] == pytest.approx(1.0, abs=1e-6)
     assert any("not int8" in w for w in doc["warnings"])
-
-
-def test_run_all_keeps_clip_order(stream_model):
-    agreement = _import("int8_agreement")
-    model = OnnxModel(stream_model, threads=1)
-    rng = np.random.default_rng(0)
-    clips = [(rng.standard_normal(n) * 0.1).astype(np.float32) for n in (9000, 2000, 16000, 4000)]
-    _, post = agreement.run_all(model, clips, batch=2)  # sorted by length inside
-    for clip, row in zip(clips, post, strict=True):
-        np.testing.assert_allclose(model.run([clip])[1][0], row, atol=1e-5)
 
 
 def test_spice_stage2_study_scores_every_head(fsdd_subset, tmp_path):
@@ -346,3 +340,122 @@ def test_embed_clips_writes_the_folder_order(fsdd_subset, tmp_path):
     proc = _run("embed_clips.py", "--encoder", str(tmp_path / "none.safetensors"), "--data",
                 str(fsdd_subset), "--out", str(out))
     assert proc.returncode == 2 and "no such checkpoint" in proc.stderr
+
+
+def test_throughput_against_a_baseline(stream_model, int8_model, tmp_path):
+    # the model as its own baseline: timed in turns, every row gets a ratio
+    proc = _run("onnx_throughput.py", "--model", str(stream_model), "--int8", str(int8_model),
+                "--baseline", str(stream_model), "--batches", "2", "--json", *TINY)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc = json.loads(proc.stdout)
+    rows = {(r["model"], r["precision"]): r for r in doc["results"]}
+    assert set(rows) == {("model", "fp32"), ("model", "int8"), ("baseline", "fp32")}
+    assert doc["baseline"]["weights_sha256"] == doc["model"]["weights_sha256"]
+    assert doc["flops"]["baseline_graph"]["flops"] == doc["flops"]["per_clip"]
+    base = rows["baseline", "fp32"]["clips_per_s"]["median"]
+    for r in rows.values():
+        assert r["vs_baseline"] == pytest.approx(r["clips_per_s"]["median"] / base)
+        assert r["clips_per_s_per_thread"] == r["clips_per_s"]["median"]  # one thread
+        assert r["clips_per_s"]["per_cpu_second"]["median"] > 0
+    assert "| baseline | fp32 | 2 |" in proc.stderr
+
+
+def test_profile_attributes_node_time_to_the_model_parts(stream_model):
+    proc = _run("onnx_profile.py", "--model", str(stream_model), "--threads", "1", "--batch",
+                "2", "--calls", "3", "--warmup", "1", "--json")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc = json.loads(proc.stdout)
+    assert sum(doc["by_part"].values()) == pytest.approx(1.0)
+    assert sum(doc["by_op"].values()) == pytest.approx(1.0)
+    assert doc["by_part"]["frontend"] > 0 and doc["by_part"]["encoder"] > 0
+    # the frontend's convolution and the encoder's convolutions are told apart
+    convs = {n["part"] for n in doc["nodes"] if n["op"] == "Conv"}
+    assert {"frontend", "encoder"} <= convs
+    assert doc["windows_per_s"] > 0 and "| frontend |" in proc.stderr
+
+
+def test_frontend_candidates_are_exact(tmp_path):
+    proc = _run("frontend_candidates.py", "--threads", "1", "--batch", "2", "--samples", "4000",
+                "--warmup", "0", "--repeats", "1", "--min-time", "0.01", "--json",
+                timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads(proc.stdout)["candidates"]
+    assert {"dft-conv", "onnx-dft", "onnx-stft", "factorised-16"} <= set(rows)
+    for r in rows.values():
+        assert r["max_abs_diff_loud"] <= 1e-4 and r["windows_per_s"]["median"] > 0
+    # the factorisation does a sixth of the direct DFT's multiplications or less
+    assert rows["factorised-16"]["mflops_per_clip"] * 6 < rows["dft-conv"]["mflops_per_clip"]
+
+
+def _gpu_check(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    import os
+
+    return subprocess.run(["bash", str(BENCH / "gpu_check.sh"), *args], capture_output=True,
+                          text=True, timeout=300, cwd=REPO, env={**os.environ, **env})
+
+
+def test_gpu_check_without_a_gpu_says_so_and_succeeds(tmp_path):
+    proc = _gpu_check({"NVIDIA_SMI": str(tmp_path / "absent-nvidia-smi")})
+    assert proc.returncode == 0 and "no NVIDIA GPU here" in proc.stdout
+    assert "nothing measured" in proc.stdout
+    # nvidia-smi present but finding no GPU (as on a host without the driver loaded)
+    smi = tmp_path / "nvidia-smi"
+    smi.write_text("#!/bin/sh\necho 'No devices were found'\nexit 6\n")
+    smi.chmod(0o755)
+    proc = _gpu_check({"NVIDIA_SMI": str(smi)})
+    assert proc.returncode == 0 and "lists none" in proc.stdout
+
+
+def test_gpu_check_with_a_gpu_but_no_cuda_build_fails_in_one_line(tmp_path, stream_model):
+    # A listed GPU, but this Python's ONNX Runtime is the CPU build: a clear error, exit 1.
+    smi = tmp_path / "nvidia-smi"
+    smi.write_text("#!/bin/sh\necho 'GPU 0: Test GPU (UUID: GPU-0)'\n")
+    smi.chmod(0o755)
+    proc = _gpu_check({"NVIDIA_SMI": str(smi), "PYTHON": sys.executable},
+                      "--model", str(stream_model))
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert "gpu_check: GPU 0: Test GPU" in proc.stdout
+    assert proc.stderr.strip().splitlines()[-1].startswith("gpu_throughput: error: ")
+    assert "CUDAExecutionProvider is not available" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_gpu_throughput_sweep_runs_the_loader_path_on_cpu(stream_model):
+    proc = _run("gpu_throughput.py", "--model", str(stream_model), "--provider", "cpu",
+                "--threads", "1", "--batches", "1,3", "--warmup", "0", "--repeats", "1",
+                "--min-time", "0.01", "--json")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc = json.loads(proc.stdout)
+    assert doc["provider"]["used"] == "CPUExecutionProvider"
+    assert doc["provider"]["node_time_share_at_largest_batch"] == \
+        {"CPUExecutionProvider": pytest.approx(1.0)}
+    assert [r["batch"] for r in doc["results"]] == [1, 3]
+    for r in doc["results"]:
+        assert r["io_binding"]["median"] > 0 and r["session_run"]["median"] > 0
+    assert "provider used: **CPUExecutionProvider**" in proc.stderr
+
+def test_soak_on_a_tiny_run(tmp_path):
+    """The soak end to end, in half a minute of traffic: a real broker, the service killed
+    and restarted, the broker frozen; nothing lost, every dead letter on its topic."""
+    out = tmp_path / "soak.json"
+    proc = _run("soak.py", "--minutes", "0.5", "--streams", "2", "--malformed", "0.3",
+                "--pause-seconds", "3", "--rss-every", "2", "--out", str(out), timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    doc = json.loads(proc.stdout)
+    assert json.loads(out.read_text()) == doc
+    w = doc["windows"]
+    assert w["lost"] == 0 and w["extra"] == 0 and w["in"] > 20
+    assert w["out_unique"] == w["in"] and w["duplicates"] == w["out_records"] - w["in"] >= 0
+    sent = doc["dead_letters"]["sent"]
+    assert sum(sent.values()) == doc["messages"]["malformed"] > 5
+    found = doc["dead_letters"]["on_dlq_topic"]
+    assert doc["dead_letters"]["missing"] == 0 and set(found) == set(sent)
+    assert all(found[r] >= n for r, n in sent.items())  # replayed after the kill: again
+    assert doc["dead_letters"]["repeated"] == sum(found.values()) - sum(sent.values())
+    assert doc["kill"]["at_s"] < doc["broker_pause"]["at_s"]
+    assert sum(doc["broker_pause"]["readyz_samples"].values()) >= 2
+    for name in ("service_1", "service_2"):
+        rss = doc["rss"][name]
+        assert rss["samples"] >= 1 and 0 < rss["start_mb"] <= rss["max_mb"]
+    assert doc["exit_code_after_sigterm"] == 0
+    assert doc["messages"]["send_errors"] == 0

@@ -66,3 +66,111 @@ def test_unreadable_and_unknown_suffix(tmp_path):
     f.write_text("x")
     with pytest.raises(ConfigError, match=r"\.toml, \.yaml or \.yml"):
         build_config(Outer, f)
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("limit = true\n", "Outer.limit"),  # a bool is not an int, though Python says so
+        ("[inner]\nrate = nan\n", "Outer.inner.rate: .*finite"),
+        ("[inner]\nrate = inf\n", "Outer.inner.rate: .*finite"),
+        ("[inner]\nrate = -inf\n", "Outer.inner.rate: .*finite"),
+        ("sizes = [1, true]\n", r"Outer.sizes\[1\]"),
+    ],
+)
+def test_values_python_would_take_are_refused(tmp_path, text, match):
+    f = tmp_path / "bad.toml"
+    f.write_text(text)
+    with pytest.raises(ConfigError, match=match):
+        build_config(Outer, f)
+
+
+@pytest.mark.parametrize("suffix", [".toml", ".yaml"])
+def test_a_binary_config_file_is_named_in_the_error(tmp_path, suffix):
+    f = tmp_path / f"settings{suffix}"
+    f.write_bytes(b"\xff\xfe\x00\x01\x89PNG\r\n")
+    with pytest.raises(ConfigError) as info:
+        build_config(Outer, f)
+    assert str(f) in str(info.value) and "\n" not in str(info.value)
+
+
+# --- the service's settings -----------------------------------------------------------------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from audioclust.stream.config import StreamConfig, load_stream_config  # noqa: E402
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("max_batch = true\n", "max_batch"),
+        ("silence_dbfs = nan\n", "silence_dbfs"),
+        ("max_wait = inf\n", "max_wait"),
+        ("max_batch = 1e11\n", "max_batch"),
+        ("max_batch = 100000000000\nmax_queue = 100000000000\n", "max_batch"),
+        ("state_interval = 1e300\n", "state_interval"),
+        ("stall_seconds = 0\n", "stall_seconds"),
+        ("threads = -1\n", "threads"),
+        ("metrics_port = 70000\n", "metrics_port"),
+        ("[file]\nchunk_seconds = 1e308\n", "chunk_seconds"),
+        ("[assign]\nmax_prior_ratio = nan\n", "max_prior_ratio"),
+        ("[assign]\nmin_confidence = 2\n", "min_confidence"),
+        ("[headfree]\nn_clusters = 1e9\n", "n_clusters"),
+    ],
+)
+def test_stream_settings_out_of_range_are_refused(tmp_path, text, match):
+    f = tmp_path / "s.toml"
+    f.write_text(text)
+    with pytest.raises(ConfigError, match=match) as info:
+        load_stream_config(f)
+    assert "\n" not in str(info.value)
+
+
+_scalars = (st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats()
+            | st.text(max_size=10))
+_values = st.recursive(_scalars, lambda inner: st.lists(inner, max_size=3)
+                       | st.dictionaries(st.text(max_size=8), inner, max_size=3), max_leaves=8)
+_sections = ("assign", "headfree", "file", "mic", "kafka")
+_keys = st.sampled_from(sorted(set(StreamConfig.__dataclass_fields__) | {"nonsense"}))
+
+
+def _section_keys(name: str) -> st.SearchStrategy[str]:
+    import dataclasses
+    import typing
+
+    tp = typing.get_type_hints(StreamConfig)[name]
+    fields = [f.name for f in dataclasses.fields(tp)] if dataclasses.is_dataclass(tp) else \
+        ["bootstrap", "max_poll_records", "max_in_flight", "client", "security_protocol"]
+    return st.sampled_from([*fields, "typo"])
+
+
+_section_values = st.one_of(*[
+    st.tuples(st.just(s), st.dictionaries(_section_keys(s), _values, max_size=4))
+    for s in _sections])
+
+
+@settings(max_examples=300, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(top=st.dictionaries(_keys, _values, max_size=5),
+       sections=st.lists(_section_values, max_size=3))
+def test_any_settings_give_a_config_or_one_line(tmp_path, top, sections):
+    """No settings file makes the service fail with anything but one line naming the key."""
+    import yaml
+
+    data = {**top, **dict(sections)}
+    f = tmp_path / "any.yaml"
+    f.write_text(yaml.safe_dump(data))
+    try:
+        cfg = load_stream_config(f)
+    except ConfigError as exc:
+        assert "\n" not in str(exc)
+        return
+    assert isinstance(cfg, StreamConfig)
+    from audioclust.stream.cli import check_kafka_settings
+
+    try:  # the [kafka] table is checked at start whatever the source
+        check_kafka_settings(cfg.kafka)
+    except ConfigError as exc:
+        assert "\n" not in str(exc)

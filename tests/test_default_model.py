@@ -50,6 +50,6 @@ def test_int8_agrees_with_fp32_on_fsdd(model, fsdd_subset, tmp_path):
     int8 = OnnxModel(quantize_model(default_model_path(), tmp_path / "int8.onnx"), threads=1)
     assert int8.info.quantization == "int8"
     clips = [load_audio(p, 16000) for p in find_audio_files(fsdd_subset)]
-    a = np.concatenate([model.run(clips[i:i + 32])[1].argmax(1) for i in range(0, 120, 32)])
-    b = np.concatenate([int8.run(clips[i:i + 32])[1].argmax(1) for i in range(0, 120, 32)])
+    a = np.concatenate([model.embed(clips[i:i + 32])[1].argmax(1) for i in range(0, 120, 32)])
+    b = np.concatenate([int8.embed(clips[i:i + 32])[1].argmax(1) for i in range(0, 120, 32)])
     assert (a == b).mean() >= 0.98

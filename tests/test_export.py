@@ -78,7 +78,7 @@ def test_metadata_is_complete(exported, checkpoints):
 def test_matches_torch_on_random_audio(exported, checkpoints, batch, samples):
     rng = np.random.default_rng(samples + batch)
     clips = list((rng.standard_normal((batch, samples)) * 0.1).astype(np.float32))
-    z, p = OnnxModel(exported).run_batch(np.stack(clips))
+    z, p = OnnxModel(exported).embed(np.stack(clips))
     zt, pt = _torch_outputs(checkpoints, clips)
     np.testing.assert_allclose(z, zt, atol=1e-4, rtol=0)
     np.testing.assert_allclose(p, pt, atol=1e-4, rtol=0)
@@ -89,13 +89,13 @@ def test_matches_torch_on_speech_of_mixed_lengths(exported, checkpoints, fsdd_di
     clips = [load_audio(fsdd_dir / n) for n in names]
     assert len({len(c) for c in clips}) == 4
     model = OnnxModel(exported)
-    z, p = model.run(clips)
+    z, p = model.embed(clips)
     zt, pt = _torch_outputs(checkpoints, clips)
     np.testing.assert_allclose(z, zt, atol=1e-4, rtol=0)
     np.testing.assert_allclose(p, pt, atol=1e-4, rtol=0)
     # padding in a batch changes nothing: each clip alone gives the same row
     for i, clip in enumerate(clips):
-        zi, pi = model.run([clip])
+        zi, pi = model.embed([clip])
         np.testing.assert_allclose(zi[0], z[i], atol=1e-4, rtol=0)
         np.testing.assert_allclose(pi[0], p[i], atol=1e-5, rtol=0)
 
@@ -113,8 +113,8 @@ def test_int8_export_agrees(checkpoints, exported, tmp_path, fsdd_subset):
     assert q.info.quantization == "int8"
     assert (tmp_path / "q.onnx").stat().st_size < exported.stat().st_size
     clips = [load_audio(p) for p in sorted(fsdd_subset.iterdir())]
-    z, p = OnnxModel(exported).run(clips)
-    zq, pq = q.run(clips)
+    z, p = OnnxModel(exported).embed(clips)
+    zq, pq = q.embed(clips)
     cos = (z * zq).sum(1) / np.linalg.norm(z, axis=1) / np.linalg.norm(zq, axis=1)
     assert cos.min() > 0.99
     assert (p.argmax(1) == pq.argmax(1)).mean() >= 0.9
@@ -154,7 +154,7 @@ def test_runtime_errors(tmp_path, exported):
     with pytest.raises(ValueError, match="not available here"):
         OnnxModel(exported, provider="cuda")
     with pytest.raises(ValueError, match="shorter than the model's minimum"):
-        OnnxModel(exported).run([np.zeros(100, np.float32)])
+        OnnxModel(exported).embed([np.zeros(100, np.float32)])
 
 
 def test_export_cli_errors(tmp_path, checkpoints):
@@ -174,6 +174,32 @@ def test_export_cli_errors(tmp_path, checkpoints):
     assert not (tmp_path / "m.onnx").exists()
 
 
+def test_export_refuses_a_head_trained_on_another_encoder(tmp_path, checkpoints):
+    """The head records the SHA-256 of its encoder file; export compares it, as
+    ``audioclust-eval head`` does, instead of shipping a head on embeddings it never saw."""
+    from audioclust.models.heads import file_sha256
+
+    enc, _ = checkpoints
+    torch.manual_seed(1)
+    other = save_embedder(Embedder(build_encoder("audiontt", {"embed_dim": 64, "channels": 16}),
+                                   mean=-6.0, std=5.0).eval(), tmp_path / "other.safetensors")
+    head = ClusterHead(HeadConfig(64, K, n_heads=1, hidden_dim=32))
+    tied = save_head(head, tmp_path / "tied.safetensors", "temi",
+                     encoder_sha256=file_sha256(enc))
+    with pytest.raises(ValueError, match="trained on the encoder with SHA-256") as info:
+        export_model(other, tied, tmp_path / "m.onnx")
+    assert "\n" not in str(info.value) and str(other) in str(info.value)
+    assert not (tmp_path / "m.onnx").exists()
+    proc = subprocess.run([sys.executable, "-m", "audioclust.models.export", "--encoder",
+                           str(other), "--head", str(tied), "-o", str(tmp_path / "m.onnx")],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("audioclust-export: error: ") and \
+        "trained on the encoder with SHA-256" in proc.stderr
+    # the encoder it was trained on exports
+    assert export_model(enc, tied, tmp_path / "ok.onnx").path.is_file()
+
+
 def test_head_free_export(checkpoints, exported, tmp_path, fsdd_subset):
     """An encoder without a head: the graph gives the embedding only; metadata says so."""
     out = tmp_path / "enc_only.onnx"
@@ -187,9 +213,9 @@ def test_head_free_export(checkpoints, exported, tmp_path, fsdd_subset):
     model = OnnxModel(out)
     assert model.head_free and model.info.n_clusters == 0 and model.info.prior.size == 0
     clips = [load_audio(p) for p in sorted(fsdd_subset.iterdir())[:5]]
-    z, p = model.run(clips)
+    z, p = model.embed(clips)
     assert p is None and z.shape == (5, 64)
-    zb, pb = model.run_batch(np.stack([c[:4000] for c in clips]))
+    zb, pb = model.embed(np.stack([c[:4000] for c in clips]))
     assert pb is None and zb.shape == (5, 64)
     # the same embeddings as the encoder inside a full model
     zt, _ = _torch_outputs(checkpoints, clips)

@@ -53,3 +53,62 @@ def test_cache_hit_and_invalidation(fsdd_subset, tmp_path):
 def test_unknown_kind():
     with pytest.raises(ValueError, match="unknown feature kind"):
         clip_features(np.zeros((64, 3)), "chroma")  # type: ignore[arg-type]
+
+
+WRITER = r"""
+import os, sys, time
+from pathlib import Path
+import numpy as np
+
+data, cache, barrier, n = sys.argv[1], sys.argv[2], Path(sys.argv[3]), int(sys.argv[4])
+real_replace = os.replace
+
+
+def replace_together(src, dst):
+    # every writer has written its temporary before any renames it: the race, every time
+    (barrier / str(os.getpid())).touch()
+    deadline = time.monotonic() + 120
+    while len(list(barrier.iterdir())) < n and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return real_replace(src, dst)
+
+
+os.replace = replace_together
+from audioclust.training.datasets import AudioFolder
+from audioclust.training.features import extract
+
+feats = extract(AudioFolder(data), cache_dir=cache, progress=False)
+np.save(sys.stdout.buffer, feats["logmel"])
+"""
+
+
+def test_concurrent_writers_of_one_cache_entry(tmp_path, tone):
+    """Two ranks of one job (or any two processes) computing the same entry at once used to
+    rename the same ``<key>.tmp.npz``; the second rename failed."""
+    import io
+    import subprocess
+    import sys
+
+    import soundfile as sf
+
+    data = tmp_path / "clips"
+    data.mkdir()
+    for i in range(3):
+        sf.write(data / f"c{i}.wav", tone * (0.2 + 0.2 * i), 16000)
+    barrier = tmp_path / "barrier"
+    barrier.mkdir()
+    n = 4
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([sys.executable, "-c", WRITER, str(data), str(tmp_path / "cache"),
+                               str(barrier), str(n)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, env=env) for _ in range(n)]
+    results = [p.communicate(timeout=300) for p in procs]
+    for p, (_, err) in zip(procs, results, strict=True):
+        assert p.returncode == 0, err.decode()[-2000:]
+    arrays = [np.load(io.BytesIO(out)) for out, _ in results]
+    for a in arrays[1:]:
+        np.testing.assert_array_equal(a, arrays[0])
+    entries = list((tmp_path / "cache" / "features").iterdir())
+    assert [e.suffix for e in entries] == [".npz"], entries  # one entry, no temporaries left
+    again = extract(AudioFolder(data), cache_dir=tmp_path / "cache", progress=False)
+    np.testing.assert_array_equal(again["logmel"], arrays[0])

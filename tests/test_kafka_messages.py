@@ -7,9 +7,12 @@ import io
 import numpy as np
 import pytest
 import soundfile as sf
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from audioclust.stream.messages import (
     REASONS,
+    SUPPORTED_RATES,
     MessageError,
     decode_message,
     encode_container,
@@ -145,6 +148,9 @@ MALFORMED = [
     ("bad_offset", GOOD, _hdr(offset="x")),
     ("bad_timestamp", GOOD, _hdr(timestamp="nan")),
     ("bad_header", GOOD, [*_hdr(), ("offset", b"\xff\xfe")]),
+    ("bad_stream_id", GOOD, _hdr(stream_id="x" * 70_000)),
+    ("bad_stream_id", GOOD, [(k, v) for k, v in _hdr() if k != "stream-id"]
+     + [("stream-id", "é".encode() * 513)]),  # 1,026 bytes, 513 characters
 ]
 
 
@@ -165,6 +171,64 @@ def test_every_reason_is_exercised() -> None:
 def test_good_message_with_the_same_headers_decodes() -> None:
     got = decode_message(GOOD, _hdr(), target_rate=16000, max_bytes=2048)
     assert got.samples.size == 100 and got.offset is None and got.timestamp is None
+
+
+def test_the_stream_id_limit_is_bytes_of_utf8() -> None:
+    from audioclust.stream.messages import MAX_STREAM_ID_BYTES
+
+    at_limit = "é" * (MAX_STREAM_ID_BYTES // 2)
+    got = decode_message(GOOD, _hdr(stream_id=at_limit), target_rate=16000)
+    assert got.stream == at_limit
+    # the key stands in for the header, under the same limit
+    headers = [(k, v) for k, v in _hdr() if k != "stream-id"]
+    assert decode_message(GOOD, headers, key=b"\0k", target_rate=16000).stream == "\0k"
+    with pytest.raises(MessageError, match="bad_stream_id"):
+        decode_message(GOOD, headers, key=b"k" * (MAX_STREAM_ID_BYTES + 1), target_rate=16000)
+    with pytest.raises(ValueError, match="stream id"):
+        encode_pcm(_noise(10), stream="s" * (MAX_STREAM_ID_BYTES + 1), seq=0,
+                   sample_rate=16000)
+
+
+_header_values = st.one_of(
+    st.binary(max_size=30),
+    st.sampled_from([b"0", b"1", b"16000", b"8000", b"int16", b"float32", b"audio/pcm",
+                     b"audio/wav", b"audio/flac", b"-1", b"nan", b"1e400", b"2", b"9"]),
+    st.integers(-10, 10**20).map(lambda i: str(i).encode()))
+_header_names = st.sampled_from(["stream-id", "seq", "content-type", "sample-rate", "dtype",
+                                 "channels", "offset", "timestamp", "end-of-stream",
+                                 "Stream-ID", "other"])
+
+
+@settings(max_examples=400, deadline=None)
+@given(value=st.one_of(st.none(), st.binary(max_size=3000),
+                       st.sampled_from([GOOD, _wav(np.zeros(300, np.float32)),
+                                        _wav(np.zeros(300, np.float32))[:60]])),
+       headers=st.lists(st.tuples(_header_names, st.one_of(st.none(), _header_values)),
+                        max_size=10),
+       key=st.one_of(st.none(), st.binary(max_size=20)))
+def test_any_message_decodes_or_raises_a_message_error(value, headers, key) -> None:
+    """Whatever arrives, decoding gives audio or a dead-letter reason, nothing else."""
+    try:
+        got = decode_message(value, headers, target_rate=16000, key=key, max_bytes=2048)
+    except MessageError as exc:
+        assert exc.reason in REASONS and "\n" not in str(exc)
+        return
+    assert got.stream and got.seq >= 0
+    assert got.samples.dtype == np.float32 and got.samples.ndim == 1
+    assert np.isfinite(got.samples).all()
+    assert got.offset is None or got.offset >= 0
+
+
+@settings(max_examples=200, deadline=None)
+@given(stream=st.text(min_size=1, max_size=60),
+       seq=st.integers(0, 2**62), offset=st.one_of(st.none(), st.integers(0, 2**50)),
+       n=st.integers(1, 400), rate=st.sampled_from(sorted(SUPPORTED_RATES)))
+def test_encoded_messages_decode_to_what_was_sent(stream, seq, offset, n, rate) -> None:
+    x = _noise(n, seed=n)
+    got = _decode(encode_pcm(x, stream=stream, seq=seq, sample_rate=rate, dtype="float32",
+                             offset=offset), rate=rate)
+    assert (got.stream, got.seq, got.offset) == (stream, seq, offset)
+    np.testing.assert_array_equal(got.samples, x)
 
 
 def test_encoders_reject_nonsense() -> None:

@@ -18,6 +18,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from conftest import copy_fsdd
 from kafka import KafkaConsumer, TopicPartition
 from test_kafka_messages import MALFORMED
 
+from audioclust.stream.assign import Assigner
 from audioclust.stream.messages import encode_pcm
 
 RATE = 16000
@@ -47,11 +49,12 @@ class Service:
     """One ``audioclust-stream --source kafka`` process writing JSON lines to its own file."""
 
     def __init__(self, broker, model: Path, tmp: Path, name: str, *, group: str = "g",
-                 options: list[str] = (), extra: list[str] = (), sink: str | None = None):
+                 options: list[str] = (), extra: list[str] = (), sink: str | None = None,
+                 settings: str = ""):
         self.out = tmp / f"{name}.jsonl"
         self.log = tmp / f"{name}.log"
         config = tmp / f"{name}.toml"
-        config.write_text(SMALL_QUEUE)
+        config.write_text(SMALL_QUEUE + settings)
         cmd = [sys.executable, "-m", "audioclust.stream.cli", "--source", "kafka",
                "--bootstrap", broker.bootstrap, "--topic", "audio", "--group", group,
                "--model", str(model), "--sink", sink or f"jsonl:{self.out}",
@@ -224,8 +227,9 @@ def test_malformed_messages_go_to_the_dlq_end_to_end_and_metrics_move(
     b = kafka_broker
     b.create_topic("audio")
     b.create_topic("audio.dlq")
+    state = tmp_path / "dlq-state.npz"
     svc = Service(b, stream_model, tmp_path, "dlq", options=["max_message_bytes=9000"],
-                  extra=["--metrics-port", "0"])
+                  extra=["--metrics-port", "0", "--state", str(state)])
     port = int(svc.wait_log(r"metrics on http://127\.0\.0\.1:(\d+)/metrics").group(1))
     svc.wait_log(r"partitions assigned: audio")
     # the good stream's chunks (3,200 bytes) interleaved with every malformed kind
@@ -234,7 +238,18 @@ def test_malformed_messages_go_to_the_dlq_end_to_end_and_metrics_move(
     bad = [(b"\0" * 12000 if r == "too_large" else v, h) for r, v, h in MALFORMED]
     publish(b, 1, range(n_chunks), n_chunks, extra=bad)
     expected = expected_windows(1, n_chunks)
-    wait_until(lambda: keys(svc.records()) >= expected, 60, "the good stream's windows", [svc])
+    # a stream id that once made the state file unloadable (the zip member name was cut
+    # at the NUL) is only data now
+    prod = b.producer()
+    odd = "odd\0/id"
+    for c in range(12):
+        m = encode_pcm(audio_of(7, 12)[c * CHUNK : (c + 1) * CHUNK], stream=odd, seq=c,
+                       sample_rate=RATE, offset=c * CHUNK, end_of_stream=c == 11)
+        prod.send("audio", key=m.key, value=m.value, headers=m.headers)
+    prod.flush()
+    prod.close()
+    expected |= {(odd, 0), (odd, 1)}  # a full window and the tail
+    wait_until(lambda: keys(svc.records()) >= expected, 60, "the good streams' windows", [svc])
     dlq = b.read_all("audio.dlq", len(MALFORMED))
     reasons = sorted(dict(m.headers)["dlq-reason"].decode() for m in dlq)
     assert reasons == sorted(r for r, _, _ in MALFORMED)
@@ -247,23 +262,58 @@ def test_malformed_messages_go_to_the_dlq_end_to_end_and_metrics_move(
     assert re.search(r'audioclust_consumer_lag\{partition="0",topic="audio"\} 0\.0', body)
     assert svc.stop() == 0
     # every message, good or bad, was committed at the end
-    assert committed(b, "g", 1)[0] == n_chunks + len(MALFORMED)
+    assert committed(b, "g", 1)[0] == n_chunks + len(MALFORMED) + 12
+    restored = Assigner(np.full(4, 0.25), 64)
+    assert restored.load(state) == 2 and odd in restored.streams
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
+def readyz(port: int) -> int:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as r:
+            return r.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
 
 
 def test_the_service_rides_out_a_broker_outage(kafka_broker, stream_model, tmp_path) -> None:
     b = kafka_broker
     b.create_topic("audio", partitions=2)
-    svc = Service(b, stream_model, tmp_path, "outage")
+    svc = Service(b, stream_model, tmp_path, "outage", extra=["--metrics-port", "0"])
+    port = int(svc.wait_log(r"metrics on http://127\.0\.0\.1:(\d+)/metrics").group(1))
     svc.wait_log(r"partitions assigned: audio")
     n_streams, n_chunks = 4, 80
     publish(b, n_streams, range(40), n_chunks)
     first_half = expected_windows(n_streams, 40)
     wait_until(lambda: keys(svc.records()) >= first_half, 60, "the first half", [svc])
+    assert readyz(port) == 200
+    # a broker that hangs (SIGSTOP) keeps its connections open but answers nothing
+    before = rss_mb(svc.proc.pid)
+    os.kill(b.proc.pid, signal.SIGSTOP)
+    frozen = time.monotonic()
+    try:
+        wait_until(lambda: readyz(port) == 503, 30, "/readyz to notice the hung broker", [svc])
+        # ... and the consumer must not spin on it: kafka-python's poll() busy-looped,
+        # keeping about 15 MB per second of the freeze until the fetch timed out
+        wait_until(lambda: time.monotonic() - frozen > 10, 20, "ten seconds of freeze")
+        grown = rss_mb(svc.proc.pid) - before
+    finally:
+        os.kill(b.proc.pid, signal.SIGCONT)
+    assert grown < 40, f"{grown:.0f} MB more during a 10 s broker freeze"
+    wait_until(lambda: readyz(port) == 200, 60, "/readyz once the broker answers", [svc])
     b.stop()
-    time.sleep(10)
+    # readiness follows the broker connection (docs/deploy.md: "broker connected")
+    wait_until(lambda: readyz(port) == 503, 30, "/readyz to say not ready", [svc])
     # Memory storage: the restarted broker has no topics, messages or offsets. Re-creating
     # the topic stands in for a broker that keeps its data; the service must find it again.
     b.restart()
+    wait_until(lambda: readyz(port) == 200, 60, "/readyz to say ready again", [svc])
     publish(b, n_streams, range(40, n_chunks), n_chunks)
     # windows that start inside the second half (the one across the boundary may be
     # skipped: the rejoin made the service forget the first half's buffered audio)
@@ -303,6 +353,48 @@ def test_results_to_a_kafka_sink_are_keyed_by_stream(kafka_broker, stream_model,
         seqs = [json.loads(m.value)["seq"] for m in sorted(mine, key=lambda m: m.offset)]
         assert seqs == sorted(seqs)
     assert committed(b, "g", 2) and sum(committed(b, "g", 2).values()) == 90
+
+
+def test_a_flood_of_streams_that_never_end_starves_no_one(kafka_broker, stream_model,
+                                                          tmp_path) -> None:
+    """300 streams of one 0.1 s chunk each (never ended) against max_in_flight 100: the
+    bound is reached, those streams hold their chunks back waiting for audio that never
+    comes. The least recently fed streams are finished to make room (as if they had
+    ended: a short tail window, their chunks acknowledged), so the stream behind the flood
+    gets all its windows; the rest expire once idle, and everything is committed."""
+    b = kafka_broker
+    b.create_topic("audio")
+    svc = Service(b, stream_model, tmp_path, "flood", options=["max_in_flight=100"],
+                  settings="stream_idle_seconds = 3\n", extra=["--metrics-port", "0"])
+    port = int(svc.wait_log(r"metrics on http://127\.0\.0\.1:(\d+)/metrics").group(1))
+    svc.wait_log(r"partitions assigned: audio")
+    prod = b.producer(linger_ms=5)
+    for i in range(300):
+        m = encode_pcm(audio_of(i, 1), stream=f"idle{i}", seq=0, sample_rate=RATE, offset=0)
+        prod.send("audio", key=m.key, value=m.value, headers=m.headers)
+    good = audio_of(999, 40)
+    for c in range(40):
+        m = encode_pcm(good[c * CHUNK : (c + 1) * CHUNK], stream="good", seq=c,
+                       sample_rate=RATE, offset=c * CHUNK)
+        prod.send("audio", key=m.key, value=m.value, headers=m.headers)
+    prod.flush()
+    prod.close()
+    want = {("good", w) for w in range(7)}  # 4 s of audio: windows 0..6 are full
+    wait_until(lambda: keys(svc.records()) >= want, 90, "the good stream's windows", [svc])
+    # the flood expires (in-flight bound, then idleness): every message is acknowledged
+    wait_until(lambda: committed(b, "g", 1)[0] == 340, 90, "every offset committed", [svc])
+    records = svc.records()
+    flood = [r for r in records if r["stream"].startswith("idle")]
+    # each flood stream ended as if its end had come: its one short window, once
+    assert sorted(r["stream"] for r in flood) == sorted(f"idle{i}" for i in range(300))
+    assert all(r["seq"] == 0 and r["end"] == 0.1 for r in flood)
+    good_seqs = sorted(r["seq"] for r in records if r["stream"] == "good")
+    assert good_seqs[:7] == list(range(7))
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    expired = {m.group(1): float(m.group(2)) for m in re.finditer(
+        r'audioclust_streams_expired_total\{reason="(\w+)"\} (\S+)', body)}
+    assert expired.get("in_flight", 0) > 0 and sum(expired.values()) >= 301, expired
+    assert svc.stop() == 0
 
 
 @pytest.fixture

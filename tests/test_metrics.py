@@ -113,3 +113,23 @@ def test_accuracy_brute_force_small():
         )
         # with fewer distinct values present, unmatched ones simply score nothing
         assert accuracy(y, c) == pytest.approx(best / 12)
+
+
+def test_readiness_follows_the_source():
+    from audioclust.stream.metrics import Health
+
+    class Source:
+        connected = True
+
+    h = Health(stall_seconds=60)
+    h.model_loaded = True
+    assert not h.ready()  # no source attached yet
+    src = Source()
+    h.attach(src)
+    assert h.ready()
+    src.connected = False  # e.g. the broker went away
+    assert not h.ready()
+    src.connected = True
+    assert h.ready()
+    h.attach(None)
+    assert not h.ready()

@@ -58,6 +58,7 @@ def test_wheel_contents(tmp_path):
     entry_points = zipfile.ZipFile(wheel).read(meta).decode()
     assert "audioclust-eval = audioclust.models.cli:eval_main" in entry_points
     assert "audioclust-stream = audioclust.stream.cli:main" in entry_points
+    assert "audioclust-report = audioclust.stream.report.cli:main" in entry_points
     # the service's dependencies leave torch and the rest of training to the `train` extra
     metadata = zipfile.ZipFile(wheel).read(
         next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()

@@ -76,7 +76,7 @@ def test_head_free_pipeline_matches_direct_runs(headfree_model, recordings, tmp_
             if 20 * np.log10(np.sqrt(np.mean(x.astype(np.float64) ** 2))) < cfg.silence_dbfs:
                 want.append((str(path), index, None, None))
                 continue
-            z, p = model.run([x])
+            z, p = model.embed([x])
             assert p is None
             a = ref.process(str(path), z[0])
             want.append((str(path), index, a.cluster, a.confidence))
@@ -94,7 +94,7 @@ def test_head_free_pipeline_matches_direct_runs(headfree_model, recordings, tmp_
 def test_head_free_state_round_trip(headfree_model, recordings, tmp_path):
     model = OnnxModel(headfree_model, threads=1)
     audio = load_audio(recordings[0], 16000)
-    zs = [model.run([x])[0][0] for _, _, x in windows_of(audio, 16000, 8000, 2000)]
+    zs = [model.embed([x])[0][0] for _, _, x in windows_of(audio, 16000, 8000, 2000)]
     cfg = HeadFreeConfig(chunk_size=5)
     a = HeadFreeAssigner(64, cfg, model_id="m")
     for z in zs[:13]:  # mid-chunk: the partial chunk must be saved too

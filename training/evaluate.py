@@ -5,9 +5,10 @@ Subcommands:
 - ``baselines``: the research notes' grid (features x reducer x clusterer) on fixed-size
   clip features, optionally with encoder embeddings as extra features (``--encoder``);
   writes a markdown table, JSON rows, a confusion matrix and a 2-D map.
-- ``encoder``: a trained encoder beside a randomly initialised one of the same
-  architecture: k-means/agglomerative clustering of the embeddings (raw and PCA) and a
-  linear probe (logistic regression, stratified k-fold); same report files.
+- ``encoder``: an encoder (a trained checkpoint or a pretrained model, any encoder spec)
+  beside a randomly initialised one of the same architecture: k-means/agglomerative
+  clustering of the embeddings (raw and PCA) and a linear probe (logistic regression,
+  stratified k-fold); same report files. An onnx: encoder has no random counterpart.
 - ``head``: a trained clustering head (``audioclust-train head``): NMI/ARI/ACC of each of
   its heads and of the selected one beside k-means on the same embeddings, after checking
   the encoder is the one the head was trained on.
@@ -35,6 +36,12 @@ from tqdm.auto import tqdm
 
 from audioclust.models.cli import HelpFormatter, UserError, comma_list, run_command
 from audioclust.models.config import build_config
+from audioclust.models.encoder_spec import (
+    WaveformEncoder,
+    add_encoder_arguments,
+    checkpoint_name,
+    encoder_from_args,
+)
 from audioclust.training.baselines import (
     CLUSTERERS,
     REDUCERS,
@@ -44,12 +51,7 @@ from audioclust.training.baselines import (
     run_grid,
 )
 from audioclust.training.datasets import AudioFolder
-from audioclust.training.features import (
-    FEATURE_KINDS,
-    embed_dataset,
-    embedder_checkpoint,
-    extract,
-)
+from audioclust.training.features import FEATURE_KINDS, embed_dataset, extract
 from audioclust.training.report import markdown_table, plot_cluster_map, plot_confusion
 
 PROG = "audioclust-eval"
@@ -65,26 +67,19 @@ class BaselinesRun:
     """What ``audioclust-eval baselines`` runs; the ``[baselines]`` table of ``--config``."""
 
     features: tuple[str, ...] = FEATURE_KINDS
-    encoders: tuple[str, ...] = ()  # embedder checkpoints whose embeddings join the grid
+    encoders: tuple[str, ...] = ()  # encoder specs whose embeddings join the grid
     grid: BaselineConfig = field(default_factory=BaselineConfig)
     sample_rate: int = 16000
     cache_dir: str | None = None
 
 
-def checkpoint_name(path: str | Path) -> str:
-    """A short name for a checkpoint: the file's stem, or its folder's name when the stem
-    is the trainer's generic ``encoder`` (runs/byola-1/encoder.safetensors -> byola-1)."""
-    p = Path(path)
-    if p.stem == "encoder":
-        return p.resolve().parent.name or p.stem
-    return p.stem
-
-
-def encoder_feature_names(paths: Sequence[str | Path]) -> list[str]:
-    """Feature names ``encoder:<checkpoint name>``, made unique within ``paths``."""
+def encoder_feature_names(paths: Sequence[str | Path | WaveformEncoder]) -> list[str]:
+    """Feature names ``encoder:<name>`` (a checkpoint's name, or the pretrained kind),
+    made unique within ``paths``."""
     names: list[str] = []
     for p in paths:
-        base, i = f"encoder:{checkpoint_name(p)}", 2
+        name = p.name if isinstance(p, WaveformEncoder) else checkpoint_name(p)
+        base, i = f"encoder:{name}", 2
         unique = base
         while unique in names:
             unique, i = f"{base}-{i}", i + 1
@@ -133,9 +128,10 @@ def _add_baselines(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print the rows as JSON on stdout")
     p.add_argument("--config", type=Path, help="TOML/YAML file with a [baselines] table")
     p.add_argument("--features", type=comma_list(FEATURE_KINDS), help="feature kinds to run")
-    p.add_argument("--encoder", action="append", type=Path, metavar="CKPT",
-                   help="also cluster this embedder checkpoint's embeddings (repeatable); "
-                   "rows are named encoder:<file stem, or folder for encoder.safetensors>")
+    add_encoder_arguments(
+        p, action="append", required=False,
+        help="also cluster this encoder's embeddings (repeatable; rows are named "
+        "encoder:<file stem, folder for encoder.safetensors, or the kind>)")
     p.add_argument("--reducers", type=comma_list(REDUCERS), help="reducers to run")
     p.add_argument("--clusterers", type=comma_list(CLUSTERERS), help="clusterers to run")
     p.add_argument("--seed", type=int, help="random seed for k-means, PCA and t-SNE")
@@ -161,24 +157,26 @@ def _baselines(args: argparse.Namespace) -> int:
     bad = [f for f in run.features if f not in FEATURE_KINDS]
     if bad:
         raise UserError(f"unknown features {bad}; known: {', '.join(FEATURE_KINDS)}")
-    for ckpt in run.encoders:
-        embedder_checkpoint(ckpt)  # a bad checkpoint fails now, not after feature extraction
+    # A bad encoder fails now, not after feature extraction.
+    encoders = [encoder_from_args(spec, args) for spec in run.encoders]
     dataset = _labelled_dataset(args, run.sample_rate)
     log = _logger(args)
     log(f"{len(dataset)} clips, {len(dataset.class_names)} classes ({args.labels})")
 
     t0 = time.perf_counter()
-    # Encoders first: a checkpoint that cannot be loaded fails before the log-mel pass.
+    # Encoders first: one that cannot run fails before the log-mel pass. Each decodes the
+    # folder at its own rate (same clips, same order).
     embedded = {
         name: embed_dataset(
-            dataset,
-            ckpt,
+            dataset if enc.sample_rate == dataset.sample_rate
+            else _labelled_dataset(args, enc.sample_rate),
+            enc,
             cache_dir=run.cache_dir,
             progress=not args.quiet,
             on_cache=lambda p, hit, n=name: log(
                 f"{n}: embeddings " + ("from cache " if hit else "cached in ") + str(p)),
         )
-        for name, ckpt in zip(encoder_feature_names(run.encoders), run.encoders, strict=True)
+        for name, enc in zip(encoder_feature_names(encoders), encoders, strict=True)
     }
     feats = extract(
         dataset,
@@ -295,20 +293,22 @@ def linear_probe(
 def _add_encoder(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "encoder",
-        help="trained vs randomly initialised encoder: clustering and linear probe",
+        help="trained or pretrained vs randomly initialised encoder: clustering and linear "
+        "probe",
         description=(
-            "Embed every clip of a labelled folder with the checkpoint's encoder and with a "
-            "randomly initialised encoder of the same architecture (same frontend and "
-            "normalisation). For both: k-means and agglomerative clustering of the raw and "
-            "PCA-reduced embeddings (k = number of classes; NMI, ARI, Hungarian accuracy), "
-            "and linear-probe accuracy (logistic regression on standardised embeddings, "
-            "stratified k-fold, mean +- std). Embeddings are cached on disk, keyed on the "
-            "checkpoint's content."
+            "Embed every clip of a labelled folder with the encoder (a checkpoint from "
+            "audioclust-train, or a pretrained model: aisfx, panns:FILE, byola:FILE, "
+            "onnx:FILE, hf:DIR) and with a randomly initialised encoder of the same "
+            "architecture (same frontend and normalisation; none for onnx:). For both: "
+            "k-means and agglomerative clustering of the raw and PCA-reduced embeddings "
+            "(k = number of classes; NMI, ARI, Hungarian accuracy), and linear-probe "
+            "accuracy (logistic regression on standardised embeddings, stratified k-fold, "
+            "mean +- std). Embeddings are cached on disk, keyed on the encoder's content."
         ),
         formatter_class=HelpFormatter,
     )
-    p.add_argument("--checkpoint", required=True, type=Path,
-                   help="embedder checkpoint (encoder.safetensors from audioclust-train)")
+    add_encoder_arguments(p, "--encoder", "--checkpoint", dest="encoder",
+                          help="the encoder to evaluate")
     p.add_argument("--data", required=True, type=Path, help="folder of audio clips")
     p.add_argument(
         "--labels",
@@ -330,19 +330,22 @@ def _add_encoder(sub: argparse._SubParsersAction) -> None:
 def _encoder(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be positive, got {args.batch_size}")
-    ckpt = embedder_checkpoint(args.checkpoint)
-    # Decode audio at the rate the checkpoint's frontend was trained at.
-    dataset = _labelled_dataset(args, int(ckpt["frontend"]["sample_rate"]))
+    enc = encoder_from_args(args.encoder, args)
+    # Decode audio at the rate the encoder takes.
+    dataset = _labelled_dataset(args, enc.sample_rate)
     y = dataset.targets
     check_folds(y, args.folds)  # before minutes of embedding, not after
     log = _logger(args)
     log(f"{len(dataset)} clips, {len(dataset.class_names)} classes ({args.labels}); "
-        f"{ckpt['encoder']} encoder from {args.checkpoint}")
+        f"{enc.description['name']} encoder from {args.encoder}")
 
-    name = checkpoint_name(args.checkpoint)
+    name = enc.name
     grid = dataclasses.replace(ENCODER_GRID, seed=args.seed)
-    variants = {"trained": (f"encoder:{name}", None),
-                "random": (f"random:{name}", args.seed)}
+    variants: dict[str, tuple[str, int | None]] = {"trained": (f"encoder:{name}", None)}
+    if enc.randomise is not None:
+        variants["random"] = (f"random:{name}", args.seed)
+    else:
+        log(f"{enc.kind} encoder: no randomly initialised counterpart to compare with")
     results: dict[str, dict] = {}
     embeddings: dict[str, np.ndarray] = {}
     best_rows: dict[str, BaselineRow] = {}
@@ -350,7 +353,7 @@ def _encoder(args: argparse.Namespace) -> int:
         t0 = time.perf_counter()
         x = embed_dataset(
             dataset,
-            args.checkpoint,
+            enc,
             random_init=random_init,
             cache_dir="" if args.no_cache else args.cache_dir,
             progress=not args.quiet,
@@ -375,11 +378,12 @@ def _encoder(args: argparse.Namespace) -> int:
         }
 
     report = {
-        "checkpoint": str(args.checkpoint),
-        "sha256": ckpt["sha256"],
-        "encoder": ckpt["encoder"],
+        "checkpoint": str(args.encoder),
+        "kind": enc.kind,
+        "sha256": enc.sha256,
+        "encoder": enc.description["name"],
         "embed_dim": int(embeddings["trained"].shape[1]),
-        "info": ckpt["info"],
+        "info": enc.info,
         "data": str(args.data),
         "labels": args.labels,
         "clips": len(dataset),
@@ -415,25 +419,30 @@ def _encoder(args: argparse.Namespace) -> int:
 
 def _encoder_markdown(report: dict) -> str:
     """Linear probe and clustering scores, trained and random side by side."""
-    seed = report["random"]["random_init"]
+    label = "pretrained" if report.get("kind", "checkpoint") != "checkpoint" else "trained"
+    labels = [("trained", label)]
+    if report.get("random"):
+        labels.append(("random", f"random init (seed {report['random']['random_init']})"))
     probe_rows = [
         {
-            "encoder": label,
+            "encoder": name,
             "accuracy": report[v]["linear_probe"]["mean"],
             "std": report[v]["linear_probe"]["std"],
             "per fold": ", ".join(f"{a:.3f}" for a in report[v]["linear_probe"]["folds"]),
         }
-        for v, label in (("trained", "trained"), ("random", f"random init (seed {seed})"))
+        for v, name in labels
     ]
-    random_rows = {(r["reducer"], r["clusterer"]): r for r in report["random"]["rows"]}
+    by_row = {v: {(r["reducer"], r["clusterer"]): r for r in report[v]["rows"]}
+              for v, _ in labels}
+    short = {"trained": label, "random": "random"}
     side = []
     for r in report["trained"]["rows"]:
-        other = random_rows[(r["reducer"], r["clusterer"])]
+        key = (r["reducer"], r["clusterer"])
         side.append({"reducer": r["reducer"], "clusterer": r["clusterer"],
-                     **{f"{m} trained": r[m] for m in ("nmi", "ari", "acc")},
-                     **{f"{m} random": other[m] for m in ("nmi", "ari", "acc")}})
-    cols = ("reducer", "clusterer", "nmi trained", "nmi random", "ari trained", "ari random",
-            "acc trained", "acc random")
+                     **{f"{m} {short[v]}": by_row[v][key][m] for m in ("nmi", "ari", "acc")
+                        for v, _ in labels}})
+    cols = ("reducer", "clusterer", *(f"{m} {short[v]}" for m in ("nmi", "ari", "acc")
+                                      for v, _ in labels))
     return (
         f"# Encoder evaluation: {report['checkpoint']}\n\n"
         f"{report['encoder']} ({report['embed_dim']}-d), sha256 {report['sha256'][:12]}; "
@@ -469,8 +478,7 @@ def _add_head(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--head", required=True, type=Path,
                    help="head checkpoint (head.safetensors from `audioclust-train head`)")
-    p.add_argument("--encoder", required=True, type=Path, metavar="CKPT",
-                   help="the embedder checkpoint the head was trained on")
+    add_encoder_arguments(p, help="the encoder the head was trained on")
     p.add_argument("--data", required=True, type=Path, help="folder of audio clips")
     p.add_argument(
         "--labels",
@@ -504,25 +512,25 @@ def _head(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be positive, got {args.batch_size}")
     meta = read_head_metadata(args.head)
-    ckpt = embedder_checkpoint(args.encoder)
+    enc = encoder_from_args(args.encoder, args)
     log = _logger(args)
     if not meta["encoder_sha256"]:
         log(f"warning: {args.head} records no encoder SHA-256; cannot check it matches "
             f"{args.encoder}")
-    elif meta["encoder_sha256"] != ckpt["sha256"]:
+    elif meta["encoder_sha256"] != enc.sha256:
         raise UserError(
             f"{args.head} was trained on the encoder with SHA-256 "
             f"{meta['encoder_sha256'][:12]}..., but {args.encoder} is "
-            f"{ckpt['sha256'][:12]}...: pass the encoder the head was trained with")
+            f"{enc.sha256[:12]}...: pass the encoder the head was trained with")
     head = load_head(args.head)
     config = head.config
-    dataset = _labelled_dataset(args, int(ckpt["frontend"]["sample_rate"]))
+    dataset = _labelled_dataset(args, enc.sample_rate)
     y = dataset.targets
     log(f"{len(dataset)} clips, {len(dataset.class_names)} classes ({args.labels}); "
         f"{meta['method']} head, {config.n_heads} heads x {config.n_clusters} clusters")
 
     x = embed_dataset(
-        dataset, args.encoder, cache_dir="" if args.no_cache else args.cache_dir,
+        dataset, enc, cache_dir="" if args.no_cache else args.cache_dir,
         progress=not args.quiet, batch_size=args.batch_size,
         on_cache=lambda p, hit: log(("embeddings from cache " if hit else
                                      "embeddings cached in ") + str(p)))
@@ -549,7 +557,7 @@ def _head(args: argparse.Namespace) -> int:
         "head": str(args.head),
         "method": meta["method"],
         "encoder": str(args.encoder),
-        "encoder_sha256": ckpt["sha256"],
+        "encoder_sha256": enc.sha256,
         "data": str(args.data),
         "labels": args.labels,
         "clips": len(dataset),
@@ -568,7 +576,7 @@ def _head(args: argparse.Namespace) -> int:
     table = markdown_table([selected_row, *kmeans_rows, *rows], HEAD_ROW_KEYS)
     text = (f"# Head evaluation: {args.head}\n\n{meta['method']} head ({config.n_heads} heads, "
             f"K = {k}, head {selected} selected) on {args.encoder} (sha256 "
-            f"{ckpt['sha256'][:12]}); data {args.data} (labels: {args.labels}, "
+            f"{enc.sha256[:12]}); data {args.data} (labels: {args.labels}, "
             f"{len(dataset)} clips, {len(dataset.class_names)} classes)\n\n{table}")
     (out / "head-eval.md").write_text(text)
     s = selected_row

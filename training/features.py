@@ -4,13 +4,15 @@
   (2 x n_mels values).
 - ``mfcc``: the first ``n_mfcc`` cepstral coefficients (orthonormal DCT-II of the log-mel
   in dB, as librosa computes MFCCs), mean and standard deviation over frames.
-- :func:`embed_dataset`: a trained (or randomly initialised) encoder's clip embeddings.
+- :func:`embed_dataset`: an encoder's clip embeddings (any encoder spec: a trained
+  checkpoint, a pretrained model; or its randomly initialised counterpart).
 
 Statistics are taken over the clip's own frames, so clips of any length give comparable
 vectors without padding. The cache key covers every file's path, size and modification
 time, the feature settings and :data:`FEATURE_VERSION`; change any and it recomputes.
-Embeddings are keyed on the checkpoint's content (SHA-256) as well, never its path or
-time, so a retrained checkpoint at the same path never serves stale embeddings.
+Embeddings are keyed on the encoder's identity (its checkpoint's SHA-256, or a digest of
+a pretrained model's files) as well, never its path or time, so a retrained checkpoint at
+the same path never serves stale embeddings.
 """
 
 from __future__ import annotations
@@ -25,17 +27,13 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
 from scipy.fft import dct
 from tqdm.auto import tqdm
 
 from audioclust.models.checkpoint import file_sha256
-from audioclust.models.embedder import (
-    Embedder,
-    embed_clips,
-    load_embedder,
-    read_embedder_metadata,
-)
+from audioclust.models.embedder import read_embedder_metadata
+from audioclust.models.encoder_spec import WaveformEncoder, open_encoder
+from audioclust.models.files import atomic_savez
 from audioclust.models.frontend import FrontendConfig, LogMelFrontend
 from audioclust.training.datasets import AudioFolder
 
@@ -106,10 +104,9 @@ def _cached(
             on_cache(cache_file, True)
         return arrays
     arrays = compute()
-    cache_file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache_file.with_suffix(".tmp.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, cache_file)  # atomic: a killed run never leaves a half-written cache
+    # atomic, with a temporary of its own: a killed run never leaves a half-written entry,
+    # and writers of the same entry at once (two ranks of one job) each rename their own
+    atomic_savez(cache_file, arrays)
     if on_cache:
         on_cache(cache_file, False)
     return arrays
@@ -215,36 +212,36 @@ def embedder_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 
 def embed_dataset(
     dataset: AudioFolder,
-    embedder_path: str | os.PathLike,
+    encoder: WaveformEncoder | str | os.PathLike,
     random_init: int | None = None,
     cache_dir: str | os.PathLike | None = None,
     progress: bool = True,
     batch_size: int = 64,
     on_cache: Callable[[Path, bool], None] | None = None,
 ) -> np.ndarray:
-    """(n_clips, d) float32 embeddings of every clip by the embedder saved at
-    ``embedder_path``; ``random_init=SEED`` uses the same architecture randomly
-    initialised (see :func:`~audioclust.models.embedder.load_embedder`).
+    """(n_clips, d) float32 embeddings of every clip by ``encoder`` (an encoder spec, see
+    :mod:`audioclust.models.encoder_spec`, or one already opened); ``random_init=SEED``
+    uses the same architecture randomly initialised.
 
-    Cached like :func:`extract`; the key adds the checkpoint's SHA-256 and ``random_init``.
-    A missing file or one that is not an embedder checkpoint raises a one-line error
-    naming it (FileNotFoundError or ValueError).
+    Cached like :func:`extract`; the key adds the encoder's identity (``sha256``) and
+    ``random_init``. A missing or unusable encoder raises a one-line error naming it
+    (FileNotFoundError or ValueError), before any audio is decoded.
     """
-    path = Path(embedder_path)
-    ckpt = embedder_checkpoint(path)  # fails fast, before any audio is decoded
-    try:
-        frontend = _frontend_for(dataset, FrontendConfig(**ckpt["frontend"]))
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"{path}: {exc}") from exc
+    enc = open_encoder(encoder)
+    if enc.sample_rate != dataset.sample_rate:
+        raise ValueError(f"{enc.spec}: the encoder takes {enc.sample_rate} Hz, the dataset "
+                         f"yields {dataset.sample_rate} Hz")
+    frontend = (enc.embedder.frontend.config if enc.embedder is not None
+                else FrontendConfig(sample_rate=dataset.sample_rate))
+    model = enc if random_init is None else enc.random_init(int(random_init))
     init = "trained" if random_init is None else f"random_init={int(random_init)}"
     # The crop policy changes what the encoder sees, so it belongs in the key.
     crop = "full" if dataset.clip_samples is None else f"{dataset.clip_samples}:{dataset.crop}"
-    tag = ("embedding", ckpt["sha256"], init, crop)
+    tag = ("embedding", enc.sha256, init, crop)
 
     def compute() -> dict[str, np.ndarray]:
-        embedder = _load_embedder_checked(path, random_init)
         # Decode and embed in chunks: memory stays bounded on large folders while
-        # embed_clips still batches similar lengths together within each chunk.
+        # each chunk still batches similar lengths together.
         chunk = max(batch_size * 16, 1)
         parts = []
         with tqdm(total=len(dataset), desc="embed", unit="clip", disable=not progress) as bar:
@@ -254,20 +251,8 @@ def embed_dataset(
                 for i in idx:
                     wave, n_real = dataset.load(i)
                     clips.append(wave[:n_real])
-                parts.append(embed_clips(embedder, clips, batch_size=batch_size))
+                parts.append(model.embed(clips, batch_size=batch_size))
                 bar.update(len(idx))
         return {"embeddings": np.concatenate(parts).astype(np.float32, copy=False)}
 
     return _cached(dataset, frontend, tag, compute, cache_dir, on_cache)["embeddings"]
-
-
-def _load_embedder_checked(path: Path, random_init: int | None) -> Embedder:
-    """load_embedder, with a damaged checkpoint (tensors that do not fit the metadata)
-    reported as one line naming the file instead of torch's multi-line message."""
-    try:
-        return load_embedder(path, random_init=random_init)
-    except (RuntimeError, KeyError, TypeError, ValueError, SafetensorError) as exc:
-        detail = " ".join(str(exc).split())
-        if len(detail) > 200:
-            detail = detail[:200] + "..."
-        raise ValueError(f"{path}: cannot load the embedder ({detail})") from exc

@@ -1,8 +1,16 @@
 """``audioclust-train``: train encoders and clustering heads on unlabelled audio.
 
-    audioclust-train ssl --method byola|msn|slicer --data DIR --out DIR [--epochs N]
-    audioclust-train head --method temi|spice|deepcluster --encoder CKPT --data DIR \
+    audioclust-train ssl --method byola|msn|slicer --data DIR --out DIR [--epochs N] \
+        [--init ENCODER]
+    audioclust-train head --method temi|spice|deepcluster --encoder ENCODER --data DIR \
         --clusters K|auto --out DIR [--config FILE] [--epochs N] [--seed S] [--json]
+
+ENCODER is any encoder spec (an audioclust checkpoint, aisfx, panns:FILE, byola:FILE,
+onnx:FILE, hf:DIR; see ``models/encoder_spec.py``). ``ssl --init`` starts from a log-mel
+encoder's weights, frontend and normalisation (a checkpoint, aisfx, panns:, byola:): the
+SSL methods train networks on log-mel crops, which an ONNX graph (no gradients here) and
+the Hugging Face waveform models (their own inputs) are not; MSN needs the ViT, so the
+pretrained CNNs train with byola or slicer.
 
 ``ssl`` runs unchanged on one CPU process and under ``torchrun --nproc_per_node N`` (one
 process per GPU, or several CPU processes with gloo). ``head`` embeds every clip with the
@@ -35,9 +43,10 @@ import numpy as np
 
 from audioclust.models.cli import HelpFormatter, UserError, run_command
 from audioclust.models.config import build_config
+from audioclust.models.encoder_spec import add_encoder_arguments
 from audioclust.models.encoders import ENCODERS
 from audioclust.training.datasets import AudioFolder
-from audioclust.training.ssl.trainer import SSLConfig, train_ssl
+from audioclust.training.ssl.trainer import SSLConfig, initial_embedder, train_ssl
 
 PROG = "audioclust-train"
 
@@ -63,6 +72,10 @@ def _add_ssl(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", type=Path, help="TOML/YAML file with an [ssl] table")
     p.add_argument("--encoder", choices=sorted(ENCODERS), help="architecture (default: "
                    "audiontt; vit for MSN)")
+    p.add_argument("--init", metavar="SPEC", help="start from this encoder's weights, "
+                   "frontend and normalisation: an audioclust checkpoint, aisfx, aisfx:FILE, "
+                   "panns:FILE or byola:FILE (byola and slicer train any of them; msn needs "
+                   "a vit checkpoint)")
     p.add_argument("--batch-size", type=int, help="clips per step and process")
     p.add_argument("--lr", type=float, help="peak learning rate (default: the method's)")
     p.add_argument("--crop-frames", type=int, help="training crop length in frames (10 ms)")
@@ -77,8 +90,11 @@ def _add_ssl(sub: argparse._SubParsersAction) -> None:
 
 
 def _ssl(args: argparse.Namespace) -> int:
+    if args.init is not None and args.encoder is not None:
+        raise UserError("--init sets the architecture; leave out --encoder")
     overrides = {
         "method": args.method,
+        "init": args.init,
         "epochs": args.epochs,
         "encoder": args.encoder,
         "batch_size": args.batch_size,
@@ -89,13 +105,21 @@ def _ssl(args: argparse.Namespace) -> int:
         "threads": args.threads,
         "cache_dir": args.cache_dir,
     }
-    if args.method == "msn" and args.encoder is None:
+    if args.method == "msn" and args.encoder is None and args.init is None:
         overrides["encoder"] = "vit"  # MSN masks patch tokens: it needs the ViT
     config = build_config(SSLConfig, args.config, overrides, section="ssl")
-    data = AudioFolder(args.data)
+    sample_rate = 16000
+    if config.init is not None:  # decode at the rate the starting encoder takes
+        from audioclust.models.encoder_spec import open_encoder
+
+        sample_rate = open_encoder(config.init).sample_rate
+    data = AudioFolder(args.data, sample_rate=sample_rate)
+    if config.init is not None:
+        initial_embedder(config, data)  # one line on what cannot be trained, before any work
     rank = int(os.environ.get("RANK", "0"))
     log = (lambda s: None) if rank else (lambda s: print(s, file=sys.stderr))
-    log(f"{config.method} ({config.encoder}) on {len(data)} clips from {args.data}, "
+    start = f"from {config.init}" if config.init else config.encoder
+    log(f"{config.method} ({start}) on {len(data)} clips from {args.data}, "
         f"{config.epochs} epochs")
     result = train_ssl(config, data, args.out, resume=args.resume, progress=not args.quiet,
                        log=log)
@@ -264,7 +288,7 @@ def _finetune_settings(run: HeadRun) -> Any:
         raise UserError(str(exc)) from exc
 
 
-def _fit_spice(estimator: Any, x: np.ndarray, tune: Any, encoder: Path, dataset: AudioFolder,
+def _fit_spice(estimator: Any, x: np.ndarray, tune: Any, encoder: Any, dataset: AudioFolder,
                run: HeadRun, log, progress: bool) -> tuple[Any, Any, dict[str, Any]]:
     """SPICE with ``--fine-tune``: stage 2 with views from the audio, then (unless the
     joint stage's ``epochs`` is 0) stage 3. Returns (head, tuned embedder or None,
@@ -328,8 +352,8 @@ def _add_head(sub: argparse._SubParsersAction) -> None:
         formatter_class=HelpFormatter,
     )
     p.add_argument("--method", choices=HEAD_METHODS, help="clustering method (default temi)")
-    p.add_argument("--encoder", required=True, type=Path, metavar="CKPT",
-                   help="embedder checkpoint (encoder.safetensors from `audioclust-train ssl`)")
+    add_encoder_arguments(p, help="the frozen encoder (a checkpoint from `audioclust-train "
+                          "ssl`, or a pretrained model)")
     p.add_argument("--data", required=True, type=Path, help="folder of audio clips (labels "
                    "are ignored)")
     p.add_argument("--clusters", metavar="K|auto", help="number of clusters (>= 2), or auto")
@@ -359,8 +383,9 @@ def _head(args: argparse.Namespace) -> int:
 
     from audioclust.models.checkpoint import file_sha256
     from audioclust.models.embedder import save_embedder
+    from audioclust.models.encoder_spec import encoder_from_args, trainable_copy
     from audioclust.models.heads import save_head
-    from audioclust.training.features import embed_dataset, embedder_checkpoint
+    from audioclust.training.features import embed_dataset
     from audioclust.training.report import plot_curves
 
     run = build_config(
@@ -376,11 +401,13 @@ def _head(args: argparse.Namespace) -> int:
     k_given = parse_clusters(run.clusters)
     log = (lambda s: None) if (args.json and args.quiet) else (
         lambda s: print(s, file=sys.stderr))
-    ckpt = embedder_checkpoint(args.encoder)  # missing or not an encoder: fail first
+    enc = encoder_from_args(args.encoder, args)  # missing or not an encoder: fail first
     cls = _estimator_class(run.method)
     settings = _method_settings(cls, run)
     tune = _finetune_settings(run)
-    dataset = AudioFolder(args.data, sample_rate=int(ckpt["frontend"]["sample_rate"]))
+    # SPICE's joint stage trains the encoder: a log-mel one (checked before any work)
+    start = None if tune is None else trainable_copy(enc, "--fine-tune")
+    dataset = AudioFolder(args.data, sample_rate=enc.sample_rate)
     if k_given is not None and k_given > len(dataset):
         raise UserError(f"--clusters {k_given}: more clusters than the {len(dataset)} clips")
 
@@ -389,7 +416,7 @@ def _head(args: argparse.Namespace) -> int:
     limits = threadpool_limits(run.threads) if run.threads else nullcontext()
     with limits:
         t0 = time.perf_counter()
-        x = embed_dataset(dataset, args.encoder, cache_dir=run.cache_dir,
+        x = embed_dataset(dataset, enc, cache_dir=run.cache_dir,
                           progress=not args.quiet, batch_size=run.batch_size,
                           on_cache=lambda p, hit: log(
                               ("embeddings from cache " if hit else "embeddings cached in ")
@@ -409,7 +436,7 @@ def _head(args: argparse.Namespace) -> int:
         t2 = time.perf_counter()
         tuned = None
         if tune is not None:
-            head, tuned, history = _fit_spice(estimator, x, tune, args.encoder, dataset, run,
+            head, tuned, history = _fit_spice(estimator, x, tune, start, dataset, run,
                                               log, progress=not args.quiet)
         else:
             estimator.fit(x)
@@ -418,11 +445,11 @@ def _head(args: argparse.Namespace) -> int:
 
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
-    encoder_path, encoder_sha = Path(args.encoder), ckpt["sha256"]
+    encoder_path, encoder_sha = Path(args.encoder), enc.sha256
     if tuned is not None:
         encoder_path = save_embedder(tuned, out / "encoder.safetensors", info={
-            "tuned_by": run.method, "tuned_from_sha256": ckpt["sha256"],
-            "base_info": ckpt["info"]})
+            "tuned_by": run.method, "tuned_from_sha256": enc.sha256,
+            "tuned_from": str(args.encoder), "base_info": enc.info})
         encoder_sha = file_sha256(encoder_path)
         log(f"{run.method} fine-tuned the encoder: evaluate the head with {encoder_path}")
     params = estimator.get_params()

@@ -1,11 +1,12 @@
-"""Audio encoders: log-mel (B, 1, 64, T) -> clip embedding (B, d).
+"""Audio encoders: log-mel (B, 1, n_mels, T) -> clip embedding (B, d).
 
 Every encoder takes ``forward(x, lengths=None)`` with ``lengths`` (B,) the valid frames of
 each zero-padded clip, and exposes ``embed_dim`` (d), ``min_frames`` (shortest accepted
 T) and ``config`` (its frozen config dataclass).
 
-Registry: :func:`build_encoder` makes one by name ("audiontt", "vit") from a plain dict of
-config overrides (unknown keys are an error).
+Registry: :func:`build_encoder` makes one by name ("audiontt", "vit", and the pretrained
+architectures "cnn14" (PANNs) and "aisfx") from a plain dict of config overrides (unknown
+keys are an error). ``models/pretrained.py`` loads released weights into them.
 
 Checkpoints are one ``.safetensors`` file: the state dict as tensors, and in the file's
 string metadata ``format`` = "audioclust-encoder", ``format_version``, ``encoder`` (the
@@ -28,14 +29,20 @@ from torch import nn
 
 from ..checkpoint import read_checked_metadata, write_safetensors
 from ..config import build_config
+from .aisfx import Aisfx, AisfxConfig
 from .audiontt import AudioNTT, AudioNTTConfig
+from .cnn14 import Cnn14, Cnn14Config
 from .vit import ViT, ViTConfig
 
 __all__ = [
     "CHECKPOINT_FORMAT",
     "ENCODERS",
+    "Aisfx",
+    "AisfxConfig",
     "AudioNTT",
     "AudioNTTConfig",
+    "Cnn14",
+    "Cnn14Config",
     "Encoder",
     "ViT",
     "ViTConfig",
@@ -54,6 +61,8 @@ _FORMAT_VERSION = "1"
 ENCODERS: dict[str, tuple[type[nn.Module], type]] = {
     "audiontt": (AudioNTT, AudioNTTConfig),
     "vit": (ViT, ViTConfig),
+    "cnn14": (Cnn14, Cnn14Config),
+    "aisfx": (Aisfx, AisfxConfig),
 }
 
 
@@ -84,7 +93,7 @@ def encoder_config(name: str, config: Mapping[str, Any] | None = None) -> Any:
 
 
 def build_encoder(name: str, config: Mapping[str, Any] | None = None) -> nn.Module:
-    """A freshly initialised encoder ``name`` ("audiontt" or "vit")."""
+    """A freshly initialised encoder ``name`` (a key of :data:`ENCODERS`)."""
     module_cls, _ = _entry(name)
     return module_cls(encoder_config(name, config))
 

@@ -4,7 +4,8 @@ Log-mel (B, 1, n_mels, T) -> clip embedding (B, d):
 
 1. three conv blocks, each 3x3 conv -> BatchNorm -> ReLU -> 2x2 max-pool, so frequency
    and time shrink 8x (64 mels -> 8 bands, T frames -> T // 8 frames);
-2. per frame, the channels x bands are flattened and passed through
+2. per frame, the channels x bands are flattened (channel-major; ``flatten="band_channel"``
+   is band-major, the order of BYOL-A's released AudioNTT2020) and passed through
    Linear(d) -> ReLU -> Dropout -> Linear(d) -> ReLU;
 3. temporal pooling: mean over frames + max over frames.
 
@@ -27,7 +28,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-__all__ = ["MIN_FRAMES", "AudioNTT", "AudioNTTConfig"]
+__all__ = ["MIN_FRAMES", "AudioNTT", "AudioNTTConfig", "check_logmel", "frame_mask"]
 
 _NUM_BLOCKS = 3
 _REDUCTION = 2**_NUM_BLOCKS
@@ -44,8 +45,13 @@ class AudioNTTConfig:
     dropout: float = 0.3
     bn_momentum: float = 0.1
     bn_eps: float = 1e-5
+    conv_bias: bool = False  # BYOL-A's released weights have conv biases
+    flatten: str = "channel_band"  # or "band_channel" (BYOL-A's AudioNTT2020)
 
     def __post_init__(self) -> None:
+        if self.flatten not in ("channel_band", "band_channel"):
+            raise ValueError(f"flatten must be channel_band or band_channel, got "
+                             f"{self.flatten!r}")
         if self.n_mels < _REDUCTION or self.n_mels % _REDUCTION:
             raise ValueError(
                 f"n_mels must be a positive multiple of {_REDUCTION}, got {self.n_mels}"
@@ -64,6 +70,33 @@ class AudioNTTConfig:
 def frame_mask(lengths: torch.Tensor, num_frames: int) -> torch.Tensor:
     """(B,) valid-frame counts -> (B, num_frames) bool, True on valid frames."""
     return torch.arange(num_frames, device=lengths.device) < lengths[:, None]
+
+
+def _zero_padding(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``x`` (B, C, F, T) with its padded frames (``mask`` (B, T) False) set to zero."""
+    # A product with the 0/1 mask rather than a select: the same values for finite input,
+    # and ONNX Runtime's broadcasting Mul runs faster than its Where (docs/benchmarks.md).
+    return x * mask[:, None, None, :].to(x.dtype)
+
+
+def check_logmel(x: torch.Tensor, lengths: torch.Tensor | None, n_mels: int, min_frames: int,
+                 name: str) -> None:
+    """One-line errors for input that is not log-mel (B, 1, n_mels, T >= min_frames), or
+    ``lengths`` outside [min_frames, T]. Shared by the log-mel encoders."""
+    if x.dim() != 4 or x.shape[1] != 1 or x.shape[2] != n_mels:
+        raise ValueError(f"expected log-mel (B, 1, {n_mels}, T), got {tuple(x.shape)}")
+    if torch.compiler.is_exporting():
+        # Exported graphs get their minimum length from the dynamic-shape bounds.
+        return
+    if x.shape[-1] < min_frames:
+        raise ValueError(f"{name} needs at least {min_frames} frames, got {x.shape[-1]}")
+    if lengths is not None:
+        if lengths.shape != (x.shape[0],):
+            raise ValueError(f"lengths must have shape ({x.shape[0]},), got "
+                             f"{tuple(lengths.shape)}")
+        if bool((lengths < min_frames).any()) or bool((lengths > x.shape[-1]).any()):
+            raise ValueError(f"every length must be in [{min_frames}, {x.shape[-1]}], "
+                             f"got {lengths.tolist()}")
 
 
 class MaskedBatchNorm2d(nn.BatchNorm2d):
@@ -102,10 +135,11 @@ class MaskedBatchNorm2d(nn.BatchNorm2d):
 
 
 class _ConvBlock(nn.Module):
-    def __init__(self, in_channels: int, out_channels: int, momentum: float, eps: float):
+    def __init__(self, in_channels: int, out_channels: int, momentum: float, eps: float,
+                 bias: bool = False):
         super().__init__()
-        # No conv bias: BatchNorm's shift replaces it.
-        self.conv = nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False)
+        # No conv bias by default: BatchNorm's shift replaces it.
+        self.conv = nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=bias)
         self.bn = MaskedBatchNorm2d(out_channels, eps=eps, momentum=momentum)
         self.act = nn.ReLU(inplace=True)
         self.pool = nn.MaxPool2d(2)
@@ -124,7 +158,8 @@ class AudioNTT(nn.Module):
         self.embed_dim: int = c.embed_dim
         self.min_frames: int = MIN_FRAMES
         self.blocks = nn.ModuleList(
-            _ConvBlock(1 if i == 0 else c.channels, c.channels, c.bn_momentum, c.bn_eps)
+            _ConvBlock(1 if i == 0 else c.channels, c.channels, c.bn_momentum, c.bn_eps,
+                       c.conv_bias)
             for i in range(_NUM_BLOCKS)
         )
         self.fc = nn.Sequential(
@@ -136,25 +171,7 @@ class AudioNTT(nn.Module):
         )
 
     def _check(self, x: torch.Tensor, lengths: torch.Tensor | None) -> None:
-        if x.dim() != 4 or x.shape[1] != 1 or x.shape[2] != self.config.n_mels:
-            raise ValueError(
-                f"expected log-mel (B, 1, {self.config.n_mels}, T), got {tuple(x.shape)}"
-            )
-        if torch.compiler.is_exporting():
-            # Exported graphs get their minimum length from the dynamic-shape bounds.
-            return
-        if x.shape[-1] < self.min_frames:
-            raise ValueError(f"AudioNTT needs at least {self.min_frames} frames, got {x.shape[-1]}")
-        if lengths is not None:
-            if lengths.shape != (x.shape[0],):
-                raise ValueError(
-                    f"lengths must have shape ({x.shape[0]},), got {tuple(lengths.shape)}"
-                )
-            if bool((lengths < self.min_frames).any()) or bool((lengths > x.shape[-1]).any()):
-                raise ValueError(
-                    f"every length must be in [{self.min_frames}, {x.shape[-1]}], "
-                    f"got {lengths.tolist()}"
-                )
+        check_logmel(x, lengths, self.config.n_mels, self.min_frames, "AudioNTT")
 
     def frame_embeddings(
         self, x: torch.Tensor, lengths: torch.Tensor | None = None
@@ -166,7 +183,7 @@ class AudioNTT(nn.Module):
             lengths = lengths.to(device=x.device, dtype=torch.long)
             mask = frame_mask(lengths, x.shape[-1])
             # Whatever the padding holds, the convs must see zeros there.
-            x = torch.where(mask[:, None, None, :], x, torch.zeros((), dtype=x.dtype))
+            x = _zero_padding(x, mask)
         h = x
         for block in self.blocks:
             h = block(h, mask)
@@ -174,9 +191,10 @@ class AudioNTT(nn.Module):
                 lengths = lengths // 2
                 mask = frame_mask(lengths, h.shape[-1])
                 # Frames the unpadded clip would not have must be zero for the next conv.
-                h = torch.where(mask[:, None, None, :], h, torch.zeros((), dtype=h.dtype))
+                h = _zero_padding(h, mask)
         b, ch, bands, frames = h.shape
-        h = h.permute(0, 3, 1, 2).reshape(b, frames, ch * bands)
+        order = (0, 3, 1, 2) if self.config.flatten == "channel_band" else (0, 3, 2, 1)
+        h = h.permute(*order).reshape(b, frames, ch * bands)
         return self.fc(h), mask
 
     def forward(self, logmel: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:

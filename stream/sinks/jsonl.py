@@ -50,6 +50,15 @@ class StdoutSink(Sink):
         self.flush()
 
 
+def _torn(path: Path) -> bool:
+    """Whether the file's last line lacks its newline."""
+    with path.open("rb") as f:
+        if f.seek(0, os.SEEK_END) == 0:
+            return False
+        f.seek(-1, os.SEEK_END)
+        return f.read(1) != b"\n"
+
+
 class JsonlSink(Sink):
     """Appends records to a file; ``flush`` writes and fsyncs, so acked records survive a crash."""
 
@@ -58,6 +67,8 @@ class JsonlSink(Sink):
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._file = self.path.open("a", encoding="utf-8")
+            if _torn(self.path):  # a run killed mid-write: end its half line, not ours
+                self._file.write("\n")
         except OSError as exc:
             raise SinkError(f"{self.path}: cannot open for appending "
                             f"({exc.strerror or exc})") from exc

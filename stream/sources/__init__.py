@@ -10,7 +10,8 @@ The pipeline hands the source a :class:`PipelineHooks` at :meth:`Source.open`; a
 calls ``flush()`` when it must know that every chunk it has handed over so far is done
 (before committing on a Kafka rebalance, before shutting down) and ``forget(streams)``
 when it gives streams up (revoked partitions), so that their half-filled windows are
-dropped rather than glued to audio from a later owner.
+dropped rather than glued to audio from a later owner; and ``release(n)`` when all it may
+hand out is held by streams waiting for more audio (see the Kafka source's bound).
 """
 
 from __future__ import annotations
@@ -43,6 +44,9 @@ class PipelineHooks:
     flush: Callable[[], None]
     #: Drop the buffered audio of these streams (their pending acks are never called).
     forget: Callable[[Iterable[str]], None]
+    #: Finish the least recently fed streams until at least this many chunks are acked;
+    #: returns how many were (for a source at its bound of un-acked messages).
+    release: Callable[[int], int] = lambda chunks: 0
 
 
 class Source(ABC):
@@ -62,6 +66,11 @@ class Source(ABC):
     @abstractmethod
     def exhausted(self) -> bool:
         """True when no more input will ever come (end of the files); never for live input."""
+
+    @property
+    def connected(self) -> bool:
+        """Whether the input can be reached right now (``/readyz``); read from any thread."""
+        return True
 
     def close(self) -> None:  # noqa: B027 - optional for sources
         """Release the input; called once after the pipeline has flushed."""

@@ -27,6 +27,7 @@ import numpy as np
 
 from audioclust.models.audio import AudioError, find_audio_files, load_audio
 from audioclust.stream.config import FileConfig
+from audioclust.stream.messages import check_stream_id
 from audioclust.stream.metrics import StreamMetrics
 from audioclust.stream.sources import EndOfStream, Source, SourceError
 from audioclust.stream.window import Chunk
@@ -56,6 +57,9 @@ def list_files(paths: list[str | os.PathLike]) -> list[tuple[str, Path]]:
             base, n = name, 2
             while name in seen:  # the same file given twice is still two streams
                 name, n = f"{base}#{n}", n + 1
+            problem = check_stream_id(name)
+            if problem:
+                raise SourceError(f"{f}: {problem} (a stream is named by its path)")
             seen.add(name)
             out.append((name, f))
     return out

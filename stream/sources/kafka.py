@@ -14,9 +14,12 @@ offset counts as done only once the broker has acknowledged the dead letter.
 On a rebalance the listener asks the pipeline to flush, commits what is done, and makes the
 pipeline forget the streams of the revoked partitions (their half-filled windows would
 otherwise be glued to audio that the next owner also processes). Un-acked messages are
-bounded (``max_in_flight``): beyond it the partitions are paused. Broker outages are
-ridden out: kafka-python reconnects with backoff, our own calls that fail are retried with
-exponential backoff, and dead letters that could not be sent are re-sent.
+bounded (``max_in_flight``): at the bound the pipeline first writes what it can, then
+finishes the least recently fed streams (``PipelineHooks.release``) when their held-back
+audio is what fills it; only what still waits (dead letters) pauses the partitions.
+Broker outages are ridden out: kafka-python reconnects with backoff, our own calls that
+fail are retried with exponential backoff, and dead letters that could not be sent are
+re-sent.
 """
 
 from __future__ import annotations
@@ -36,6 +39,8 @@ from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
 from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 
+from audioclust.models.config import ConfigError, config_from_dict
+from audioclust.stream.config import in_range
 from audioclust.stream.messages import MAX_MESSAGE_BYTES, MessageError, decode_message
 from audioclust.stream.metrics import StreamMetrics
 from audioclust.stream.sources import EndOfStream, PipelineHooks, Source, SourceError
@@ -92,8 +97,9 @@ class KafkaConfig:
     #: Backoff between our own retries (connect, poll errors, dead-letter resends).
     backoff_min_s: float = 0.2
     backoff_max_s: float = 10.0
-    #: Paused with in-flight messages but no ack for this long: resume anyway (the work in
-    #: flight is then waiting for more audio of its own streams, not for compute).
+    #: Paused with in-flight messages but no ack for this long: resume anyway. (Audio held
+    #: by streams waiting for more is released at the bound instead of pausing; what can
+    #: still pause is dead letters waiting for the broker.)
     pause_stall_s: float = 5.0
     #: Settings passed to kafka-python (TLS, SASL, client_id, timeouts, ...).
     client: dict[str, Any] = field(default_factory=dict)
@@ -105,26 +111,43 @@ class KafkaConfig:
             self.dead_letter_topic = f"{self.topic}.dlq"
         if self.dead_letter_topic == self.topic:
             raise ValueError("kafka: the dead-letter topic must differ from the topic")
-        if self.max_in_flight < 1 or self.max_poll_records < 1 or self.max_message_bytes < 1:
-            raise ValueError("kafka: max_in_flight, max_poll_records and max_message_bytes "
-                             "must be >= 1")
+        for name, lo, hi in [("max_in_flight", 1, 10_000_000), ("max_poll_records", 1, 100_000),
+                             ("max_message_bytes", 1, 1 << 30),
+                             ("dead_letter_max_bytes", 1, 1 << 30),
+                             ("session_timeout_ms", 1, 86_400_000),
+                             ("heartbeat_interval_ms", 1, 86_400_000),
+                             ("max_poll_interval_ms", 1, 86_400_000),
+                             ("commit_interval_s", 0.001, 3600),
+                             ("startup_timeout_s", 0.001, 86_400),
+                             ("backoff_min_s", 0.001, 3600), ("backoff_max_s", 0.001, 3600),
+                             ("pause_stall_s", 0.001, 3600)]:
+            in_range(f"kafka.{name}", getattr(self, name), lo, hi)
         if self.auto_offset_reset not in ("earliest", "latest"):
             raise ValueError(f"kafka: auto_offset_reset must be earliest or latest, got "
                              f"{self.auto_offset_reset!r}")
-        if not 0 < self.backoff_min_s <= self.backoff_max_s:
-            raise ValueError("kafka: need 0 < backoff_min_s <= backoff_max_s")
+        if not self.backoff_min_s <= self.backoff_max_s:
+            raise ValueError("kafka: need backoff_min_s <= backoff_max_s")
         client_options(self.client, "consumer")  # unknown keys fail here, not at connect
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None = None, **overrides: Any) -> KafkaConfig:
-        """From a config-file section; ``overrides`` (e.g. CLI flags) win unless None."""
+        """From a config-file section; ``overrides`` (e.g. CLI flags) win unless None.
+
+        Values are checked against their types; every problem is a one-line
+        :class:`~audioclust.models.config.ConfigError` naming the setting.
+        """
+        if d is not None and not isinstance(d, Mapping):
+            raise ConfigError(f"kafka: expected a table, got {type(d).__name__}")
         values = dict(d or {})
         values.update({k: v for k, v in overrides.items() if v is not None})
         known = {f.name for f in dataclasses.fields(cls)}
         # kafka-python settings may sit at the top level (security_protocol = "SSL") as
         # well as under ``client``; both end up in ``client``.
         passthrough = set(KafkaConsumer.DEFAULT_CONFIG) | set(KafkaProducer.DEFAULT_CONFIG)
-        client = dict(values.get("client") or {})
+        client = values.get("client") or {}
+        if not isinstance(client, Mapping):
+            raise ConfigError(f"kafka.client: expected a table, got {type(client).__name__}")
+        client = dict(client)
         for k in sorted(set(values) - known):
             if k in passthrough:
                 client[k] = values.pop(k)
@@ -132,9 +155,9 @@ class KafkaConfig:
             values["client"] = client
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ValueError(f"kafka: unknown setting {unknown[0]!r} (known: "
-                             f"{', '.join(sorted(known))})")
-        return cls(**values)
+            raise ConfigError(f"kafka: unknown setting {unknown[0]!r} (known: "
+                              f"{', '.join(sorted(known))})")
+        return config_from_dict(cls, values, "kafka")
 
 
 # Settings we set ourselves: a passthrough must not silently undo at-least-once.
@@ -146,13 +169,34 @@ def client_options(client: Mapping[str, Any], kind: str) -> dict[str, Any]:
     """The subset of ``client`` that a kafka-python ``kind`` ("consumer"/"producer") accepts."""
     consumer_keys = set(KafkaConsumer.DEFAULT_CONFIG)
     producer_keys = set(KafkaProducer.DEFAULT_CONFIG)
-    for key in client:
+    for key, value in client.items():
         if key in _RESERVED:
-            raise ValueError(f"kafka: client setting {key!r} is set by audioclust itself")
+            raise ConfigError(f"kafka: client setting {key!r} is set by audioclust itself")
         if key not in consumer_keys | producer_keys:
-            raise ValueError(f"kafka: {key!r} is not a kafka-python client setting")
+            raise ConfigError(f"kafka: {str(key)[:60]!r} is not a kafka-python client setting")
+        default = {**KafkaProducer.DEFAULT_CONFIG, **KafkaConsumer.DEFAULT_CONFIG}[key]
+        if not _fits(value, default):
+            raise ConfigError(f"kafka.{key}: expected {type(default).__name__} like the "
+                              f"default {default!r}, got {str(value)[:60]!r}")
     keys = consumer_keys if kind == "consumer" else producer_keys
     return {k: v for k, v in client.items() if k in keys}
+
+
+def _fits(value: Any, default: Any) -> bool:
+    """Whether a setting's value has the type of kafka-python's default (None: anything)."""
+    if default is None or value is None:
+        return True
+    if isinstance(default, bool) or isinstance(value, bool):
+        return isinstance(value, bool) and isinstance(default, bool)
+    if isinstance(default, int | float) and isinstance(value, int | float):
+        return isinstance(value, int) or isinstance(default, float)
+    if isinstance(default, list | tuple):
+        return isinstance(value, list | tuple)
+    return isinstance(value, type(default)) if isinstance(default, str | dict) else False
+
+
+#: Streams whose last sequence number is remembered (for gap and duplicate checks).
+_SEQ_MEMORY = 100_000
 
 
 class _Partition:
@@ -229,8 +273,9 @@ class KafkaSource(Source):
         self._last_commit = 0.0
         self._closed = False
         self._listener_error: Exception | None = None  # from the rebalance listener
-        #: False while the broker cannot be reached (for /readyz).
-        self.connected = False
+        self._poll_ok = False  # the last poll did not fail
+        self._releases = 0  # times streams were finished to stay within max_in_flight
+        self._release_logged = -1e9
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -295,13 +340,29 @@ class KafkaSource(Source):
         consumer.subscribe([c.topic], listener=_Listener(self))
         self._consumer, self._producer = consumer, producer
         self._backoff.ok()
-        self.connected = True
+        self._poll_ok = True
         log.info("kafka: consuming %s as group %s from %s (dead letters to %s)", c.topic,
                  c.group, c.bootstrap, c.dead_letter_topic)
 
     @property
     def exhausted(self) -> bool:
         return False  # a topic never ends
+
+    @property
+    def connected(self) -> bool:
+        """The group coordinator is known, its connection is up and it answered a heartbeat
+        within the session timeout (and the last poll did not fail). A broker that is down
+        drops the connection at once; one that hangs keeps it open but stops answering."""
+        consumer = self._consumer
+        if consumer is None or self._closed or not self._poll_ok:
+            return False
+        try:  # kafka-python keeps this state private; read it without side effects
+            coordinator = consumer._coordinator
+            node = coordinator.coordinator_id
+            return (node is not None and bool(consumer._client.connected(node))
+                    and not coordinator.heartbeat.session_timeout_expired())
+        except AttributeError:  # another kafka-python: the poll outcome is all we know
+            return True
 
     def close(self) -> None:
         """Commit what is done and leave the group (the pipeline has drained before this)."""
@@ -338,7 +399,7 @@ class KafkaSource(Source):
         except Exception as exc:  # e.g. auth failure, broker gone mid-request
             if not isinstance(exc, KafkaError | OSError):
                 raise
-            self.connected = False
+            self._poll_ok = False
             self.metrics.errors.labels(kind="kafka_poll").inc()
             delay = self._backoff.failed()
             log.warning("kafka: poll failed (%s); retrying in %.1f s", exc, delay)
@@ -348,7 +409,7 @@ class KafkaSource(Source):
             exc, self._listener_error = self._listener_error, None
             raise exc
         self._backoff.ok()
-        self.connected = bool(self._consumer.assignment())
+        self._poll_ok = True
         out: list[Chunk | EndOfStream] = []
         for tp, messages in records.items():
             with self._lock:
@@ -367,11 +428,40 @@ class KafkaSource(Source):
         next poll sends a fresh JoinGroup and the whole group rebalances again), so a join
         must not straddle the gap between two polls of the pipeline's loop.
         """
+        if self._unanswered():
+            return self._poll_gently(timeout, max_records)
         records = self._consumer.poll(timeout_ms=max(0, int(timeout * 1000)),
                                       max_records=max_records)
         deadline = time.monotonic() + min(self.config.max_poll_interval_ms / 1000 + 2.0, 30.0)
         while not records and self._rejoining() and time.monotonic() < deadline:
+            if self._unanswered():
+                return self._poll_gently(0.1, max_records)
             records = self._consumer.poll(timeout_ms=100, max_records=max_records)
+        return records
+
+    def _unanswered(self) -> bool:
+        """A fetch is out and the broker has not answered a heartbeat for two intervals.
+
+        kafka-python 3.0 then busy-loops inside poll(), adding a callback to the hung fetch
+        on every turn; they are freed only when it is answered or times out
+        (``request_timeout_ms``), which cost about 15 MB of memory per second of a frozen
+        broker (measured with bench/soak.py).
+        """
+        try:  # private state, read without side effects
+            heartbeat = self._consumer._coordinator.heartbeat
+            fetching = bool(self._consumer._fetcher._fetch_futures)
+        except AttributeError:
+            return False
+        silent = time.monotonic() - max(heartbeat.last_receive, heartbeat.last_reset)
+        return fetching and silent > 2 * self.config.heartbeat_interval_ms / 1000
+
+    def _poll_gently(self, timeout: float, max_records: int) -> dict:
+        """One turn of kafka-python's loop (it still heartbeats and notices the broker's
+        return), then the rest of ``timeout`` asleep rather than spinning."""
+        started = time.monotonic()
+        records = self._consumer.poll(timeout_ms=0, max_records=max_records)
+        if not records:
+            time.sleep(max(0.0, min(timeout, 0.1) - (time.monotonic() - started)))
         return records
 
     def _rejoining(self) -> bool:
@@ -416,7 +506,10 @@ class KafkaSource(Source):
             else:
                 log.info("kafka: stream %s: seq %d again (last was %d): duplicate",
                          stream, seq, last)
+        self._last_seq.pop(stream, None)  # to the back: recently seen streams stay longest
         self._last_seq[stream] = seq if last is None else max(last, seq)
+        if len(self._last_seq) > _SEQ_MEMORY:  # streams that never end must not pile up
+            del self._last_seq[next(iter(self._last_seq))]
 
     # -- flow control and lag --------------------------------------------------------
 
@@ -427,8 +520,27 @@ class KafkaSource(Source):
 
     def _flow_control(self) -> None:
         n = self.in_flight()
+        bound = self.config.max_in_flight
         assigned = list(self._consumer.assignment())
-        if not self._paused and n >= self.config.max_in_flight and assigned:
+        if not self._paused and n >= bound and self.hooks is not None:
+            # Write every window that can be written; what is still in flight then is held
+            # by streams waiting for more audio of their own, which pausing cannot bring:
+            # the least recently fed of them are finished to make room (one producer's
+            # flood of streams must not starve the others).
+            self.hooks.flush()
+            n = self.in_flight()
+            if n >= bound:
+                held = n
+                released = self.hooks.release(n - bound // 2)
+                n = self.in_flight()
+                self._releases += 1
+                if time.monotonic() - self._release_logged >= 10.0:  # at most one line in 10 s
+                    self._release_logged = time.monotonic()
+                    log.warning("kafka: %d messages in flight held by streams waiting for "
+                                "audio: finished the least recently fed (%d chunks acked; %d "
+                                "such releases so far; raise max_in_flight above streams x "
+                                "(window / chunk + 1))", held, released, self._releases)
+        if not self._paused and n >= bound and assigned:
             self._consumer.pause(*assigned)
             self._paused, self._paused_since = True, time.monotonic()
             self._acks_at_pause = self._acks_seen
@@ -439,8 +551,8 @@ class KafkaSource(Source):
             if n <= self.config.max_in_flight // 2 or stalled:
                 if stalled:
                     log.warning("kafka: %d messages in flight and no ack for %.0f s: resuming "
-                                "(raise max_in_flight above the audio a window holds back)",
-                                n, self.config.pause_stall_s)
+                                "(dead letters waiting for the broker?)", n,
+                                self.config.pause_stall_s)
                 self._consumer.resume(*self._consumer.paused())
                 self._paused = False
 
@@ -557,7 +669,6 @@ class KafkaSource(Source):
         with self._lock:
             for tp in assigned:
                 self._parts.setdefault(tp, _Partition())
-        self.connected = True
         log.info("kafka: partitions assigned: %s",
                  ", ".join(f"{tp.topic}[{tp.partition}]" for tp in assigned) or "none")
 

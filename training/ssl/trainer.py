@@ -25,7 +25,7 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -38,7 +38,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 
 from audioclust.models.embedder import Embedder, save_embedder
-from audioclust.models.encoders import build_encoder
+from audioclust.models.encoders import build_encoder, encoder_name
 from audioclust.models.frontend import FrontendConfig
 from audioclust.training.crops import CropDataset
 from audioclust.training.datasets import AudioFolder
@@ -48,6 +48,7 @@ __all__ = [
     "SSLConfig",
     "SSLMethod",
     "TrainResult",
+    "initial_embedder",
     "train_ssl",
 ]
 
@@ -59,6 +60,9 @@ class SSLConfig:
     """Everything a self-supervised run needs; method-specific settings in their tables."""
 
     method: Method = "byola"
+    # Start from this encoder (an encoder spec: a checkpoint, aisfx, panns:FILE,
+    # byola:FILE): its architecture, weights, frontend and normalisation; None: fresh.
+    init: str | None = None
     encoder: str = "audiontt"
     encoder_config: dict[str, Any] = field(default_factory=dict)
     epochs: int = 30
@@ -194,6 +198,25 @@ def _plot_history(history: dict, path: Path) -> None:
 # --- the loop ----------------------------------------------------------------------------
 
 
+def initial_embedder(config: SSLConfig, data: AudioFolder) -> Embedder:
+    """The embedder ``config.init`` names, checked against the method and the data."""
+    from audioclust.models.encoder_spec import open_encoder, trainable_copy
+
+    start = trainable_copy(open_encoder(config.init), "audioclust-train ssl --init")
+    name = encoder_name(start.encoder)
+    if config.method == "msn" and name != "vit":
+        raise ValueError(f"--init {config.init}: MSN masks the ViT's patch tokens and this is "
+                         f"a {name} encoder; use --method byola or slicer")
+    if start.frontend.config.sample_rate != data.sample_rate:
+        raise ValueError(f"--init {config.init}: the encoder takes "
+                         f"{start.frontend.config.sample_rate} Hz, the data is decoded at "
+                         f"{data.sample_rate} Hz")
+    if config.crop_frames < start.encoder.min_frames:
+        raise ValueError(f"--crop-frames {config.crop_frames}: {name} needs at least "
+                         f"{start.encoder.min_frames}")
+    return start
+
+
 def build_method(config: SSLConfig, encoder: nn.Module, generator: torch.Generator) -> SSLMethod:
     """The method module named by ``config.method`` around ``encoder``."""
     if config.method == "byola":
@@ -236,16 +259,24 @@ def train_ssl(
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(config.to_dict(), indent=1))
 
-    frontend = FrontendConfig(sample_rate=data.sample_rate)
+    start = initial_embedder(config, data) if config.init is not None else None
+    if start is not None:  # the run's record names the architecture it really trains
+        config = replace(config, encoder=encoder_name(start.encoder),
+                         encoder_config=asdict(start.encoder.config))
+    frontend = (start.frontend.config if start is not None
+                else FrontendConfig(sample_rate=data.sample_rate))
     bank = logmel_bank(data, frontend, cache_dir=config.cache_dir, progress=progress and is_main)
-    mean, std = bank.stats()
+    # A pretrained encoder keeps the normalisation it was trained with.
+    mean, std = (bank.stats() if start is None
+                 else (float(start.norm_mean), float(start.norm_std)))
     dataset = CropDataset(bank, config.crop_frames, mean, std, config.seed)
     if len(dataset) < config.batch_size * world:
         raise ValueError(f"{len(dataset)} clips are fewer than one batch of "
                          f"{config.batch_size} x {world} processes")
 
     torch.manual_seed(config.seed)
-    encoder = build_encoder(config.encoder, config.encoder_config)
+    encoder = (build_encoder(config.encoder, config.encoder_config) if start is None
+               else start.encoder.train())
     generator = torch.Generator().manual_seed(config.seed * 1000 + rank)
     method = build_method(config, encoder, generator).to(device)
     lr = config.lr if config.lr is not None else method.default_lr
