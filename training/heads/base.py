@@ -153,7 +153,7 @@ def kmeans_warm_start(
     targets = torch.from_numpy(np.stack(labels))
     order = torch.from_numpy(np.stack([balanced_indices(lab, steps * batch, rng)
                                        for lab in labels]))
-    opt = torch.optim.AdamW(head.heads.parameters(), lr=lr)
+    opt = torch.optim.AdamW(head.heads.parameters(), lr=lr, fused=True)
     loss = torch.zeros(())
     for s in range(steps):
         idx = order[:, s * batch : (s + 1) * batch]

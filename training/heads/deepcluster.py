@@ -161,7 +161,8 @@ class DeepCluster(HeadEstimator):
                 init_linear(mlp[-1], gen)
             # A fresh optimiser each round: the re-initialised layer's Adam moments belong
             # to the previous round's labelling.
-            opt = torch.optim.AdamW(head.parameters(), lr=c.lr, weight_decay=c.weight_decay)
+            opt = torch.optim.AdamW(head.parameters(), lr=c.lr, weight_decay=c.weight_decay,
+                                    fused=True)
             total = torch.zeros(c.n_heads, dtype=torch.float64)
             order = torch.from_numpy(np.stack(
                 [balanced_indices(p, steps * batch, rng) for p in pseudo]))  # (H, S B)

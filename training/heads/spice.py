@@ -284,7 +284,7 @@ class SPICE(HeadEstimator):
         # The reference's 8 passes per E-step, fewer where that would pass MAX_STEPS in all.
         per_pass = len(range(0, n_labelled - sub + 1, sub))
         repeats = c.repeats or int(np.clip(MAX_STEPS // (epochs * batches * per_pass), 1, 8))
-        opt = torch.optim.Adam(heads.heads.parameters(), lr=c.lr)
+        opt = torch.optim.Adam(heads.heads.parameters(), lr=c.lr, fused=True)
         heads.train()
         epoch_losses: list[list[float]] = []
         for _ in tqdm(range(epochs), desc="spice stage 2", unit="epoch",

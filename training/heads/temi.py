@@ -238,7 +238,8 @@ class TEMI(HeadEstimator):
         teacher.requires_grad_(False)
         student.train()
         teacher.train()
-        opt = torch.optim.AdamW(student.parameters(), lr=c.lr, weight_decay=c.weight_decay)
+        opt = torch.optim.AdamW(student.parameters(), lr=c.lr, weight_decay=c.weight_decay,
+                                fused=True)
         prior = torch.full((c.n_heads, self.n_clusters), 1.0 / self.n_clusters)
 
         plan = self.plan(n)
