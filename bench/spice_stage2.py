@@ -16,7 +16,6 @@ initialisation and batches. JSON on stdout.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import sys
 import time
@@ -45,9 +44,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--center-ratios", type=_floats, default=[0.2],
                    help="comma-separated SPICE center_ratio values")
     p.add_argument("--seeds", type=_ints, default=[0], help="comma-separated seeds")
-    p.add_argument("--epochs", type=int, default=30, help="SPICE head_epochs")
+    p.add_argument("--epochs", type=int, default=30, help="SPICE epochs")
     p.add_argument("--heads", type=int, default=10, help="SPICE n_heads")
-    p.add_argument("--head-batch-size", type=int, default=5000, help="SPICE head_batch_size")
+    p.add_argument("--head-batch-size", type=int, default=5000, help="SPICE batch_size")
     p.add_argument("--crop-frames", type=int, default=64, help="SPICE crop_frames")
     p.add_argument("--threads", type=int, default=1, help="torch threads")
     p.add_argument("--cache-dir", default=None, help="log-mel cache (default: the usual)")
@@ -62,9 +61,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     from audioclust.models.embedder import load_embedder
     from audioclust.training.datasets import AudioFolder
-    from audioclust.training.features import logmel_bank
-    from audioclust.training.heads import spice
+    from audioclust.training.features import embed_dataset, logmel_bank
     from audioclust.training.heads.neighbors import knn
+    from audioclust.training.heads.spice import SPICE
+    from audioclust.training.heads.spice_finetune import SPICEFineTuneSettings, audio_views
     from audioclust.training.kmeans import KMeans
     from audioclust.training.metrics import accuracy, nmi
 
@@ -75,43 +75,35 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     y = np.asarray(dataset.targets)
     bank = logmel_bank(dataset, embedder.frontend.config, cache_dir=args.cache_dir,
                        progress=False)
-    mean, std = float(embedder.norm_mean), float(embedder.norm_std)
-    encoder = copy.deepcopy(embedder.encoder).cpu()
 
-    def estimator(center_ratio: float, seed: int) -> spice.SPICE:
-        return spice.SPICE(args.clusters, n_heads=args.heads, head_epochs=args.epochs,
-                           head_batch_size=args.head_batch_size, center_ratio=center_ratio,
-                           crop_frames=args.crop_frames, joint_epochs=0, seed=seed)
+    def estimator(center_ratio: float, seed: int) -> SPICE:
+        return SPICE(args.clusters, n_heads=args.heads, epochs=args.epochs,
+                     batch_size=args.head_batch_size, center_ratio=center_ratio, seed=seed)
 
     t0 = time.perf_counter()
-    original = spice._embed_bank(encoder, bank, mean, std)
-    base = estimator(args.center_ratios[0], 0)
-    views, weak, strong = base._augmentations(bank, mean, std)
-    weak_sets, strong_sets = base._view_sets(encoder, views, weak, strong, len(bank), False)
+    original = embed_dataset(dataset, args.encoder, cache_dir=args.cache_dir, progress=False)
+    view_settings = SPICEFineTuneSettings(crop_frames=args.crop_frames)
+    views = audio_views(embedder, bank, view_settings, seed=0)
     view_seconds = time.perf_counter() - t0
-    log(f"{len(bank)} clips embedded, {base.n_view_sets} weak + strong view sets "
+    log(f"{len(bank)} clips embedded, {view_settings.n_view_sets} weak + strong view sets "
         f"({view_seconds:.0f} s)")
 
-    z = StandardScaler().fit_transform(original.numpy().astype(np.float64))
+    z = StandardScaler().fit_transform(original.astype(np.float64))
     km = KMeans(args.clusters, n_init=10, random_state=0).fit_predict(z)
     kmeans = {"nmi": round(nmi(y, km), 4), "acc": round(accuracy(y, km), 4)}
     log(f"k-means: NMI {kmeans['nmi']:.3f}, ACC {kmeans['acc']:.3f}")
 
-    # the heads' input space (standardised, L2-normalised) does not depend on the seed
-    feats = base._stage2_heads(original).prepare(original)
-    neighbours = knn(feats.numpy(), 20, seed=0)[0]  # as stage 3 uses them
+    x = torch.from_numpy(original)
+    neighbours = None
     runs = []
     for center_ratio in args.center_ratios:
         for seed in args.seeds:
-            sp = estimator(center_ratio, seed)
-            torch.manual_seed(seed)
-            heads = sp._stage2_heads(original)
-            t1 = time.perf_counter()
-            history = sp._train_heads(heads, feats, weak_sets, strong_sets,
-                                      np.random.default_rng(seed), progress=False)
-            seconds = time.perf_counter() - t1
+            sp = estimator(center_ratio, seed).fit(original, views=views)
+            history = sp.history_
             with torch.no_grad():
-                preds = heads.eval().all_logits(original).argmax(-1).numpy()
+                preds = sp.head_.all_logits(x).argmax(-1).numpy()
+                if neighbours is None:  # the heads' input space does not depend on the seed
+                    neighbours = knn(sp.head_.prepare(x).numpy(), 20, seed=0)[0]
             # Label-free guides to a good head, besides SPICE's loss: agreement with the
             # other heads (mean NMI) and with the clip's nearest neighbours.
             agree = [float(np.mean([nmi(p, q) for j, q in enumerate(preds) if j != h]))
@@ -126,7 +118,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             acc = [s["acc"] for s in scores]
             guides = {key: round(float(spearmanr([s[key] for s in scores], acc)[0]), 3)
                       for key in ("loss", "head_agreement", "knn_agreement")}
-            kept = history["selected_head"]
+            kept = history["selected"]
+            seconds = history["seconds"]
             row = {
                 "center_ratio": center_ratio, "seed": seed, "seconds": round(seconds, 1),
                 "kept_head": kept, "kept": scores[kept],

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 from dataclasses import dataclass
@@ -103,6 +104,14 @@ def _weights_sha256(model: onnx.ModelProto) -> str:
     return h.hexdigest()
 
 
+def _check_prior(head: ClusterHead, path: str | os.PathLike) -> None:
+    """The streaming assigner divides by the prior: every entry must be finite and > 0."""
+    bad = [i for i, p in enumerate(head.prior.tolist()) if not (math.isfinite(p) and p > 0)]
+    if bad:
+        raise ValueError(f"{path}: the head's cluster prior is zero or not finite for "
+                         f"cluster(s) {bad}; retrain the head (its trainer smooths the prior)")
+
+
 def export_model(
     encoder_path: str | os.PathLike | WaveformEncoder,
     head_path: str | os.PathLike | None,
@@ -143,6 +152,8 @@ def export_model(
     if head is not None and head.config.in_dim != enc.embed_dim:
         raise ValueError(f"head expects {head.config.in_dim}-d embeddings, encoder gives "
                          f"{enc.embed_dim}")
+    if head is not None:
+        _check_prior(head, head_path)
     sr = enc.sample_rate
     embedder = enc.embedder
     if embedder is not None:

@@ -269,6 +269,79 @@ def test_spice_stage2_study_scores_every_head(fsdd_subset, tmp_path):
     assert proc.returncode == 2 and "not found" in proc.stderr
 
 
+def test_heads_table_scores_every_clusterer_on_an_embeddings_file(fsdd_subset, tmp_path):
+    from audioclust.training.datasets import AudioFolder
+
+    y = AudioFolder(fsdd_subset, labels="digit").targets  # 4 digits, 30 clips each
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((4, 24)) * 3.0
+    emb = tmp_path / "emb.npy"
+    np.save(emb, (centres[y] + rng.standard_normal((y.size, 24))).astype(np.float32))
+    out = tmp_path / "t.json"
+    proc = _run("heads_table.py", "--embeddings", str(emb), "--data", str(fsdd_subset),
+                "--labels", "digit", "--name", "toy", "--out", str(out), timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc = json.loads(out.read_text())
+    assert [r["clusterer"] for r in doc["rows"]] == ["kmeans", "agglomerative", "temi",
+                                                    "spice", "deepcluster"]
+    assert doc["clips"] == 120 and doc["n_clusters"] == 4 and doc["dim"] == 24
+    for r in doc["rows"]:  # clear clusters: every clusterer finds them
+        assert r["nmi"] > 0.9 and r["clusters_used"] == 4, r
+        assert 0 <= r["ari"] <= 1 and r["seconds"] >= 0
+    assert all("selected" in r for r in doc["rows"][2:])
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("| data set |") and len(lines) == 2 + 5
+    assert "| toy (digit) | temi |" in proc.stdout
+
+    np.save(emb, np.zeros((7, 3), dtype=np.float32))  # rows that do not match the folder
+    proc = _run("heads_table.py", "--embeddings", str(emb), "--data", str(fsdd_subset),
+                "--labels", "digit")
+    assert proc.returncode == 2 and "for 120 clips" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    proc = _run("heads_table.py", "--embeddings", str(tmp_path / "absent.npy"), "--data",
+                str(fsdd_subset), "--labels", "digit")
+    assert proc.returncode == 2 and "not found" in proc.stderr
+
+
+def test_heads_scale_reports_the_plan_the_rules_chose(tmp_path):
+    out = tmp_path / "s.json"
+    proc = _run("heads_scale.py", "--sizes", "300,700", "--dim", "16", "--clusters", "3",
+                "--methods", "temi", "--out", str(out), timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["n"] for r in rows] == [300, 700]
+    for r in rows:
+        assert r["nmi"] > 0.9 and r["clusters_used"] == 3
+        assert r["plan"]["batch_size"] == 64 and r["plan"]["steps"] >= 490
+        assert r["wall_seconds"] > 0 and r["k_neighbors"] >= 5
+    assert _run("heads_scale.py", "--methods", "kmeans").returncode == 2
+
+
+def test_embed_clips_writes_the_folder_order(fsdd_subset, tmp_path):
+    import torch
+
+    from audioclust.models.embedder import Embedder, embed_clips, load_embedder, save_embedder
+    from audioclust.models.encoders import build_encoder
+    from audioclust.training.datasets import AudioFolder
+
+    torch.manual_seed(0)
+    ckpt = save_embedder(Embedder(build_encoder("audiontt", {"embed_dim": 16, "channels": 8})
+                                  .eval(), mean=-6.0, std=5.0), tmp_path / "enc.safetensors")
+    out = tmp_path / "e.npy"
+    proc = _run("embed_clips.py", "--encoder", str(ckpt), "--data", str(fsdd_subset),
+                "--out", str(out), "--cache-dir", str(tmp_path / "cache"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    x = np.load(out)
+    folder = AudioFolder(fsdd_subset)
+    assert x.shape == (120, 16)
+    wave, n_real = folder.load(0)
+    first = embed_clips(load_embedder(ckpt), [wave[:n_real]])
+    np.testing.assert_allclose(x[0], first[0], atol=1e-4)
+    proc = _run("embed_clips.py", "--encoder", str(tmp_path / "none.safetensors"), "--data",
+                str(fsdd_subset), "--out", str(out))
+    assert proc.returncode == 2 and "no such checkpoint" in proc.stderr
+
+
 def test_throughput_against_a_baseline(stream_model, int8_model, tmp_path):
     # the model as its own baseline: timed in turns, every row gets a ratio
     proc = _run("onnx_throughput.py", "--model", str(stream_model), "--int8", str(int8_model),

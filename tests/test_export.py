@@ -229,3 +229,21 @@ def test_head_free_export(checkpoints, exported, tmp_path, fsdd_subset):
     onnx.save(broken, tmp_path / "broken.onnx")
     with pytest.raises(ModelError, match="head-free model"):
         OnnxModel(tmp_path / "broken.onnx")
+
+
+@pytest.mark.parametrize("bad", [0.0, float("nan")])
+def test_export_refuses_a_zero_or_non_finite_prior(tmp_path, checkpoints, bad):
+    # StreamAssigner divides by the prior: such a model would fail on its first window.
+    head = load_head(checkpoints[1])
+    prior = torch.tensor([0.4, 0.2, 0.2, 0.1, 0.1, 0.0])
+    prior[-1] = bad
+    head.prior.copy_(prior)
+    path = save_head(head, tmp_path / "zero.safetensors", "spice")
+    out = tmp_path / "m.onnx"
+    proc = subprocess.run([sys.executable, "-m", "audioclust.models.export", "--encoder",
+                           str(checkpoints[0]), "--head", str(path), "-o", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "prior" in proc.stderr and "cluster(s) [5]" in proc.stderr
+    assert not out.exists()

@@ -23,8 +23,10 @@ from audioclust.models.heads import (
     save_head,
 )
 from audioclust.training import evaluate, train
+from audioclust.training.heads.base import batch_for, neighbour_count, plan_steps, select_head
 from audioclust.training.heads.deepcluster import DeepCluster, balanced_indices
 from audioclust.training.heads.neighbors import build_index, knn, l2_normalize
+from audioclust.training.heads.spice import SPICE
 from audioclust.training.heads.temi import TEMI, pair_weights, temi_loss, update_prior
 from audioclust.training.metrics import nmi
 from audioclust.training.train import choose_n_clusters, parse_clusters
@@ -156,8 +158,10 @@ def test_prior_follows_its_ema_rule():
 
 
 def _small_temi(k: int, **kw) -> TEMI:
+    # From random heads: these tests check TEMI's own mechanics (its loss falls), which a
+    # k-means start would leave little to do on four blobs.
     params = dict(n_heads=3, hidden_dim=64, epochs=40, batch_size=64, k_neighbors=10,
-                  warmup_epochs=2, teacher_temp_warmup_epochs=5, seed=0)
+                  warmup=2 / 40, teacher_temp_warmup=5 / 40, init="random", seed=0)
     return TEMI(k, **{**params, **kw})
 
 
@@ -245,14 +249,75 @@ def test_balanced_indices_are_uniform_over_pseudo_labels():
 def test_deepcluster_finds_blobs():
     x, y = blobs(4, 100, seed=8)
     model = DeepCluster(4, n_heads=2, hidden_dim=64, epochs=4, passes=3, batch_size=64,
-                        pca_dim=16, seed=0).fit(x)
+                        seed=0).fit(x)
     assert nmi(y, model.labels_) > 0.9
     h = model.history_
     assert len(h["loss"]) == 4 and len(h["label_nmi"]) == 3
-    assert h["selected"] == int(np.argmin(h["head_losses"]))
+    # the shared rule: lowest loss among the heads using the most clusters (here the
+    # lowest-loss head merged two blobs)
+    assert h["selected"] == select_head(h["head_losses"], h["cluster_usage"])
     prior = model.head_.prior.numpy()
     assert prior.min() > 0 and prior.sum() == pytest.approx(1.0, abs=1e-5)
     np.testing.assert_array_equal(model.predict(x), model.labels_)
+
+
+# --- what every head shares -------------------------------------------------------------
+
+
+def test_length_rule_scales_with_the_data():
+    # batch: power of two nearest n / 10 in [64, 512]; 30 epochs within 500..2000 steps
+    assert [batch_for(n) for n in (40, 300, 3000, 30_000)] == [40, 64, 256, 512]
+    small, mid, large = plan_steps(400), plan_steps(3000), plan_steps(100_000)
+    assert (small.batch_size, small.steps_per_epoch) == (64, 7)
+    assert small.total_steps >= 497 and small.epochs == 71  # not 30 epochs of 7 steps
+    assert (mid.batch_size, mid.epochs, mid.total_steps) == (256, 42, 504)
+    assert large.batch_size == 512 and large.total_steps <= 2000 and large.epochs == 10
+    assert plan_steps(3000, batch_size=100, epochs=3).total_steps == 90  # given values win
+    assert [neighbour_count(n, 10) for n in (400, 3000, 100_000)] == [5, 15, 50]
+
+
+def test_selection_never_keeps_a_collapsed_head():
+    # the lowest loss belongs to a head using 4 of 10 clusters: the next one is kept
+    assert select_head([-2.5, -2.0, -1.0], [0.4, 1.0, 0.9]) == 1
+    assert select_head([-1.0, -2.0], [0.9, 0.9]) == 1  # equal usage: the loss decides
+    assert select_head([-3.0, -1.0, -2.0], [0.3, 0.5, 0.5]) == 2
+
+
+@pytest.mark.parametrize("method", ["temi", "spice", "deepcluster"])
+def test_fit_leaves_global_state_alone(method):
+    x, _ = blobs(3, 30, dim=8, seed=11)
+    cls = {"temi": TEMI, "spice": SPICE, "deepcluster": DeepCluster}[method]
+    torch.manual_seed(123)
+    state, threads = torch.get_rng_state(), torch.get_num_threads()
+    a = cls(3, seed=5, n_heads=2, epochs=2).fit(x)
+    assert torch.equal(torch.get_rng_state(), state) and torch.get_num_threads() == threads
+    b = cls(3, seed=5, n_heads=2, epochs=2).fit(x)  # the seed alone decides the result
+    np.testing.assert_array_equal(a.labels_, b.labels_)
+    for key, value in a.head_.state_dict().items():
+        torch.testing.assert_close(value, b.head_.state_dict()[key], rtol=0, atol=0)
+
+
+def _issue_gaussians():
+    """Issue 12's case: 400 points from 10 well-separated Gaussians in 512-d."""
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((10, 512)) * 2.0
+    y = np.repeat(np.arange(10), 40)
+    return (centres[y] + 0.5 * rng.standard_normal((400, 512))).astype(np.float32), y
+
+
+@pytest.mark.parametrize("method", ["temi", "spice", "deepcluster"])
+@pytest.mark.parametrize("case", ["blobs", "issue"])
+def test_every_head_recovers_clear_clusters_with_its_defaults(method, case):
+    """A few hundred points in clear clusters, and issue 12's 400 points in 512-d (where
+    TEMI's fixed 30 epochs of 256 were 60 steps and used 4 of 10 clusters): the defaults
+    must find them all."""
+    x, y = blobs(6, 50, dim=32, spread=0.3, seed=12) if case == "blobs" else _issue_gaussians()
+    k = int(y.max()) + 1
+    cls = {"temi": TEMI, "spice": SPICE, "deepcluster": DeepCluster}[method]
+    model = cls(k, seed=0).fit(x)
+    assert nmi(y, model.labels_) > 0.95, (method, case, model.history_["cluster_usage"])
+    assert np.unique(model.labels_).size == k
+    assert model.history_["cluster_usage"][model.history_["selected"]] == 1.0
 
 
 # --- number of clusters -----------------------------------------------------------------

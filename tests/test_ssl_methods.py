@@ -9,10 +9,11 @@ import torch
 
 from audioclust.models.encoders import build_encoder
 from audioclust.training.datasets import AudioFolder
+from audioclust.training.ema import cosine_momentum
 from audioclust.training.ssl.byola import BYOLA
 from audioclust.training.ssl.msn import MSN, linear_momentum, me_max, msn_loss
 from audioclust.training.ssl.slicer import SLICER, cluster_entropy, nt_xent
-from audioclust.training.ssl.trainer import SSLConfig, SSLMethod, cosine_momentum, train_ssl
+from audioclust.training.ssl.trainer import SSLConfig, SSLMethod, train_ssl
 
 # Small, fast networks: the tests check the methods' mechanics, not what they learn.
 ENCODERS = {

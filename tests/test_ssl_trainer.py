@@ -15,9 +15,10 @@ import torch
 from safetensors.torch import load_file
 
 from audioclust.models.embedder import embed_clips, load_embedder, read_embedder_metadata
+from audioclust.training.crops import CropDataset
 from audioclust.training.datasets import AudioFolder
 from audioclust.training.features import LogMelBank
-from audioclust.training.ssl.trainer import CropDataset, SSLConfig, train_ssl
+from audioclust.training.ssl.trainer import SSLConfig, train_ssl
 
 TINY = {"embed_dim": 32, "channels": 8}
 

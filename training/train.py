@@ -28,9 +28,7 @@ and drawn in ``n_clusters.png``.
 from __future__ import annotations
 
 import argparse
-import copy
 import importlib
-import inspect
 import json
 import os
 import sys
@@ -149,17 +147,18 @@ _ESTIMATORS = {
     "deepcluster": ("audioclust.training.heads.deepcluster", "DeepCluster"),
     "spice": ("audioclust.training.heads.spice", "SPICE"),
 }
-# set by the command itself, never by a method table
-_RESERVED = ("n_clusters", "seed", "progress", "log")
 
 
 @dataclass(frozen=True)
 class HeadRun:
     """What ``audioclust-train head`` runs: the ``[head]`` table of ``--config``.
 
-    ``[head.temi]``, ``[head.deepcluster]`` and ``[head.spice]`` hold keyword arguments
-    for that method's estimator (e.g. ``n_heads``, ``lr``); ``epochs`` overrides the
-    method's ``epochs`` (SPICE: ``head_epochs``).
+    ``[head.temi]``, ``[head.deepcluster]`` and ``[head.spice]`` hold that method's
+    settings (the fields of ``TEMISettings``, ``DeepClusterSettings``, ``SPICESettings``:
+    e.g. ``n_heads``, ``lr``); ``epochs`` overrides the method's ``epochs``.
+    ``fine_tune`` (SPICE only) adds SPICE's joint stage: stage 2 on embeddings of
+    augmented crops, then encoder and head tuned together (``[head.spice_finetune]``:
+    ``SPICEFineTuneSettings``); the run then writes the tuned encoder too.
     """
 
     method: str = "temi"
@@ -170,9 +169,11 @@ class HeadRun:
     threads: int = 1  # 0: the libraries' defaults
     batch_size: int = 64  # clips per encoder forward pass while embedding
     cache_dir: str | None = None
+    fine_tune: bool = False
     temi: dict[str, Any] = field(default_factory=dict)
     deepcluster: dict[str, Any] = field(default_factory=dict)
     spice: dict[str, Any] = field(default_factory=dict)
+    spice_finetune: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.method not in HEAD_METHODS:
@@ -214,43 +215,55 @@ def _estimator_class(method: str) -> type:
     return cls
 
 
-def _estimator_kwargs(cls: type, run: HeadRun, log, progress: bool) -> dict[str, Any]:
-    """The method table, ``epochs`` and the progress hooks, checked against ``cls``."""
-    accepted = inspect.signature(cls).parameters
-    params = dict(getattr(run, run.method))
-    reserved = sorted(set(params) & set(_RESERVED))
-    if reserved:
-        raise UserError(f"[head.{run.method}]: {reserved} are set by the command (use "
-                        "--clusters and --seed)")
+def _method_settings(cls: type, run: HeadRun) -> Any:
+    """The method's settings from its ``[head.<method>]`` table and ``--epochs``."""
+    from audioclust.training.heads import settings_from_table
+
+    table = dict(getattr(run, run.method))
     if run.epochs is not None:
-        key = next((k for k in ("epochs", "head_epochs") if k in accepted), None)
-        if key is None:
-            raise UserError(f"--epochs: {cls.__name__} has no epochs setting")
-        params[key] = run.epochs
-    known = sorted(k for k in accepted if k not in _RESERVED)
-    unknown = sorted(set(params) - set(known))
-    if unknown:
-        raise UserError(f"[head.{run.method}]: unknown setting(s) {unknown}; "
-                        f"{cls.__name__} takes {known}")
-    if "progress" in accepted:
-        params["progress"] = progress
-    if "log" in accepted:
-        params["log"] = log
-    return params
+        table["epochs"] = run.epochs
+    try:
+        return settings_from_table(cls.Settings, table, f"[head.{run.method}]")
+    except ValueError as exc:
+        raise UserError(str(exc)) from exc
 
 
-def _tuned_embedder(estimator: Any, start: Any):
-    """The estimator's ``embedder_`` if fitting changed the encoder (SPICE's joint
-    stage), else None: the head then belongs to that encoder, not to ``start`` (the
-    embedder it started from)."""
-    import torch
-
-    tuned = getattr(estimator, "embedder_", None)
-    if tuned is None or start is None:
+def _finetune_settings(run: HeadRun) -> Any:
+    """SPICE's joint-stage settings (``[head.spice_finetune]``) with ``--fine-tune``, else
+    None."""
+    if run.method != "spice" and (run.fine_tune or run.spice_finetune):
+        raise UserError("--fine-tune and [head.spice_finetune] apply to --method spice only")
+    if not run.fine_tune:
+        if run.spice_finetune:
+            raise UserError("[head.spice_finetune] needs --fine-tune")
         return None
-    a, b = start.state_dict(), tuned.state_dict()
-    same = a.keys() == b.keys() and all(torch.equal(a[k], b[k].cpu()) for k in a)
-    return None if same else tuned
+    from audioclust.training.heads import settings_from_table
+    from audioclust.training.heads.spice_finetune import SPICEFineTuneSettings
+
+    try:
+        return settings_from_table(SPICEFineTuneSettings, run.spice_finetune,
+                                   "[head.spice_finetune]")
+    except ValueError as exc:
+        raise UserError(str(exc)) from exc
+
+
+def _fit_spice(estimator: Any, x: np.ndarray, tune: Any, encoder: Any, dataset: AudioFolder,
+               run: HeadRun, log, progress: bool) -> tuple[Any, Any, dict[str, Any]]:
+    """SPICE with ``--fine-tune``: stage 2 with views from the audio, then (unless the
+    joint stage's ``epochs`` is 0) stage 3. Returns (head, tuned embedder or None,
+    history)."""
+    from audioclust.training.heads.spice_finetune import SPICEFineTuner, audio_views
+
+    views = audio_views(encoder, dataset, tune, seed=run.seed, cache_dir=run.cache_dir,
+                        progress=progress)
+    estimator.fit(x, views=views)
+    if not tune.epochs:
+        return estimator.head_, None, estimator.history_
+    tuner = SPICEFineTuner(tune, seed=run.seed, cache_dir=run.cache_dir, progress=progress,
+                           log=log).fit(encoder, dataset, estimator.head_)
+    history = {**tuner.history_, "stage2": estimator.history_,
+               "head_losses": estimator.history_["head_losses"]}
+    return tuner.head_, tuner.embedder_, history
 
 
 def _loss_curves(history: dict[str, Any]) -> dict[str, list[float]]:
@@ -308,6 +321,9 @@ def _add_head(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", type=Path, help="TOML/YAML file with a [head] table")
     p.add_argument("--epochs", type=int, help="training epochs (default: the method's)")
     p.add_argument("--seed", type=int, help="random seed (default 0)")
+    p.add_argument("--fine-tune", action="store_true", default=None,
+                   help="SPICE only: also tune the encoder with the head (SPICE's stage 3, "
+                   "views from augmented crops of the audio); writes OUT/encoder.safetensors")
     p.add_argument("--k-max", type=int, help="largest K --clusters auto considers (default 50)")
     p.add_argument("--threads", type=int, help="CPU threads, 0 = library defaults (default 1: "
                    "the heads are small, and on a shared machine extra threads mostly wait)")
@@ -337,6 +353,7 @@ def _head(args: argparse.Namespace) -> int:
         args.config,
         {"method": args.method, "clusters": args.clusters, "k_max": args.k_max,
          "epochs": args.epochs, "seed": args.seed, "threads": args.threads,
+         "fine_tune": args.fine_tune,
          "batch_size": args.batch_size,
          "cache_dir": "" if args.no_cache else args.cache_dir},
         section="head",
@@ -346,12 +363,10 @@ def _head(args: argparse.Namespace) -> int:
         lambda s: print(s, file=sys.stderr))
     enc = encoder_from_args(args.encoder, args)  # missing or not an encoder: fail first
     cls = _estimator_class(run.method)
-    kwargs = _estimator_kwargs(cls, run, log, progress=not args.quiet)
-    # The first argument of fit after self: "embedder" when it trains from the audio.
-    first = next(iter(list(inspect.signature(cls.fit).parameters)[1:]), "")
-    start = None
-    if first == "embedder":  # trains from the audio (augmented views), e.g. SPICE
-        start = trainable_copy(enc, f"--method {run.method}")
+    settings = _method_settings(cls, run)
+    tune = _finetune_settings(run)
+    # SPICE's joint stage trains the encoder: a log-mel one (checked before any work)
+    start = None if tune is None else trainable_copy(enc, "--fine-tune")
     dataset = AudioFolder(args.data, sample_rate=enc.sample_rate)
     if k_given is not None and k_given > len(dataset):
         raise UserError(f"--clusters {k_given}: more clusters than the {len(dataset)} clips")
@@ -381,27 +396,29 @@ def _head(args: argparse.Namespace) -> int:
         else:
             k = k_given
         log(f"{run.method}: {k} clusters")
-        estimator = cls(k, seed=run.seed, **kwargs)
+        estimator = cls(k, settings, seed=run.seed, progress=not args.quiet, log=log)
         t2 = time.perf_counter()
-        if start is not None:
-            estimator.fit(copy.deepcopy(start), dataset, progress=not args.quiet)
+        tuned = None
+        if tune is not None:
+            head, tuned, history = _fit_spice(estimator, x, tune, start, dataset, run,
+                                              log, progress=not args.quiet)
         else:
             estimator.fit(x)
+            head, history = estimator.head_, estimator.history_
         fit_seconds = time.perf_counter() - t2
 
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     encoder_path, encoder_sha = Path(args.encoder), enc.sha256
-    tuned = _tuned_embedder(estimator, start)
     if tuned is not None:
         encoder_path = save_embedder(tuned, out / "encoder.safetensors", info={
             "tuned_by": run.method, "tuned_from_sha256": enc.sha256,
             "tuned_from": str(args.encoder), "base_info": enc.info})
         encoder_sha = file_sha256(encoder_path)
         log(f"{run.method} fine-tuned the encoder: evaluate the head with {encoder_path}")
-    history = getattr(estimator, "history_", {}) or {}
-    head = estimator.head_
-    params = estimator.get_params() if hasattr(estimator, "get_params") else {}
+    params = estimator.get_params()
+    if tune is not None:
+        params["spice_finetune"] = tune.to_dict()
     head_path = save_head(head, out / "head.safetensors", run.method, encoder_sha256=encoder_sha,
                           info={"data": str(args.data), "clips": len(dataset),
                                 "clusters": "auto" if k_given is None else "given",

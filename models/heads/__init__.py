@@ -14,6 +14,7 @@ encoder checkpoint the head was trained on, and a free-form ``info``. No pickle.
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
@@ -32,6 +33,7 @@ __all__ = [
     "ClusterHead",
     "HeadConfig",
     "file_sha256",
+    "init_linear",
     "load_head",
     "read_head_metadata",
     "save_head",
@@ -62,13 +64,24 @@ class HeadConfig:
 
 
 def _mlp(c: HeadConfig) -> nn.Sequential:
+    """The MLP with uninitialised weights (see :func:`init_linear`)."""
     layers: list[nn.Module] = []
     dim = c.in_dim
     for _ in range(c.n_layers):
-        layers += [nn.Linear(dim, c.hidden_dim), nn.GELU()]
+        layers += [nn.utils.skip_init(nn.Linear, dim, c.hidden_dim), nn.GELU()]
         dim = c.hidden_dim
-    layers.append(nn.Linear(dim, c.n_clusters))
+    layers.append(nn.utils.skip_init(nn.Linear, dim, c.n_clusters))
     return nn.Sequential(*layers)
+
+
+@torch.no_grad()
+def init_linear(layer: nn.Linear, generator: torch.Generator | None = None) -> None:
+    """PyTorch's default ``nn.Linear`` initialisation, drawn from ``generator`` (the global
+    RNG when None): weights Kaiming-uniform with a = sqrt(5), biases U(+-1/sqrt(fan_in))."""
+    nn.init.kaiming_uniform_(layer.weight, a=math.sqrt(5), generator=generator)
+    if layer.bias is not None:
+        bound = 1.0 / math.sqrt(layer.in_features) if layer.in_features else 0.0
+        nn.init.uniform_(layer.bias, -bound, bound, generator=generator)
 
 
 class ClusterHead(nn.Module):
@@ -76,12 +89,16 @@ class ClusterHead(nn.Module):
 
     ``all_logits(z)`` gives (n_heads, B, K) for training; ``forward(z)`` gives the selected
     head's posterior (B, K) = softmax(logits / temperature), which is what is exported.
+    Weights are drawn from ``generator`` (the global RNG when None).
     """
 
-    def __init__(self, config: HeadConfig):
+    def __init__(self, config: HeadConfig, generator: torch.Generator | None = None):
         super().__init__()
         self.config = config
         self.heads = nn.ModuleList(_mlp(config) for _ in range(config.n_heads))
+        for module in self.heads.modules():
+            if isinstance(module, nn.Linear):
+                init_linear(module, generator)
         self.register_buffer("input_mean", torch.zeros(config.in_dim))
         self.register_buffer("input_std", torch.ones(config.in_dim))
         self.register_buffer("prior", torch.full((config.n_clusters,), 1.0 / config.n_clusters))

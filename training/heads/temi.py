@@ -18,33 +18,19 @@ models". On frozen embeddings g(x):
   that the pair shares a cluster, so that pairs straddling two clusters count less;
 - each head's loss is the batch mean of w L; the heads are trained together (sum).
 
-The head with the lowest loss over the last epoch is selected. The saved head is the
-teacher (its EMA weights are smoother than the student's), with the selected head's EMA
-prior and the teacher's final temperature, so its posterior is exactly the q_t the prior
-averages.
+Each head starts from its own k-means partition (:func:`~audioclust.training.heads.base.
+kmeans_warm_start`; ``init="random"`` skips it), which the student and, through the EMA,
+the teacher inherit. The saved head is the teacher (its EMA weights are smoother than the
+student's), selected by the shared rule (lowest last-epoch loss among the heads using the
+most clusters), with that head's EMA prior and the teacher's final temperature, so
+its posterior is exactly the q_t the prior averages.
 
-Defaults follow the paper where CPU time allows and say so where they do not:
-
-- as in the paper: student temperature 0.1, teacher temperature warmed up linearly from
-  0.04 to 0.05, beta 0.6, prior momentum 0.9, two hidden layers (TEMI's 3-layer MLP;
-  the paper's head also L2-normalises a bottleneck before a weight-normalised last layer,
-  :class:`ClusterHead` is a plain MLP), AdamW with weight decay 1e-4, best head by loss;
-- 8 heads instead of 50 and hidden width 256 instead of 512: a 3,000-point fit takes
-  about 40 s of CPU time (40 s to 2 min wall on two cores shared with other jobs); more
-  heads mostly buy a better chance of a good best head;
-- teacher EMA 0.95 (rising to 1 on a cosine) instead of 0.996, and learning rate 1e-3
-  (5 warm-up epochs, cosine decay): the student can only move as fast as its teacher,
-  and 0.996 assumes the paper's tens of thousands of steps; 30 epochs of 3,000 points
-  are ~360 steps, in which a 0.996 teacher barely leaves its initialisation (the loss
-  stalls near -0.2 on FSDD instead of reaching -1.8);
-- k neighbours: the paper's 50 on its large sets; by default here
-  ``clip(round(n / (20 K)), 5, 50)``, about 5 % of an average cluster: 50 for CIFAR-10
-  and ImageNet, 15 for FSDD (3,000 clips, 10 digits), where 50 neighbours reach well
-  beyond one speaker's takes of one digit (k = 10-15 beat 50 there).
-
-The heads are small, so one torch thread is about as fast as two; on a machine shared
-with other jobs, two contending threads made each step ~9x slower (the CLI defaults to
-one thread).
+Defaults: the paper's temperatures, beta, prior momentum and optimiser; 8 heads of width
+256, teacher EMA 0.95 rising to 1, learning rate 1e-3 (docs/heads.md says why each
+differs from the paper). Batch size, epochs and k come from the data's size (the shared
+rules in :mod:`audioclust.training.heads.base`); the learning-rate warm-up is the first
+``warmup`` of the run and the teacher-temperature warm-up the first
+``teacher_temp_warmup``.
 """
 
 from __future__ import annotations
@@ -52,8 +38,8 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -61,11 +47,19 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from audioclust.models.heads import ClusterHead, HeadConfig
-from audioclust.training.heads import HeadEstimator
+from audioclust.training.ema import ema_update
+from audioclust.training.heads.base import (
+    HeadEstimator,
+    HeadSettings,
+    Plan,
+    batch_for,
+    kmeans_warm_start,
+    neighbour_count,
+    plan_steps,
+)
 from audioclust.training.heads.neighbors import knn
-from audioclust.training.ssl.trainer import ema_update
 
-__all__ = ["TEMI", "pair_weights", "temi_loss", "update_prior"]
+__all__ = ["TEMI", "TEMISettings", "pair_weights", "temi_loss", "update_prior"]
 
 
 @torch.no_grad()
@@ -118,108 +112,108 @@ def _cosine(step: int, total: int, start: float, end: float) -> float:
     return end + (start - end) * 0.5 * (1.0 + math.cos(math.pi * t))
 
 
+@dataclass(frozen=True)
+class TEMISettings(HeadSettings):
+    """TEMI's hyperparameters (the module docstring says where each default comes from).
+
+    None means "from the data": ``k_neighbors`` by :func:`neighbour_count`,
+    ``batch_size`` and ``epochs`` by :func:`plan_steps`. ``init``: "kmeans" (every head
+    first learns a k-means partition, ``init_steps`` steps) or "random".
+    """
+
+    n_heads: int = 8
+    hidden_dim: int = 256
+    n_layers: int = 2
+    k_neighbors: int | None = None
+    epochs: int | None = None
+    batch_size: int | None = None
+    lr: float = 1e-3
+    min_lr: float = 1e-5
+    weight_decay: float = 1e-4
+    warmup: float = 1 / 6
+    student_temp: float = 0.1
+    teacher_temp: float = 0.05
+    teacher_temp_start: float = 0.04
+    teacher_temp_warmup: float = 1 / 3
+    beta: float = 0.6
+    prior_momentum: float = 0.9
+    teacher_momentum: float = 0.95
+    init: Literal["kmeans", "random"] = "kmeans"
+    init_steps: int = 100
+
+    def __post_init__(self) -> None:
+        if not 0.5 < self.beta <= 1.0:
+            raise ValueError(f"beta must be in (0.5, 1], got {self.beta}")
+        for name in ("prior_momentum", "teacher_momentum"):
+            m = getattr(self, name)
+            if not 0.0 <= m < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {m}")
+        if min(self.student_temp, self.teacher_temp, self.teacher_temp_start) <= 0:
+            raise ValueError("temperatures must be positive")
+        given = [v for v in (self.epochs, self.k_neighbors) if v is not None]
+        if min([self.n_heads, *given]) < 1 or (self.batch_size is not None
+                                              and self.batch_size < 2):
+            raise ValueError("n_heads, k_neighbors, epochs >= 1 and batch_size >= 2 needed")
+        if not (0.0 <= self.warmup < 1.0 and 0.0 <= self.teacher_temp_warmup < 1.0):
+            raise ValueError("warmup and teacher_temp_warmup are fractions of the run, in [0, 1)")
+
+
 class TEMI(HeadEstimator):
     """TEMI clustering heads on frozen embeddings, as a scikit-learn style estimator.
+
+    ``TEMI(n_clusters, settings=None, *, seed=0, progress=False, log=None, **overrides)``
+    (see :class:`~audioclust.training.heads.base.HeadEstimator`; settings:
+    :class:`TEMISettings`).
 
     After :meth:`fit`: ``head_`` (:class:`ClusterHead` holding every teacher head, the
     best one selected, its prior and the input standardisation), ``history_`` (per-epoch
     loss of every head, schedules, cluster usage, timings), ``head_losses_`` (H,) the last
     epoch's loss per head, ``priors_`` (H, K) every head's EMA prior, ``labels_`` the
-    selected head's clusters of the training points.
+    selected head's clusters of the training points, ``cluster_usage_`` (H,).
     """
 
-    def __init__(
-        self,
-        n_clusters: int,
-        *,
-        n_heads: int = 8,
-        hidden_dim: int = 256,
-        n_layers: int = 2,
-        k_neighbors: int | None = None,
-        epochs: int = 30,
-        batch_size: int = 256,
-        lr: float = 1e-3,
-        min_lr: float = 1e-5,
-        weight_decay: float = 1e-4,
-        warmup_epochs: int = 5,
-        student_temp: float = 0.1,
-        teacher_temp: float = 0.05,
-        teacher_temp_start: float = 0.04,
-        teacher_temp_warmup_epochs: int = 10,
-        beta: float = 0.6,
-        prior_momentum: float = 0.9,
-        teacher_momentum: float = 0.95,
-        seed: int = 0,
-        progress: bool = False,
-        log: Callable[[str], None] | None = None,
-    ):
-        self._check_n_clusters(n_clusters)
-        if not 0.5 < beta <= 1.0:
-            raise ValueError(f"beta must be in (0.5, 1], got {beta}")
-        for name, m in (("prior_momentum", prior_momentum),
-                        ("teacher_momentum", teacher_momentum)):
-            if not 0.0 <= m < 1.0:
-                raise ValueError(f"{name} must be in [0, 1), got {m}")
-        if min(student_temp, teacher_temp, teacher_temp_start) <= 0:
-            raise ValueError("temperatures must be positive")
-        if min(n_heads, epochs) < 1 or batch_size < 2 or (k_neighbors or 1) < 1:
-            raise ValueError("n_heads, k_neighbors, epochs >= 1 and batch_size >= 2 needed")
-        self.n_clusters = n_clusters
-        self.n_heads = n_heads
-        self.hidden_dim = hidden_dim
-        self.n_layers = n_layers
-        self.k_neighbors = k_neighbors
-        self.epochs = epochs
-        self.batch_size = batch_size
-        self.lr = lr
-        self.min_lr = min_lr
-        self.weight_decay = weight_decay
-        self.warmup_epochs = warmup_epochs
-        self.student_temp = student_temp
-        self.teacher_temp = teacher_temp
-        self.teacher_temp_start = teacher_temp_start
-        self.teacher_temp_warmup_epochs = teacher_temp_warmup_epochs
-        self.beta = beta
-        self.prior_momentum = prior_momentum
-        self.teacher_momentum = teacher_momentum
-        self.seed = seed
-        self.progress = progress
-        self.log = log
+    Settings = TEMISettings
+    method = "temi"
+    label = "TEMI"
+    settings: TEMISettings
 
     def neighbors_for(self, n: int) -> int:
-        """k for ``n`` points: ``k_neighbors``, or the module's default rule."""
-        k = self.k_neighbors or int(np.clip(round(n / (20 * self.n_clusters)), 5, 50))
-        return min(k, n - 1)
+        """k for ``n`` points: ``k_neighbors``, or the shared default rule."""
+        return neighbour_count(n, self.n_clusters, self.settings.k_neighbors)
+
+    def plan(self, n: int) -> Plan:
+        """Batch size and epochs for ``n`` points (see :func:`plan_steps`)."""
+        return plan_steps(n, self.settings.batch_size, self.settings.epochs)
 
     # -- schedules -------------------------------------------------------------------
-    def _teacher_temp_at(self, epoch: int) -> float:
-        w = min(self.teacher_temp_warmup_epochs, self.epochs - 1)
+    def _teacher_temp_at(self, epoch: int, epochs: int) -> float:
+        c = self.settings
+        w = min(round(c.teacher_temp_warmup * epochs), epochs - 1)
         if epoch >= w:
-            return self.teacher_temp
-        return self.teacher_temp_start + (self.teacher_temp - self.teacher_temp_start) * epoch / w
+            return c.teacher_temp
+        return c.teacher_temp_start + (c.teacher_temp - c.teacher_temp_start) * epoch / w
 
-    def _lr_at(self, step: int, steps_per_epoch: int, total: int) -> float:
-        warm = self.warmup_epochs * steps_per_epoch
+    def _lr_at(self, step: int, plan: Plan) -> float:
+        c = self.settings
+        warm = round(c.warmup * plan.epochs) * plan.steps_per_epoch
         if step < warm:
-            return self.lr * (step + 1) / warm
-        return _cosine(step - warm, total - warm, self.lr, self.min_lr)
+            return c.lr * (step + 1) / warm
+        return _cosine(step - warm, plan.total_steps - warm, c.lr, c.min_lr)
 
     # -- fitting ---------------------------------------------------------------------
     def fit(self, embeddings: np.ndarray, neighbors: np.ndarray | None = None) -> TEMI:
         """Train on (n, d) embeddings; ``neighbors`` (n, k) skips the neighbour search."""
         t_start = time.perf_counter()
+        c = self.settings
         x_np = np.asarray(embeddings, dtype=np.float32)
         if x_np.ndim != 2 or x_np.shape[0] < 3:
             raise ValueError(f"need (n >= 3, d) embeddings, got shape {x_np.shape}")
         n = x_np.shape[0]
-        say = self.log or (lambda s: None)
-        torch.manual_seed(self.seed)
-        gen = torch.Generator().manual_seed(self.seed)
+        gen = self._generator()
         x = torch.from_numpy(x_np)
         config = HeadConfig(in_dim=x.shape[1], n_clusters=self.n_clusters,
-                            n_heads=self.n_heads, hidden_dim=self.hidden_dim,
-                            n_layers=self.n_layers)
-        student = ClusterHead(config)
+                            n_heads=c.n_heads, hidden_dim=c.hidden_dim, n_layers=c.n_layers)
+        student = ClusterHead(config, generator=gen)
         student.set_input_stats(x.mean(0), x.std(0))
         if neighbors is None:
             # Neighbours in the space the head sees (standardised, L2-normalised): raw
@@ -230,49 +224,55 @@ class TEMI(HeadEstimator):
             with torch.no_grad():
                 neighbors, _ = knn(student.prepare(x).numpy(), k, seed=self.seed)
             knn_seconds = time.perf_counter() - t0
-            say(f"TEMI: {k} nearest neighbours of {n} points in {knn_seconds:.1f} s")
+            self._say(f"TEMI: {k} nearest neighbours of {n} points in {knn_seconds:.1f} s")
         else:
             knn_seconds = 0.0
         nbrs = torch.as_tensor(np.asarray(neighbors), dtype=torch.long)
         if nbrs.ndim != 2 or nbrs.shape[0] != n:
             raise ValueError(f"neighbors must be (n, k) with n = {n}, got {tuple(nbrs.shape)}")
+        if c.init == "kmeans":
+            history0 = kmeans_warm_start(student, x, self.seed, c.init_steps,
+                                         batch_for(n), c.lr, np.random.default_rng(self.seed))
+            self._say(f"TEMI: warm start from k-means {history0}")
         teacher = copy.deepcopy(student)
         teacher.requires_grad_(False)
         student.train()
         teacher.train()
-        opt = torch.optim.AdamW(student.parameters(), lr=self.lr,
-                                weight_decay=self.weight_decay)
-        prior = torch.full((self.n_heads, self.n_clusters), 1.0 / self.n_clusters)
+        opt = torch.optim.AdamW(student.parameters(), lr=c.lr, weight_decay=c.weight_decay,
+                                fused=True)
+        prior = torch.full((c.n_heads, self.n_clusters), 1.0 / self.n_clusters)
 
-        steps_per_epoch = math.ceil(n / self.batch_size)
-        total = steps_per_epoch * self.epochs
+        plan = self.plan(n)
+        batch, total = plan.batch_size, plan.total_steps
         history: dict[str, Any] = {"loss": [], "loss_mean": [], "teacher_temp": [], "lr": [],
-                                   "teacher_momentum": []}
+                                   "teacher_momentum": [], "plan": {
+                                       "batch_size": batch, "epochs": plan.epochs,
+                                       "steps": total}}
         step = 0
-        bar = tqdm(range(self.epochs), desc="TEMI", unit="epoch", disable=not self.progress)
+        bar = tqdm(range(plan.epochs), desc="TEMI", unit="epoch", disable=not self.progress)
         for epoch in bar:
-            tau_t = self._teacher_temp_at(epoch)
+            tau_t = self._teacher_temp_at(epoch, plan.epochs)
             perm = torch.randperm(n, generator=gen)
-            epoch_loss = torch.zeros(self.n_heads, dtype=torch.float64)
+            epoch_loss = torch.zeros(c.n_heads, dtype=torch.float64)
             lr = momentum = 0.0
-            for s in range(steps_per_epoch):
-                idx = perm[s * self.batch_size : (s + 1) * self.batch_size]
+            for s in range(plan.steps_per_epoch):
+                idx = perm[s * batch : (s + 1) * batch]
                 pick = torch.randint(nbrs.shape[1], (idx.numel(),), generator=gen)
                 pairs = torch.cat([idx, nbrs[idx, pick]])
                 z = x[pairs]
                 with torch.no_grad():
                     t_logits = teacher.all_logits(z)
                     prior = update_prior(prior, torch.softmax(t_logits / tau_t, dim=-1),
-                                         self.prior_momentum)
-                losses = temi_loss(student.all_logits(z), t_logits, prior, self.beta,
-                                   self.student_temp, tau_t)
-                lr = self._lr_at(step, steps_per_epoch, total)
+                                         c.prior_momentum)
+                losses = temi_loss(student.all_logits(z), t_logits, prior, c.beta,
+                                   c.student_temp, tau_t)
+                lr = self._lr_at(step, plan)
                 for group in opt.param_groups:
                     group["lr"] = lr
                 opt.zero_grad(set_to_none=True)
                 losses.sum().backward()
                 opt.step()
-                momentum = _cosine(step, total, self.teacher_momentum, 1.0)
+                momentum = _cosine(step, total, c.teacher_momentum, 1.0)
                 # Parameters only: the teacher keeps its own prior and temperature buffers.
                 ema_update(teacher, student, momentum, buffers=False)
                 epoch_loss += losses.detach().double() * idx.numel()
@@ -285,34 +285,10 @@ class TEMI(HeadEstimator):
             history["teacher_momentum"].append(momentum)
             bar.set_postfix(loss=f"{np.mean(per_head):.4f}", best=f"{min(per_head):.4f}")
 
-        head_losses = np.asarray(history["loss"][-1])
-        best = int(np.argmin(head_losses))
-        teacher.eval()
-        teacher.select(best)
-        teacher.prior.copy_(prior[best])
-        teacher.temperature.fill_(self._teacher_temp_at(self.epochs))
-        with torch.no_grad():
-            assign = teacher.all_logits(x).argmax(-1)  # (H, n)
-        usage = [int(torch.unique(a).numel()) / self.n_clusters for a in assign]
-
-        self.head_ = teacher
+        teacher.temperature.fill_(self._teacher_temp_at(plan.epochs, plan.epochs))
         self.priors_ = prior.numpy().copy()
-        self.head_losses_ = head_losses
-        self.labels_ = assign[best].numpy()
-        self.cluster_usage_ = np.asarray(usage)
-        seconds = time.perf_counter() - t_start
-        history.update({
-            "method": "temi",
-            "selected": best,
-            "head_losses": head_losses.tolist(),
-            "cluster_usage": usage,
-            "n_points": n,
-            "k_neighbors": int(nbrs.shape[1]),
-            "knn_seconds": round(knn_seconds, 3),
-            "seconds": round(seconds, 3),
-            "params": self.get_params(),
-        })
-        self.history_ = history
-        say(f"TEMI: {self.epochs} epochs in {seconds:.1f} s; head {best} selected (loss "
-            f"{head_losses[best]:.4f}, uses {usage[best]:.0%} of {self.n_clusters} clusters)")
+        history.update({"k_neighbors": int(nbrs.shape[1]), "knn_seconds": round(knn_seconds, 3)})
+        # The saved head is the teacher, with the selected head's EMA prior: its posterior
+        # at the final teacher temperature is exactly the q_t that prior averages.
+        self._finish(teacher, x, history["loss"][-1], history, t_start, prior=prior)
         return self

@@ -16,7 +16,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from audioclust.training.augment import MixupBYOLA, RandomLinearFader, RandomResizedCrop
-from audioclust.training.ssl.trainer import SSLMethod, cosine_momentum, ema_update
+from audioclust.training.ema import cosine_momentum, ema_update
+from audioclust.training.ssl.trainer import SSLMethod
 
 __all__ = ["BYOLA", "mlp"]
 

@@ -61,7 +61,8 @@ from torch.nn import functional as F
 
 from audioclust.models.encoders import ViT
 from audioclust.training.augment import MixupBYOLA, RandomLinearFader, RandomResizedCrop
-from audioclust.training.ssl.trainer import SSLMethod, ema_update
+from audioclust.training.ema import ema_update
+from audioclust.training.ssl.trainer import SSLMethod
 
 __all__ = ["MSN", "linear_momentum", "me_max", "msn_loss", "projection_head", "renorm"]
 

@@ -46,9 +46,10 @@ from torch import nn
 from torch.nn import functional as F
 
 from audioclust.training.augment import KMix, RandomLinearFader, RandomResizedCrop
+from audioclust.training.ema import cosine_momentum, ema_update
 from audioclust.training.ssl.byola import mlp
 from audioclust.training.ssl.msn import renorm
-from audioclust.training.ssl.trainer import SSLMethod, cosine_momentum, ema_update
+from audioclust.training.ssl.trainer import SSLMethod
 
 __all__ = ["SLICER", "cluster_entropy", "nt_xent"]
 

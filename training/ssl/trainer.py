@@ -34,17 +34,17 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 
 from audioclust.models.embedder import Embedder, save_embedder
 from audioclust.models.encoders import build_encoder, encoder_name
 from audioclust.models.frontend import FrontendConfig
+from audioclust.training.crops import CropDataset
 from audioclust.training.datasets import AudioFolder
-from audioclust.training.features import LogMelBank, logmel_bank
+from audioclust.training.features import logmel_bank
 
 __all__ = [
-    "CropDataset",
     "SSLConfig",
     "SSLMethod",
     "TrainResult",
@@ -116,55 +116,6 @@ class SSLMethod(nn.Module):
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
-
-
-def ema_update(target: nn.Module, online: nn.Module, momentum: float,
-               buffers: bool = True) -> None:
-    """target <- momentum * target + (1 - momentum) * online for the parameters; buffers
-    (BatchNorm statistics) are copied over unless ``buffers=False``."""
-    with torch.no_grad():
-        for t, o in zip(target.parameters(), online.parameters(), strict=True):
-            t.mul_(momentum).add_(o.detach(), alpha=1.0 - momentum)
-        if buffers:
-            for t, o in zip(target.buffers(), online.buffers(), strict=True):
-                t.copy_(o)
-
-
-def cosine_momentum(base: float, step: int, total_steps: int) -> float:
-    """BYOL's target momentum schedule: from ``base`` up to 1 along a cosine."""
-    return 1.0 - (1.0 - base) * (math.cos(math.pi * step / max(1, total_steps)) + 1.0) / 2.0
-
-
-class CropDataset(Dataset):
-    """Random ``crop_frames``-long crops of a :class:`LogMelBank`, normalised.
-
-    Crop offsets are a pure function of (seed, epoch, index), so any number of processes
-    and any resume point see the same crops.
-    """
-
-    def __init__(self, bank: LogMelBank, crop_frames: int, mean: float, std: float, seed: int):
-        self.bank = bank
-        self.crop_frames = crop_frames
-        self.mean, self.std = mean, std
-        self.seed = seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return len(self.bank)
-
-    def __getitem__(self, i: int) -> torch.Tensor:
-        clip = self.bank.clip(i)
-        n = clip.shape[1]
-        if n < self.crop_frames:
-            clip = np.tile(clip, (1, math.ceil(self.crop_frames / n)))
-            n = clip.shape[1]
-        rng = np.random.default_rng((self.seed, self.epoch, i))
-        start = int(rng.integers(0, n - self.crop_frames + 1))
-        crop = (clip[:, start : start + self.crop_frames] - self.mean) / self.std
-        return torch.from_numpy(np.ascontiguousarray(crop, dtype=np.float32))[None]
 
 
 @dataclass
