@@ -402,30 +402,35 @@ def fsdd_twelve(tmp_path, fsdd_dir) -> Path:
     return copy_fsdd(fsdd_dir, tmp_path / "rec", range(3), ("george", "jackson"), range(2))
 
 
-def test_kafka_assignments_equal_file_replay(kafka_broker, stream_model, tmp_path,
-                                             fsdd_twelve) -> None:
+def _file_and_kafka_records(broker, model: Path, recordings: Path, tmp_path: Path,
+                            name: str) -> tuple[dict, dict]:
+    """The records of ``recordings`` replayed as files and sent through Kafka, by key."""
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    out_file = tmp_path / "file.jsonl"
+    out_file = tmp_path / f"{name}-file.jsonl"
     r = subprocess.run([sys.executable, "-m", "audioclust.stream.cli", "--source", "file",
-                        str(fsdd_twelve), "--model", str(stream_model), "--sink",
+                        str(recordings), "--model", str(model), "--sink",
                         f"jsonl:{out_file}", "-q"], capture_output=True, text=True, env=env,
                        timeout=300)
     assert r.returncode == 0, r.stderr
     by_file = {(Path(x["stream"]).stem, x["seq"]): x
                for x in map(json.loads, out_file.read_text().splitlines())}
-    assert len(by_file) >= 12
-
-    b = kafka_broker
-    b.create_topic("audio", partitions=2)
+    broker.create_topic("audio", partitions=2)
     r = subprocess.run([sys.executable, "-m", "audioclust.stream.produce", "--bootstrap",
-                        b.bootstrap, "--topic", "audio", "--format", "float32", "--resample",
-                        "16000", "--parallel", "4", str(fsdd_twelve)], capture_output=True,
+                        broker.bootstrap, "--topic", "audio", "--format", "float32", "--resample",
+                        "16000", "--parallel", "4", str(recordings)], capture_output=True,
                        text=True, env=env, timeout=120)
     assert r.returncode == 0, r.stderr
-    svc = Service(b, stream_model, tmp_path, "equiv")
+    svc = Service(broker, model, tmp_path, name)
     wait_until(lambda: len(svc.records()) >= len(by_file), 120, "all windows", [svc])
     assert svc.stop() == 0
-    by_kafka = {(x["stream"], x["seq"]): x for x in svc.records()}
+    return by_file, {(x["stream"], x["seq"]): x for x in svc.records()}
+
+
+def test_kafka_assignments_equal_file_replay(kafka_broker, stream_model, tmp_path,
+                                             fsdd_twelve) -> None:
+    by_file, by_kafka = _file_and_kafka_records(kafka_broker, stream_model, fsdd_twelve,
+                                                tmp_path, "equiv")
+    assert len(by_file) >= 12
     assert set(by_kafka) == set(by_file)
     for k, f in by_file.items():
         g = by_kafka[k]
@@ -433,3 +438,30 @@ def test_kafka_assignments_equal_file_replay(kafka_broker, stream_model, tmp_pat
         assert g["start"] == f["start"] and g["end"] == f["end"]
         if f["confidence"] is not None:
             assert g["confidence"] == pytest.approx(f["confidence"], abs=1e-4)
+
+
+def test_open_set_clusters_equal_through_kafka_and_files(kafka_broker, headfree_model,
+                                                         fsdd_subset, tmp_path) -> None:
+    """Head-free streams long enough to found and merge clusters: the open-set clusterer
+    sees each stream's windows in order, so Kafka gives the records file replay gives."""
+    import soundfile as sf
+    from stream_helpers import concat_clips
+
+    rec = tmp_path / "long"
+    rec.mkdir()
+    clips = sorted(fsdd_subset.iterdir())
+    for i in range(2):
+        sf.write(rec / f"r{i}.wav", concat_clips(clips[i * 30 : i * 30 + 30]), 8000,
+                 subtype="PCM_16")
+    by_file, by_kafka = _file_and_kafka_records(kafka_broker, headfree_model, rec, tmp_path,
+                                                "longaudio")
+    assert set(by_kafka) == set(by_file) and len(by_file) > 40
+    heard = [f for f in by_file.values() if not f["silent"]]
+    assert len({(f["stream"], f["cluster"]) for f in heard}) > 2  # clusters were founded
+    for k, f in by_file.items():
+        g = by_kafka[k]
+        assert (g["cluster"], g["silent"], g["novel"], g["discovered"], g["top"]) == \
+            (f["cluster"], f["silent"], f["novel"], f["discovered"], f["top"])
+        if f["confidence"] is not None:
+            assert g["confidence"] == pytest.approx(f["confidence"], abs=1e-4)
+            assert g["novelty"] == pytest.approx(f["novelty"], abs=1e-4)
