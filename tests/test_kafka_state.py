@@ -184,3 +184,29 @@ def test_instances_killed_and_restarted_in_turn_lose_no_stream_state(
     assert mismatches(got, reference) == []
     for svc in (a2, b2):
         assert int(svc.wait_log(r"restored the states of (\d+) streams").group(1)) > 0
+
+
+def test_one_streams_state_moves_between_assigners_through_the_codec() -> None:
+    import numpy as np
+
+    from audioclust.stream.assign import Assigner
+    from audioclust.stream.state import decode_stream_state
+
+    prior = np.array([0.5, 0.3, 0.2])
+    rng = np.random.default_rng(0)
+    zs = rng.normal(size=(40, 4))
+    ps = rng.dirichlet(np.ones(3), size=40)
+    old, new, never = Assigner(prior, 4), Assigner(prior, 4), Assigner(prior, 4)
+    for i in range(20):
+        old.process("s", zs[i], ps[i])
+        never.process("s", zs[i], ps[i])
+    assert old.stream_state("gone") is None
+    new.load_stream("s", *decode_stream_state(encode_stream_state(*old.stream_state("s"))))
+    for i in range(20, 40):  # the moved stream goes on exactly as the one that never moved
+        assert new.process("s", zs[i], ps[i]) == never.process("s", zs[i], ps[i])
+    new.drop_streams(["s", "unknown"])
+    assert "s" not in new.streams
+    wrong = Assigner(np.array([0.5, 0.5]), 4)  # another head: the state does not fit
+    with pytest.raises(StateError, match=r"^kafka: here: stream 's': state has \(3, 4\)"):
+        wrong.load_stream("s", *old.stream_state("s"), where="kafka: here")
+    assert "s" not in wrong.streams
