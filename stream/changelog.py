@@ -136,6 +136,7 @@ class StateChangelog:
     def ensure(self, partitions: int, needed: int) -> None:
         """Create the topic (compacted, ``partitions`` partitions) when it is missing; a
         topic with fewer than ``needed`` partitions is a SourceError."""
+        self.close()  # a fresh client: metadata cached before a broker lost its topics lies
         consumer = self._restore_consumer()
         have = consumer.partitions_for_topic(self.topic)
         if not have:

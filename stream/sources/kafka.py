@@ -234,11 +234,8 @@ class _Partition:
         self.streams: set[str] = set()
         self.alive = True  # False once revoked: late acks are ignored
         self.next_fetch: int | None = None  # one past the last offset fetched (for lag)
-        self.first: int | None = None  # the first offset handed out
 
     def add(self, offset: int) -> None:
-        if self.first is None:
-            self.first = offset
         self.order.append(offset)
         self.next_fetch = offset + 1
 
@@ -305,8 +302,8 @@ class KafkaSource(Source):
         self._release_logged = -1e9
         self._changelog: StateChangelog | None = None  # stream states (state_changelog)
         self._to_restore: set[Any] = set()  # assigned partitions whose states are not read
-        self._rewind: dict[Any, int] = {}  # revoked partitions: where their replay starts
-        self._seek_to: dict[Any, int] = {}  # assigned again: seek there before handing out
+        self._rewind: set[Any] = set()  # revoked partitions (their audio was forgotten)
+        self._seek_to: set[Any] = set()  # assigned back: read again from the last commit
         self._state_backoff = _Backoff(config.backoff_min_s, config.backoff_max_s)
 
     # -- lifecycle -------------------------------------------------------------------
@@ -355,6 +352,10 @@ class KafkaSource(Source):
         producer_opts: dict[str, Any] = {
             "acks": "all",
             "retries": 5,
+            # Nothing here needs it (dead letters and states are flushed before anything
+            # depends on them; a state is sent once per save), and an idempotent producer
+            # cannot get a producer id again from a broker that lost its state.
+            "enable_idempotence": False,
             "linger_ms": 5,
             "max_block_ms": 5_000,  # a send while the broker is away fails fast; we retry
             "max_request_size": max(1 << 20, c.dead_letter_max_bytes + 65536),
@@ -448,10 +449,9 @@ class KafkaSource(Source):
             raise exc
         self._restore_assigned()
         while self._seek_to:
-            tp, offset = self._seek_to.popitem()
+            tp = self._seek_to.pop()
             records.pop(tp, None)  # fetched from the kept position, past forgotten audio
-            with contextlib.suppress(ValueError):  # revoked again meanwhile
-                self._consumer.seek(tp, offset)
+            self._seek_committed(tp)
         self._backoff.ok()
         self._poll_ok = True
         out: list[Chunk | EndOfStream] = []
@@ -464,6 +464,21 @@ class KafkaSource(Source):
                 out.extend(self._handle(tp, part, m))
         self._update_lag()
         return out
+
+    def _seek_committed(self, tp: Any) -> None:
+        """Fetch ``tp`` again from the group's committed offset (none: ``auto_offset_reset``),
+        as the first owner of a partition does."""
+        try:
+            offset = self._consumer.committed(tp)
+            if offset is not None:
+                self._consumer.seek(tp, offset)
+            elif self.config.auto_offset_reset == "earliest":
+                self._consumer.seek_to_beginning(tp)
+            else:
+                self._consumer.seek_to_end(tp)
+        except (KafkaError, ValueError) as exc:  # revoked again meanwhile, broker away
+            log.warning("kafka: %s[%d] not read again from the last commit (%s)", tp.topic,
+                        tp.partition, exc)
 
     def _poll_records(self, timeout: float, max_records: int) -> dict:
         """consumer.poll(), kept going back to back while a group (re)join is pending.
@@ -677,8 +692,10 @@ class KafkaSource(Source):
         with self._lock:
             where = {s: tp.partition for tp, p in self._parts.items()
                      for s in snapshots.keys() & p.streams}
+        # bounded well within a rebalance: a save on revoke runs inside the group's join
+        timeout = min(10.0, self.config.max_poll_interval_ms / 2000)
         if self._changelog.save({s: (where[s], snap) for s, snap in snapshots.items()
-                                 if s in where}, timeout=10.0):
+                                 if s in where}, timeout=timeout):
             self._state_backoff.ok()
             return True
         self.metrics.errors.labels(kind="state_save").inc()
@@ -749,9 +766,7 @@ class KafkaSource(Source):
                 p.alive = False
                 streams |= p.streams
                 del self._parts[tp]
-                start = p.committed if p.committed is not None else p.first
-                if start is not None:
-                    self._rewind[tp] = start
+                self._rewind.add(tp)
             # dead letters of revoked partitions: the next owner dead-letters them again
             self._dlq_retry = deque(r for r in self._dlq_retry if r[0].alive)
         for tp, _ in parts:
@@ -761,7 +776,7 @@ class KafkaSource(Source):
             self._last_seq.pop(s, None)
         self._to_restore.difference_update(revoked)
         for tp in revoked:
-            self._seek_to.pop(tp, None)
+            self._seek_to.discard(tp)
         if streams and self.hooks is not None and not self._closed:
             self.hooks.forget(sorted(streams))
             if self._changelog is not None:  # saved above: the next owner restores them
@@ -778,8 +793,8 @@ class KafkaSource(Source):
         # again in one rebalance, but its half-filled windows were forgotten: it is read
         # again from the last commit, as any other next owner would (the seek waits for
         # the pipeline's thread: one inside the listener upsets kafka-python's join).
-        rewind, self._rewind = self._rewind, {}
-        self._seek_to.update({tp: rewind[tp] for tp in assigned if tp in rewind})
+        rewind, self._rewind = self._rewind, set()
+        self._seek_to.update(tp for tp in assigned if tp in rewind)
         if self._changelog is not None:
             self._to_restore.update(assigned)
         log.info("kafka: partitions assigned: %s",
