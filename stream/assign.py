@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import os
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -380,6 +380,30 @@ class Assigner:
             a.label = self.enrolment.label(a.cluster)
         return a
 
+    # --- one stream's state (what a Kafka changelog carries) ----------------------------
+
+    def stream_state(self, name: str) -> tuple[dict[str, np.ndarray], dict[str, Any]] | None:
+        """``(arrays, scalars)`` of stream ``name``; None when it has no state here."""
+        s = self.streams.get(name)
+        return None if s is None else s.state()
+
+    def load_stream(self, name: str, arrays: dict[str, np.ndarray], scalars: dict[str, Any],
+                    where: str = "") -> None:
+        """Replace the state of ``name`` with ``(arrays, scalars)``; a state that does not
+        fit the model raises one StateError line, prefixed by ``where``, and changes
+        nothing."""
+        s = self._new_stream()
+        with _naming_the_file(where or "stream state", f"stream {name[:60]!r}: "):
+            s.load_state(arrays, scalars)
+        self.streams.pop(name, None)
+        self.streams[name] = s
+        self._trim()
+
+    def drop_streams(self, names: Iterable[str]) -> None:
+        """Forget the states of ``names``."""
+        for name in names:
+            self.streams.pop(name, None)
+
     def save(self, path: str | os.PathLike) -> Path:
         extra_arrays, extra_doc = self._extra_state()
         names, entry = self.enrolment.state()
@@ -422,7 +446,7 @@ class Assigner:
 
 
 @contextmanager
-def _naming_the_file(path: Path, what: str) -> Iterator[None]:
+def _naming_the_file(path: Path | str, what: str) -> Iterator[None]:
     """A state that does not fit the model becomes one StateError line naming the file."""
     try:
         yield

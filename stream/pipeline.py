@@ -11,6 +11,12 @@ model over the non-silent windows in batches (across streams), assigns each wind
 queue order (so per-stream assignment sees its windows in stream order, however they
 were batched), writes one record per window, flushes the sink, and only then calls the
 acks of the chunks those windows consumed (at-least-once for sources that commit).
+
+Streams that move between processes (Kafka) take their state with them: between batches
+the pipeline hands the source a snapshot of each stream it changed (assigner state plus
+the last window written), and a stream restored from a snapshot skips the windows up to
+that one (acknowledged, not assigned or written again: the previous owner wrote them
+before it saved the snapshot), so its records go on as if it had never moved.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ import math
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -34,7 +40,8 @@ from audioclust.stream.config import StreamConfig
 from audioclust.stream.gate import EnergyGate
 from audioclust.stream.metrics import Health, StreamMetrics
 from audioclust.stream.sinks import Sink
-from audioclust.stream.sources import EndOfStream, PipelineHooks, Source
+from audioclust.stream.sources import EndOfStream, PipelineHooks, Source, StreamSnapshot
+from audioclust.stream.state import decode_stream_state, encode_stream_state
 from audioclust.stream.window import AckOnly, Chunk, Window, Windower
 
 __all__ = ["AssignerLike", "Pipeline", "RunSummary", "build_assigner", "model_id"]
@@ -56,6 +63,14 @@ class AssignerLike(Protocol):
     def save(self, path: str | Path) -> Path: ...
 
     def load(self, path: str | Path) -> int: ...
+
+    def stream_state(self, name: str) -> tuple[dict[str, np.ndarray], dict[str, Any]] | None:
+        ...
+
+    def load_stream(self, name: str, arrays: dict[str, np.ndarray], scalars: dict[str, Any],
+                    where: str = "") -> None: ...
+
+    def drop_streams(self, names: Iterable[str]) -> None: ...
 
     #: Stream states dropped so far to stay within ``assign.max_streams``.
     evicted: int
@@ -85,6 +100,7 @@ class _Entry:
     arrived: float  # time.monotonic() when the windower released it
     level: float = 0.0  # RMS dBFS (windows only)
     silent: bool = False
+    ends: bool = False  # the stream's end: once processed, its snapshot says it ended
 
 
 @dataclass
@@ -149,6 +165,13 @@ class Pipeline:
         self._evicted = 0
         self._last_save = time.monotonic()
         self._event_log: dict[tuple[str, str], tuple[float, int]] = {}
+        # Per stream: (last window written, ended since), least recently written first and
+        # at most assign.max_streams; the streams changed since the last snapshot; and the
+        # restored streams whose windows up to this index were written by their last owner.
+        self._last_window: dict[str, tuple[int | None, bool]] = {}
+        self._changed: set[str] = set()
+        self._resume: dict[str, int] = {}
+        self._unwritten = False  # a batch changed states but failed before its sink flush
         self.health.model_loaded = True
         if config.state:
             if Path(config.state).exists():
@@ -177,6 +200,56 @@ class Pipeline:
         if gone:
             log.info("forgot %d streams: %s", len(gone), ", ".join(sorted(gone))[:200])
 
+    def changed(self) -> dict[str, StreamSnapshot] | None:
+        """Snapshots of the streams changed since the last call (see :class:`StreamSnapshot`);
+        between batches they cover exactly the windows already written. None once a batch
+        failed before its records were written (the states hold windows the sink lacks)."""
+        if self._unwritten:
+            return None
+        out: dict[str, StreamSnapshot] = {}
+        for name in self._changed:
+            window, ended = self._last_window.get(name, (None, False))
+            state = self.assigner.stream_state(name)
+            arrays, scalars = state if state is not None else ({}, {})
+            out[name] = StreamSnapshot(encode_stream_state(arrays, scalars), window, ended)
+        self._changed.clear()
+        return out
+
+    def restore(self, snapshots: Mapping[str, StreamSnapshot], where: str = "") -> int:
+        """Put the snapshots' states in place of what is held (a state that does not fit
+        the model raises one StateError line, prefixed by ``where``); returns how many."""
+        for name, snap in snapshots.items():
+            arrays, scalars = decode_stream_state(snap.state)
+            if arrays or scalars:
+                self.assigner.load_stream(name, arrays, scalars, where)
+            else:
+                self.assigner.drop_streams([name])
+            self._written(name, snap.window, snap.ended)
+            self._changed.discard(name)
+            if snap.window is not None and not snap.ended:
+                self._resume[name] = snap.window
+            else:
+                self._resume.pop(name, None)
+        return len(snapshots)
+
+    def drop(self, streams: Iterable[str]) -> None:
+        """Let go of the states of ``streams`` (given up; their snapshots were saved)."""
+        gone = list(streams)
+        self.assigner.drop_streams(gone)
+        for name in gone:
+            self._last_window.pop(name, None)
+            self._changed.discard(name)
+            self._resume.pop(name, None)
+
+    def _written(self, stream: str, window: int | None, ended: bool) -> None:
+        self._last_window.pop(stream, None)  # to the back: the most recently written
+        self._last_window[stream] = (window, ended)
+        self._changed.add(stream)
+        while len(self._last_window) > self.config.assign.max_streams:
+            oldest = next(iter(self._last_window))
+            del self._last_window[oldest]
+            self._changed.discard(oldest)
+
     def release(self, chunks: int) -> int:
         """Finish the least recently fed streams, as if they had ended, until at least
         ``chunks`` of their chunks are acknowledged (a source at its bound of un-acked
@@ -204,7 +277,9 @@ class Pipeline:
         clean = False
         try:
             self.source.open(PipelineHooks(flush=self.flush, forget=self.forget,
-                                           release=self.release))
+                                           release=self.release, changed=self.changed,
+                                           restore=self.restore, drop=self.drop,
+                                           model=self.model.info.weights_sha256))
             self.health.attach(self.source)
             self.health.beat()
             log.info("ready: %s source open, model %s", self.source.kind, self.model_name)
@@ -310,6 +385,9 @@ class Pipeline:
                         "%d: no window", stream, samples, self.model.info.min_samples)
         self._drop_stream(stream)
         self._enqueue(out)
+        if expired is None:  # a real end: the next chunk starts a new recording
+            self._resume.pop(stream, None)
+            self.queue.append(_Entry(AckOnly(stream, []), time.monotonic(), ends=True))
 
     def _drop_stream(self, stream: str) -> None:
         self._fed.pop(stream, None)
@@ -320,6 +398,12 @@ class Pipeline:
     def _enqueue(self, items: list[Window | AckOnly]) -> None:
         now = time.monotonic()
         for it in items:
+            if isinstance(it, Window) and it.stream in self._resume:
+                if it.index <= self._resume[it.stream]:  # written by the stream's last owner
+                    self._windows_per_stream[it.stream] += 1
+                    it = AckOnly(it.stream, it.acks)
+                else:
+                    del self._resume[it.stream]
             entry = _Entry(it, now)
             if isinstance(it, Window):
                 self._windows_per_stream[it.stream] += 1
@@ -371,10 +455,14 @@ class Pipeline:
                    for i, w in enumerate(todo)}
         records: list[dict[str, Any]] = []
         kind = self.source.kind
+        self._unwritten = True
         for e in entries:
             w = e.item
+            if e.ends:
+                self._written(w.stream, self._last_window.get(w.stream, (None, False))[0], True)
             if not isinstance(w, Window):
                 continue
+            self._written(w.stream, w.index, False)
             if e.silent:
                 a = None
             else:
@@ -389,6 +477,7 @@ class Pipeline:
         if records:
             self.sink.write(records)
             self.sink.flush()
+        self._unwritten = False
         written = time.time()
         written_mono = time.monotonic()
         for e in entries:

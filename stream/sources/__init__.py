@@ -12,17 +12,23 @@ calls ``flush()`` when it must know that every chunk it has handed over so far i
 when it gives streams up (revoked partitions), so that their half-filled windows are
 dropped rather than glued to audio from a later owner; and ``release(n)`` when all it may
 hand out is held by streams waiting for more audio (see the Kafka source's bound).
+
+A source whose streams move between processes (Kafka) also carries their state:
+``changed()`` gives the :class:`StreamSnapshot` of every stream whose state moved since the
+last call (taken between two batches, so it covers exactly the windows already written),
+``restore(snapshots)`` puts states read back in place before their streams' audio is
+handed over, and ``drop(streams)`` lets go of the states of streams given up.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from audioclust.stream.window import Chunk
 
-__all__ = ["EndOfStream", "PipelineHooks", "Source", "SourceError"]
+__all__ = ["EndOfStream", "PipelineHooks", "Source", "SourceError", "StreamSnapshot"]
 
 
 class SourceError(RuntimeError):
@@ -37,6 +43,21 @@ class EndOfStream:
 
 
 @dataclass(frozen=True)
+class StreamSnapshot:
+    """One stream's state as it travels between processes.
+
+    ``state`` is the assigner's state in the codec of :mod:`audioclust.stream.state`
+    (empty arrays and scalars: no window reached the assigner yet); ``window`` the index of
+    the last window written for the stream (None: none yet); ``ended`` whether the stream
+    ended after it (a later chunk then starts a new recording on a new clock).
+    """
+
+    state: bytes
+    window: int | None = None
+    ended: bool = False
+
+
+@dataclass(frozen=True)
 class PipelineHooks:
     """What a source may ask of the pipeline that feeds on it."""
 
@@ -47,6 +68,19 @@ class PipelineHooks:
     #: Finish the least recently fed streams until at least this many chunks are acked;
     #: returns how many were (for a source at its bound of un-acked messages).
     release: Callable[[int], int] = lambda chunks: 0
+    #: Snapshots of the streams whose state changed since the last call (and forget that);
+    #: None while a batch failed half-way (its states are ahead of what was written, so
+    #: nothing may be saved or committed any more).
+    changed: Callable[[], dict[str, StreamSnapshot] | None] = lambda: {}
+    #: Put these states in place of what is held; windows up to ``window`` are then
+    #: acknowledged without being assigned or written again; a state that does not fit the
+    #: model is one StateError line starting with the second argument (where it was read).
+    #: Returns how many were taken.
+    restore: Callable[[Mapping[str, StreamSnapshot], str], int] = lambda snapshots, where: 0
+    #: Drop the states of these streams (given up, their snapshots saved elsewhere).
+    drop: Callable[[Iterable[str]], None] = lambda streams: None
+    #: Weights hash of the pipeline's model: saved states carry it, others' are refused.
+    model: str = ""
 
 
 class Source(ABC):

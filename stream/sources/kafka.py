@@ -20,6 +20,13 @@ audio is what fills it; only what still waits (dead letters) pauses the partitio
 Broker outages are ridden out: kafka-python reconnects with backoff, our own calls that
 fail are retried with exponential backoff, and dead letters that could not be sent are
 re-sent.
+
+Stream states follow their streams (``state_changelog``, :mod:`audioclust.stream.changelog`):
+before every commit (periodic, on revoke, at close) the states the pipeline changed are
+written to the changelog topic and acknowledged by the broker, and offsets are committed
+only then, so committed offsets never run ahead of saved states; on assignment the states
+of the new partitions' streams are read back before any of their audio is handed over,
+and on revoke the states of the streams given up are dropped once saved.
 """
 
 from __future__ import annotations
@@ -40,10 +47,12 @@ from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 
 from audioclust.models.config import ConfigError, config_from_dict
+from audioclust.stream.changelog import StateChangelog
 from audioclust.stream.config import in_range
 from audioclust.stream.messages import MAX_MESSAGE_BYTES, MessageError, decode_message
 from audioclust.stream.metrics import StreamMetrics
 from audioclust.stream.sources import EndOfStream, PipelineHooks, Source, SourceError
+from audioclust.stream.state import StateError
 from audioclust.stream.window import Chunk
 
 __all__ = ["KafkaConfig", "KafkaSource", "client_options", "quiet_kafka_logs"]
@@ -101,6 +110,15 @@ class KafkaConfig:
     #: by streams waiting for more is released at the bound instead of pausing; what can
     #: still pause is dead letters waiting for the broker.)
     pause_stall_s: float = 5.0
+    #: Save each stream's state to a changelog topic and restore it where the stream's
+    #: partition goes (off: states stay with the instance, as with ``--state``).
+    state_changelog: bool = True
+    #: The changelog topic (compacted, keyed by stream id, as many partitions as the
+    #: input); None: ``<group>.state``. Created when missing.
+    state_topic: str | None = None
+    #: Longest the restore of newly assigned partitions' states may take (it must also fit
+    #: in max_poll_interval_ms).
+    state_restore_timeout_s: float = 60.0
     #: Settings passed to kafka-python (TLS, SASL, client_id, timeouts, ...).
     client: dict[str, Any] = field(default_factory=dict)
 
@@ -111,6 +129,11 @@ class KafkaConfig:
             self.dead_letter_topic = f"{self.topic}.dlq"
         if self.dead_letter_topic == self.topic:
             raise ValueError("kafka: the dead-letter topic must differ from the topic")
+        if self.state_topic is None:
+            self.state_topic = f"{self.group}.state"
+        if self.state_topic in (self.topic, self.dead_letter_topic):
+            raise ValueError("kafka: the state topic must differ from the topic and the "
+                             "dead-letter topic")
         for name, lo, hi in [("max_in_flight", 1, 10_000_000), ("max_poll_records", 1, 100_000),
                              ("max_message_bytes", 1, 1 << 30),
                              ("dead_letter_max_bytes", 1, 1 << 30),
@@ -120,7 +143,8 @@ class KafkaConfig:
                              ("commit_interval_s", 0.001, 3600),
                              ("startup_timeout_s", 0.001, 86_400),
                              ("backoff_min_s", 0.001, 3600), ("backoff_max_s", 0.001, 3600),
-                             ("pause_stall_s", 0.001, 3600)]:
+                             ("pause_stall_s", 0.001, 3600),
+                             ("state_restore_timeout_s", 0.001, 86_400)]:
             in_range(f"kafka.{name}", getattr(self, name), lo, hi)
         if self.auto_offset_reset not in ("earliest", "latest"):
             raise ValueError(f"kafka: auto_offset_reset must be earliest or latest, got "
@@ -276,6 +300,11 @@ class KafkaSource(Source):
         self._poll_ok = False  # the last poll did not fail
         self._releases = 0  # times streams were finished to stay within max_in_flight
         self._release_logged = -1e9
+        self._changelog: StateChangelog | None = None  # stream states (state_changelog)
+        self._to_restore: set[Any] = set()  # assigned partitions whose states are not read
+        self._rewind: set[Any] = set()  # revoked partitions (their audio was forgotten)
+        self._seek_to: set[Any] = set()  # assigned back: read again from the last commit
+        self._state_backoff = _Backoff(config.backoff_min_s, config.backoff_max_s)
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -323,6 +352,10 @@ class KafkaSource(Source):
         producer_opts: dict[str, Any] = {
             "acks": "all",
             "retries": 5,
+            # Nothing here needs it (dead letters and states are flushed before anything
+            # depends on them; a state is sent once per save), and an idempotent producer
+            # cannot get a producer id again from a broker that lost its state.
+            "enable_idempotence": False,
             "linger_ms": 5,
             "max_block_ms": 5_000,  # a send while the broker is away fails fast; we retry
             "max_request_size": max(1 << 20, c.dead_letter_max_bytes + 65536),
@@ -337,6 +370,10 @@ class KafkaSource(Source):
         except Exception:
             consumer.close(autocommit=False)
             raise
+        if c.state_changelog and self.hooks is not None:
+            self._changelog = StateChangelog(c.state_topic, c.bootstrap, producer,
+                                             self.hooks.model, c.client,
+                                             c.state_restore_timeout_s)
         consumer.subscribe([c.topic], listener=_Listener(self))
         self._consumer, self._producer = consumer, producer
         self._backoff.ok()
@@ -377,6 +414,8 @@ class KafkaSource(Source):
                 self._consumer.close(autocommit=False, timeout_ms=5000)
             except Exception as exc:  # closing while the broker is away must not crash
                 log.warning("kafka: closing the consumer: %s", exc)
+        if self._changelog is not None:
+            self._changelog.close()
         if self._producer is not None:
             try:
                 self._producer.close(timeout=5)
@@ -408,6 +447,11 @@ class KafkaSource(Source):
         if self._listener_error is not None:
             exc, self._listener_error = self._listener_error, None
             raise exc
+        self._restore_assigned()
+        while self._seek_to:
+            tp = self._seek_to.pop()
+            records.pop(tp, None)  # fetched from the kept position, past forgotten audio
+            self._seek_committed(tp)
         self._backoff.ok()
         self._poll_ok = True
         out: list[Chunk | EndOfStream] = []
@@ -420,6 +464,21 @@ class KafkaSource(Source):
                 out.extend(self._handle(tp, part, m))
         self._update_lag()
         return out
+
+    def _seek_committed(self, tp: Any) -> None:
+        """Fetch ``tp`` again from the group's committed offset (none: ``auto_offset_reset``),
+        as the first owner of a partition does."""
+        try:
+            offset = self._consumer.committed(tp)
+            if offset is not None:
+                self._consumer.seek(tp, offset)
+            elif self.config.auto_offset_reset == "earliest":
+                self._consumer.seek_to_beginning(tp)
+            else:
+                self._consumer.seek_to_end(tp)
+        except (KafkaError, ValueError) as exc:  # revoked again meanwhile, broker away
+            log.warning("kafka: %s[%d] not read again from the last commit (%s)", tp.topic,
+                        tp.partition, exc)
 
     def _poll_records(self, timeout: float, max_records: int) -> dict:
         """consumer.poll(), kept going back to back while a group (re)join is pending.
@@ -571,6 +630,8 @@ class KafkaSource(Source):
         with self._lock:
             offsets = {tp: p.committable for tp, p in parts
                        if p.committable is not None and p.committable != p.committed}
+        if not self._save_states(retrying=not sync):
+            return False
         if not offsets:
             return True
         request = {tp: OffsetAndMetadata(off, "", -1) for tp, off in offsets.items()}
@@ -613,6 +674,55 @@ class KafkaSource(Source):
             return {(tp.topic, tp.partition): p.committed for tp, p in self._parts.items()
                     if p.committed is not None}
 
+    # -- stream states ---------------------------------------------------------------
+
+    def _save_states(self, retrying: bool = False) -> bool:
+        """Write the changed streams' states to the changelog and wait for the broker; False
+        when they are not all saved (then nothing may be committed). ``retrying``: after a
+        failure, wait for the backoff rather than block the loop on every poll."""
+        if self._changelog is None or self.hooks is None:
+            return True
+        if retrying and not self._state_backoff.ready():
+            return False
+        snapshots = self.hooks.changed()
+        if snapshots is None:
+            log.error("kafka: a batch failed before its records were written: neither "
+                      "states nor offsets are saved any more")
+            return False
+        with self._lock:
+            where = {s: tp.partition for tp, p in self._parts.items()
+                     for s in snapshots.keys() & p.streams}
+        # bounded well within a rebalance: a save on revoke runs inside the group's join
+        timeout = min(10.0, self.config.max_poll_interval_ms / 2000)
+        if self._changelog.save({s: (where[s], snap) for s, snap in snapshots.items()
+                                 if s in where}, timeout=timeout):
+            self._state_backoff.ok()
+            return True
+        self.metrics.errors.labels(kind="state_save").inc()
+        self._state_backoff.failed()
+        return False
+
+    def _restore_assigned(self) -> None:
+        """Read the states of the newly assigned partitions' streams back into the pipeline,
+        before any of their audio is handed over."""
+        if not self._to_restore or self._changelog is None or self.hooks is None:
+            return
+        tps = sorted(self._to_restore, key=lambda tp: tp.partition)
+        started = time.monotonic()
+        partitions = self._consumer.partitions_for_topic(self.config.topic)
+        self._changelog.ensure(len(partitions), max(tp.partition for tp in tps) + 1)
+        try:
+            states = self._changelog.read([tp.partition for tp in tps])
+            n = sum(self.hooks.restore(snaps, f"kafka: state topic "
+                                       f"{self.config.state_topic}[{p}]")
+                    for p, snaps in states.items())
+        except StateError as exc:
+            raise SourceError(str(exc)) from exc
+        self._to_restore.difference_update(tps)
+        log.info("kafka: restored the states of %d streams from %s[%s] in %.2f s", n,
+                 self.config.state_topic, ",".join(str(tp.partition) for tp in tps),
+                 time.monotonic() - started)
+
     # -- rebalance -------------------------------------------------------------------
 
     async def _on_revoked(self, revoked: list[Any]) -> None:
@@ -638,6 +748,9 @@ class KafkaSource(Source):
             parts = [(tp, self._parts[tp]) for tp in revoked if tp in self._parts]
             offsets = {tp: p.committable for tp, p in parts
                        if p.committable is not None and p.committable != p.committed}
+        if not self._save_states():  # (at close: only what failed to go before)
+            offsets = {}  # the next owner replays from the last commit, with the saved states
+            log.warning("kafka: stream states not saved on revoke: offsets not committed")
         if offsets:
             try:
                 await self._consumer.commit_async(
@@ -653,6 +766,7 @@ class KafkaSource(Source):
                 p.alive = False
                 streams |= p.streams
                 del self._parts[tp]
+                self._rewind.add(tp)
             # dead letters of revoked partitions: the next owner dead-letters them again
             self._dlq_retry = deque(r for r in self._dlq_retry if r[0].alive)
         for tp, _ in parts:
@@ -660,8 +774,14 @@ class KafkaSource(Source):
                 self.metrics.consumer_lag.remove(tp.topic, str(tp.partition))
         for s in streams:
             self._last_seq.pop(s, None)
+        self._to_restore.difference_update(revoked)
+        for tp in revoked:
+            self._seek_to.discard(tp)
         if streams and self.hooks is not None and not self._closed:
             self.hooks.forget(sorted(streams))
+            if self._changelog is not None:  # saved above: the next owner restores them
+                self._changelog.forget(streams)
+                self.hooks.drop(sorted(streams))
         log.info("kafka: partitions revoked: %s (%d streams handed over)",
                  ", ".join(f"{tp.topic}[{tp.partition}]" for tp in revoked), len(streams))
 
@@ -669,6 +789,14 @@ class KafkaSource(Source):
         with self._lock:
             for tp in assigned:
                 self._parts.setdefault(tp, _Partition())
+        # kafka-python keeps the fetch position of a partition that is revoked and assigned
+        # again in one rebalance, but its half-filled windows were forgotten: it is read
+        # again from the last commit, as any other next owner would (the seek waits for
+        # the pipeline's thread: one inside the listener upsets kafka-python's join).
+        rewind, self._rewind = self._rewind, set()
+        self._seek_to.update(tp for tp in assigned if tp in rewind)
+        if self._changelog is not None:
+            self._to_restore.update(assigned)
         log.info("kafka: partitions assigned: %s",
                  ", ".join(f"{tp.topic}[{tp.partition}]" for tp in assigned) or "none")
 
