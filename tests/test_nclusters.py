@@ -44,7 +44,7 @@ def test_k_is_scored_in_the_heads_input_space():
     x = np.concatenate([x, dead], axis=1)
     assert choose_n_clusters(x, k_max=10)[0] == 4
     # the space is the one a head trained on these embeddings sees
-    head = DeepCluster(4, n_heads=1, epochs=1, passes=1, pca_dim=8).fit(
+    head = DeepCluster(4, n_heads=1, epochs=1, passes=1).fit(
         x.astype(np.float32)).head_
     with torch.no_grad():
         want = head.prepare(torch.as_tensor(x, dtype=torch.float32)).numpy()
