@@ -88,7 +88,8 @@ class StateChangelog:
 
     def save(self, snapshots: Mapping[str, tuple[int, StreamSnapshot]], timeout: float) -> bool:
         """Send ``{stream: (partition, snapshot)}`` (and what failed before) and wait for the
-        broker's acknowledgements; True when every one of them was acknowledged."""
+        broker's acknowledgements, ``timeout`` seconds at most in all (plus one send blocked
+        on metadata: the producer's ``max_block_ms``); True when all were acknowledged."""
         self.unsent.update(snapshots)
         if not self.unsent:
             return True
@@ -98,6 +99,7 @@ class StateChangelog:
         last = {partition: stream for stream, (partition, _) in self.unsent.items()}
         rest = [s for s in self.unsent if last[self.unsent[s][0]] != s]
         futures: list[tuple[str, StreamSnapshot, Any]] = []
+        deadline = time.monotonic() + timeout  # one budget for both requests
         for group in (rest, list(last.values())):
             for stream in group:
                 partition, snap = self.unsent[stream]
@@ -111,7 +113,7 @@ class StateChangelog:
                     return False
                 futures.append((stream, snap, f))
             try:
-                self.producer.flush(timeout=timeout)
+                self.producer.flush(timeout=max(0.0, deadline - time.monotonic()))
             except Exception as exc:
                 log.warning("kafka: stream states not flushed to %s (%s)", self.topic, exc)
                 return False

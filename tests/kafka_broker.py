@@ -7,6 +7,7 @@ committed offsets: :meth:`Broker.restart` re-creates the topics it had created, 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -15,7 +16,7 @@ from pathlib import Path
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.admin import NewTopic
-from kafka.errors import TopicAlreadyExistsError
+from kafka.errors import KafkaError, TopicAlreadyExistsError
 
 
 def tansu_binary() -> str:
@@ -62,7 +63,17 @@ class Broker:
         return self
 
     def stop(self) -> None:
-        """Kill the broker (memory storage: nothing to save; a graceful stop takes 5 s)."""
+        """Kill the broker (memory storage: nothing to save; a graceful stop takes 5 s).
+        The topics it holds, the clients' included, are remembered for :meth:`restart`."""
+        if self.proc is not None and self.proc.poll() is None:
+            with contextlib.suppress(KafkaError, OSError):  # a hung broker: keep what we know
+                admin = KafkaAdminClient(bootstrap_servers=self.bootstrap,
+                                         request_timeout_ms=5000)
+                try:
+                    for t in admin.describe_topics(admin.list_topics()):
+                        self.topics.setdefault(t["name"], len(t["partitions"]))
+                finally:
+                    admin.close()
         if self.proc is not None:
             self.proc.kill()
             try:

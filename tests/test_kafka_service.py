@@ -311,8 +311,15 @@ def test_the_service_rides_out_a_broker_outage(kafka_broker, stream_model, tmp_p
     # readiness follows the broker connection (docs/deploy.md: "broker connected")
     wait_until(lambda: readyz(port) == 503, 30, "/readyz to say not ready", [svc])
     # Memory storage: the restarted broker has no topics, messages or offsets. Re-creating
-    # the topic stands in for a broker that keeps its data; the service must find it again.
-    b.restart()
+    # the topics (the state topic too) stands in for a broker that keeps its data; the
+    # service must find them again. It is paused meanwhile: tansu would create a topic it
+    # asks for before us, with its own partition count (it ignores the client's
+    # allow_auto_create_topics), which a broker that kept its data never does.
+    os.kill(svc.proc.pid, signal.SIGSTOP)
+    try:
+        b.restart()
+    finally:
+        os.kill(svc.proc.pid, signal.SIGCONT)
     wait_until(lambda: readyz(port) == 200, 60, "/readyz to say ready again", [svc])
     publish(b, n_streams, range(40, n_chunks), n_chunks)
     # windows that start inside the second half (the one across the boundary may be

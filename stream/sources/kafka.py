@@ -357,7 +357,10 @@ class KafkaSource(Source):
             # cannot get a producer id again from a broker that lost its state.
             "enable_idempotence": False,
             "linger_ms": 5,
-            "max_block_ms": 5_000,  # a send while the broker is away fails fast; we retry
+            # A send while the broker (or a topic's metadata) is away fails fast and is
+            # retried; it blocks the pipeline's thread, so it must stay well inside
+            # max_poll_interval_ms or the group would drop us on every retry.
+            "max_block_ms": min(5_000, c.max_poll_interval_ms // 8),
             "max_request_size": max(1 << 20, c.dead_letter_max_bytes + 65536),
             "reconnect_backoff_max_ms": int(c.backoff_max_s * 1000),
         }
@@ -743,7 +746,8 @@ class KafkaSource(Source):
                 # the streams still forgotten below: acks fire only for written output.
                 log.error("kafka: flush before giving partitions up failed: %s", exc)
                 self._listener_error = exc
-        self._flush_dead_letters(timeout=10.0)
+        # inside the group's join: together with the state save below, within its timeout
+        self._flush_dead_letters(timeout=min(10.0, self.config.max_poll_interval_ms / 4000))
         with self._lock:
             parts = [(tp, self._parts[tp]) for tp in revoked if tp in self._parts]
             offsets = {tp: p.committable for tp, p in parts
