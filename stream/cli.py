@@ -131,7 +131,7 @@ def _kafka_options(items: list[str]) -> dict[str, Any]:
 def check_kafka_settings(table: dict[str, Any], **overrides: Any) -> Any:
     """The :class:`KafkaConfig` of a ``[kafka]`` table (ConfigError naming the setting)."""
     try:
-        from audioclust.stream.sources.kafka import KafkaConfig
+        from audioclust.stream.kafka.config import KafkaConfig
     except ImportError as exc:
         raise UserError(f"Kafka settings cannot be checked in this build ({exc})") from exc
 
@@ -149,7 +149,7 @@ def _device(text: str | None) -> str | int | None:
     return int(text) if text.strip().isdigit() else text
 
 
-def _open_sink(spec: str, kafka: Any, metrics: Any) -> Sink:
+def _open_sink(spec: str, kafka: Any) -> Sink:
     kind, _, arg = spec.partition(":")
     if kind == "stdout" and not arg:
         from audioclust.stream.sinks.jsonl import StdoutSink
@@ -161,10 +161,10 @@ def _open_sink(spec: str, kafka: Any, metrics: Any) -> Sink:
         return JsonlSink(arg)
     if kind == "kafka" and arg:
         try:
-            from audioclust.stream.sinks.kafka import KafkaSink
+            from audioclust.stream.kafka.sink import KafkaSink
         except ImportError as exc:
             raise UserError(f"the Kafka sink is not available in this build ({exc})") from exc
-        return KafkaSink(arg, kafka, metrics=metrics)
+        return KafkaSink(arg, kafka)
     raise UserError(f"--sink {spec!r}: use stdout, jsonl:FILE or kafka:TOPIC")
 
 
@@ -183,7 +183,7 @@ def _open_source(args: argparse.Namespace, cfg: StreamConfig, kafka: Any, sample
 
         return MicSource(sample_rate, cfg.mic, metrics=metrics)
     try:
-        from audioclust.stream.sources.kafka import KafkaSource
+        from audioclust.stream.kafka.source import KafkaSource
     except ImportError as exc:
         raise UserError(f"the Kafka source is not available in this build ({exc})") from exc
     return KafkaSource(kafka, sample_rate=sample_rate, metrics=metrics)
@@ -241,7 +241,7 @@ def _serve(args: argparse.Namespace) -> int:
                  model.provider)
         try:
             source = _open_source(args, cfg, kafka, info.sample_rate, metrics)
-            sink = _open_sink(cfg.sink, kafka, metrics)
+            sink = _open_sink(cfg.sink, kafka)
             pipeline = Pipeline(model, source, sink, cfg, metrics, health)
             summary = pipeline.run(stop)
         except NoInputDevice as exc:

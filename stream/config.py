@@ -23,8 +23,8 @@ from typing import Any, Literal
 
 from audioclust.models.config import build_config
 from audioclust.stream.assign import AssignConfig
-from audioclust.stream.messages import check_stream_id
 from audioclust.stream.openset import OpenSetConfig
+from audioclust.stream.sources import check_stream_id
 
 __all__ = ["FileConfig", "MicConfig", "OpenSetConfig", "StreamConfig", "in_range",
            "load_stream_config"]

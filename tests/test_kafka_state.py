@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import pytest
 from test_kafka_service import Service, expected_windows, keys, publish, wait_until
 
-from audioclust.stream.changelog import decode_entry, encode_headers
+from audioclust.stream.kafka.changelog import decode_entry, encode_headers
 from audioclust.stream.sources import StreamSnapshot
 from audioclust.stream.state import StateError, encode_stream_state
 
