@@ -42,6 +42,7 @@ from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
 from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 
+from audioclust.stream.continuity import Clocks
 from audioclust.stream.kafka.changelog import StateChangelog
 from audioclust.stream.kafka.config import KafkaConfig, client_options, quiet_kafka_logs
 from audioclust.stream.kafka.dead_letters import DeadLetters
@@ -75,7 +76,7 @@ class KafkaSource(Source):
         self._consumer: Any = None
         self._producer: Any = None
         self._offsets = Offsets()  # acks may come from any thread
-        self._last_seq: dict[str, int] = {}
+        self._seq = Clocks(memory=_SEQ_MEMORY)  # each stream's sequence numbers
         self._dead_letters: DeadLetters | None = None  # with the producer, at connect
         self._backoff = config.backoff()
         self._paused = False
@@ -333,25 +334,23 @@ class KafkaSource(Source):
         chunk = Chunk(msg.stream, msg.samples, offset=msg.offset, timestamp=msg.timestamp,
                       seq=msg.seq, ack=Ack(self._offsets, part, m.offset))
         if msg.end_of_stream:
-            self._last_seq.pop(msg.stream, None)  # the id may be reused by a new recording
+            self._seq.forget(msg.stream)  # the id may be reused by a new recording
             return [chunk, EndOfStream(msg.stream)]
         return [chunk]
 
     def _check_seq(self, stream: str, seq: int) -> None:
-        last = self._last_seq.get(stream)
-        if last is not None and seq != last + 1:
-            kind = "seq_duplicate" if seq <= last else "seq_gap"
-            self.metrics.stream_events.labels(kind=kind).inc()
-            if kind == "seq_gap":
-                log.warning("kafka: stream %s: seq jumped from %d to %d (%d messages missing)",
-                            stream, last, seq, seq - last - 1)
-            else:
-                log.info("kafka: stream %s: seq %d again (last was %d): duplicate",
-                         stream, seq, last)
-        self._last_seq.pop(stream, None)  # to the back: recently seen streams stay longest
-        self._last_seq[stream] = seq if last is None else max(last, seq)
-        if len(self._last_seq) > _SEQ_MEMORY:  # streams that never end must not pile up
-            del self._last_seq[next(iter(self._last_seq))]
+        """Count and log a gap or a duplicate in the stream's sequence numbers (the audio's
+        own offsets are checked by the windower, by the same rule)."""
+        where = self._seq.advance(stream, seq)
+        last = where.expected - 1
+        if where.kind == "gap":
+            self.metrics.stream_events.labels(kind="seq_gap").inc()
+            log.warning("kafka: stream %s: seq jumped from %d to %d (%d messages missing)",
+                        stream, last, seq, where.missing)
+        elif where.kind == "duplicate":
+            self.metrics.stream_events.labels(kind="seq_duplicate").inc()
+            log.info("kafka: stream %s: seq %d again (last was %d): duplicate",
+                     stream, seq, last)
 
     # -- flow control and lag --------------------------------------------------------
 
@@ -533,7 +532,7 @@ class KafkaSource(Source):
             with contextlib.suppress(KeyError):  # never had a lag reading
                 self.metrics.consumer_lag.remove(tp.topic, str(tp.partition))
         for s in streams:
-            self._last_seq.pop(s, None)
+            self._seq.forget(s)
         self._to_restore.difference_update(revoked)
         for tp in revoked:
             self._seek_to.discard(tp)
