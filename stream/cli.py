@@ -128,21 +128,6 @@ def _kafka_options(items: list[str]) -> dict[str, Any]:
     return out
 
 
-def check_kafka_settings(table: dict[str, Any], **overrides: Any) -> Any:
-    """The :class:`KafkaConfig` of a ``[kafka]`` table (ConfigError naming the setting)."""
-    try:
-        from audioclust.stream.kafka.config import KafkaConfig
-    except ImportError as exc:
-        raise UserError(f"Kafka settings cannot be checked in this build ({exc})") from exc
-
-    return KafkaConfig.from_dict(table, **overrides)
-
-
-def _kafka_config(cfg: StreamConfig, args: argparse.Namespace) -> Any:
-    return check_kafka_settings({**cfg.kafka, **_kafka_options(args.kafka_option)},
-                                bootstrap=args.bootstrap, topic=args.topic, group=args.group)
-
-
 def _device(text: str | None) -> str | int | None:
     if text is None:
         return None
@@ -200,10 +185,11 @@ def _serve(args: argparse.Namespace) -> int:
         "provider": args.provider, "threads": args.threads,
         "file": {"realtime": args.realtime, "parallel": args.parallel},
         "mic": {"device": _device(args.device)},
+        "kafka": {**_kafka_options(args.kafka_option), "bootstrap": args.bootstrap,
+                  "topic": args.topic, "group": args.group},
     }
     cfg = load_stream_config(args.config, overrides)
-    # Checked whatever the source: a typo in [kafka] should not wait for the day it is used.
-    kafka = _kafka_config(cfg, args)
+    kafka = cfg.kafka
 
     # Stop requests arrive from here on; the loop sees them between polls and drains.
     stop = threading.Event()

@@ -18,8 +18,7 @@ from typing import Any
 
 from kafka import KafkaConsumer, KafkaProducer
 
-from audioclust.models.config import ConfigError, config_from_dict
-from audioclust.stream.config import in_range
+from audioclust.models.config import ConfigError, config_from_dict, in_range
 from audioclust.stream.kafka.messages import MAX_MESSAGE_BYTES
 
 __all__ = ["Backoff", "KafkaConfig", "client_options", "quiet_kafka_logs"]
