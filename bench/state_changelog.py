@@ -172,12 +172,12 @@ def main() -> None:
 
     from kafka_broker import Broker
 
+    from audioclust.models.general import demo_model_path
     from audioclust.models.runtime import OnnxModel
-    from audioclust.stream.cli import default_model_path
     from audioclust.stream.kafka.config import quiet_kafka_logs
 
     quiet_kafka_logs()
-    model = OnnxModel(Path(args.model) if args.model else default_model_path(), threads=1)
+    model = OnnxModel(Path(args.model) if args.model else demo_model_path(), threads=1)
     out: dict = {"model": model.path.name, "restore": [], "throughput": {}}
     with Broker() as broker:
         state = one_state(model, args.windows)
