@@ -27,7 +27,8 @@ before every commit (periodic, on revoke, at close) the states the pipeline chan
 written to the changelog topic and acknowledged by the broker, and offsets are committed
 only then, so committed offsets never run ahead of saved states; on assignment the states
 of the new partitions' streams are read back before any of their audio is handed over,
-and on revoke the states of the streams given up are dropped once saved.
+and on revoke the states of the streams given up are dropped once saved. A stream that
+ended is saved as a tombstone, so that compaction removes it from the changelog.
 """
 
 from __future__ import annotations
