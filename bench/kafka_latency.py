@@ -122,7 +122,7 @@ def publish(bootstrap: str, topic: str, streams: int, per_stream: int, chunk: in
     """Interleave the streams' chunks; return the send time of each (stream, chunk)."""
     from kafka import KafkaProducer
 
-    from audioclust.stream.messages import encode_pcm
+    from audioclust.stream.kafka.messages import encode_pcm
 
     data = [chunks(s, per_stream, chunk) for s in range(streams)]
     prod = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=0 if rate else 5)

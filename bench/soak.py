@@ -167,7 +167,7 @@ class Device:
     sessions: list[tuple[int, int]] = field(default_factory=list)  # (start, samples)
 
     def next_message(self, sample_rate: int, stopping: bool):
-        from audioclust.stream.messages import encode_pcm
+        from audioclust.stream.kafka.messages import encode_pcm
 
         if self.session_left <= 0:  # a new session, one hop-aligned gap after the last
             self.session_start = self.clock = (-(-self.clock // self.hop) + 1) * self.hop

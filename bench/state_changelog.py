@@ -57,8 +57,8 @@ def one_state(model, windows: int) -> bytes:
 
 
 def restore_times(broker, model, n: int, partitions: int, state: bytes) -> dict:
-    from audioclust.stream.changelog import StateChangelog
     from audioclust.stream.config import StreamConfig
+    from audioclust.stream.kafka.changelog import StateChangelog
     from audioclust.stream.pipeline import build_assigner
     from audioclust.stream.sources import StreamSnapshot
     from audioclust.stream.state import decode_stream_state
@@ -121,7 +121,7 @@ class TimingSink:
 
 
 def publish(broker, streams: int, messages: int) -> int:
-    from audioclust.stream.messages import encode_pcm
+    from audioclust.stream.kafka.messages import encode_pcm
 
     broker.create_topic("audio", 4)
     prod = broker.producer(linger_ms=5)
@@ -140,8 +140,9 @@ def publish(broker, streams: int, messages: int) -> int:
 
 def consume(broker, model, group: str, changelog: bool, windows: int) -> float:
     from audioclust.stream.config import StreamConfig
+    from audioclust.stream.kafka.config import KafkaConfig
+    from audioclust.stream.kafka.source import KafkaSource
     from audioclust.stream.pipeline import Pipeline
-    from audioclust.stream.sources.kafka import KafkaConfig, KafkaSource
 
     kc = KafkaConfig(bootstrap=broker.bootstrap, topic="audio", group=group,
                      state_changelog=changelog, **GROUP_OPTIONS)
@@ -171,12 +172,12 @@ def main() -> None:
 
     from kafka_broker import Broker
 
+    from audioclust.models.general import demo_model_path
     from audioclust.models.runtime import OnnxModel
-    from audioclust.stream.cli import default_model_path
-    from audioclust.stream.sources.kafka import quiet_kafka_logs
+    from audioclust.stream.kafka.config import quiet_kafka_logs
 
     quiet_kafka_logs()
-    model = OnnxModel(Path(args.model) if args.model else default_model_path(), threads=1)
+    model = OnnxModel(Path(args.model) if args.model else demo_model_path(), threads=1)
     out: dict = {"model": model.path.name, "restore": [], "throughput": {}}
     with Broker() as broker:
         state = one_state(model, args.windows)

@@ -15,13 +15,21 @@ from typing import Any, TypeVar
 
 import yaml
 
-__all__ = ["ConfigError", "build_config", "config_from_dict", "read_config_file"]
+__all__ = ["ConfigError", "build_config", "config_from_dict", "in_range", "read_config_file"]
 
 T = TypeVar("T")
 
 
 class ConfigError(ValueError):
     """A configuration file or value that does not fit the expected schema."""
+
+
+def in_range(name: str, value: float, lo: float, hi: float, low_open: bool = False) -> None:
+    """ValueError unless lo <= value <= hi (lo < value with ``low_open``); NaN fails too."""
+    ok = (lo < value if low_open else lo <= value) and value <= hi
+    if not ok:
+        low = f"> {lo:g}" if low_open else f">= {lo:g}"
+        raise ValueError(f"{name} must be {low} and <= {hi:g}, got {value!r}")
 
 
 def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
@@ -69,7 +77,9 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a table, got {_show(value)}")
-        return _from_dict(tp, value, where)
+        # a settings class with a reader of its own (KafkaConfig: kafka-python passthrough)
+        reader = getattr(tp, "from_dict", None)
+        return reader(value) if reader is not None else _from_dict(tp, value, where)
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where}: expected a list, got {_show(value)}")

@@ -128,28 +128,13 @@ def _kafka_options(items: list[str]) -> dict[str, Any]:
     return out
 
 
-def check_kafka_settings(table: dict[str, Any], **overrides: Any) -> Any:
-    """The :class:`KafkaConfig` of a ``[kafka]`` table (ConfigError naming the setting)."""
-    try:
-        from audioclust.stream.sources.kafka import KafkaConfig
-    except ImportError as exc:
-        raise UserError(f"Kafka settings cannot be checked in this build ({exc})") from exc
-
-    return KafkaConfig.from_dict(table, **overrides)
-
-
-def _kafka_config(cfg: StreamConfig, args: argparse.Namespace) -> Any:
-    return check_kafka_settings({**cfg.kafka, **_kafka_options(args.kafka_option)},
-                                bootstrap=args.bootstrap, topic=args.topic, group=args.group)
-
-
 def _device(text: str | None) -> str | int | None:
     if text is None:
         return None
     return int(text) if text.strip().isdigit() else text
 
 
-def _open_sink(spec: str, kafka: Any, metrics: Any) -> Sink:
+def _open_sink(spec: str, kafka: Any) -> Sink:
     kind, _, arg = spec.partition(":")
     if kind == "stdout" and not arg:
         from audioclust.stream.sinks.jsonl import StdoutSink
@@ -161,10 +146,10 @@ def _open_sink(spec: str, kafka: Any, metrics: Any) -> Sink:
         return JsonlSink(arg)
     if kind == "kafka" and arg:
         try:
-            from audioclust.stream.sinks.kafka import KafkaSink
+            from audioclust.stream.kafka.sink import KafkaSink
         except ImportError as exc:
             raise UserError(f"the Kafka sink is not available in this build ({exc})") from exc
-        return KafkaSink(arg, kafka, metrics=metrics)
+        return KafkaSink(arg, kafka)
     raise UserError(f"--sink {spec!r}: use stdout, jsonl:FILE or kafka:TOPIC")
 
 
@@ -183,7 +168,7 @@ def _open_source(args: argparse.Namespace, cfg: StreamConfig, kafka: Any, sample
 
         return MicSource(sample_rate, cfg.mic, metrics=metrics)
     try:
-        from audioclust.stream.sources.kafka import KafkaSource
+        from audioclust.stream.kafka.source import KafkaSource
     except ImportError as exc:
         raise UserError(f"the Kafka source is not available in this build ({exc})") from exc
     return KafkaSource(kafka, sample_rate=sample_rate, metrics=metrics)
@@ -200,10 +185,11 @@ def _serve(args: argparse.Namespace) -> int:
         "provider": args.provider, "threads": args.threads,
         "file": {"realtime": args.realtime, "parallel": args.parallel},
         "mic": {"device": _device(args.device)},
+        "kafka": {**_kafka_options(args.kafka_option), "bootstrap": args.bootstrap,
+                  "topic": args.topic, "group": args.group},
     }
     cfg = load_stream_config(args.config, overrides)
-    # Checked whatever the source: a typo in [kafka] should not wait for the day it is used.
-    kafka = _kafka_config(cfg, args)
+    kafka = cfg.kafka
 
     # Stop requests arrive from here on; the loop sees them between polls and drains.
     stop = threading.Event()
@@ -241,7 +227,7 @@ def _serve(args: argparse.Namespace) -> int:
                  model.provider)
         try:
             source = _open_source(args, cfg, kafka, info.sample_rate, metrics)
-            sink = _open_sink(cfg.sink, kafka, metrics)
+            sink = _open_sink(cfg.sink, kafka)
             pipeline = Pipeline(model, source, sink, cfg, metrics, health)
             summary = pipeline.run(stop)
         except NoInputDevice as exc:

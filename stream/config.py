@@ -11,7 +11,7 @@ then command-line flags. A file looks like::
     prior_momentum = 0.995
     min_confidence = 0.4
 
-    [kafka]            # passed through to the Kafka source/sink configuration
+    [kafka]            # the Kafka source and sink (audioclust.stream.kafka.config)
     bootstrap = "localhost:9092"
 """
 
@@ -21,27 +21,19 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from audioclust.models.config import build_config
+from audioclust.models.config import build_config, in_range
 from audioclust.stream.assign import AssignConfig
-from audioclust.stream.messages import check_stream_id
+from audioclust.stream.kafka.config import KafkaConfig
 from audioclust.stream.openset import OpenSetConfig
+from audioclust.stream.sources import check_stream_id
 
-__all__ = ["FileConfig", "MicConfig", "OpenSetConfig", "StreamConfig", "in_range",
-           "load_stream_config"]
+__all__ = ["FileConfig", "MicConfig", "OpenSetConfig", "StreamConfig", "load_stream_config"]
 
 
 #: Upper bounds of the batching settings: beyond them a setting is a typo, not a choice
 #: (a batch of 1,024 one-second windows is 64 MB of input alone).
 MAX_BATCH = 1024
 MAX_QUEUE = 65_536
-
-
-def in_range(name: str, value: float, lo: float, hi: float, low_open: bool = False) -> None:
-    """ValueError unless lo <= value <= hi (lo < value with ``low_open``); NaN fails too."""
-    ok = (lo < value if low_open else lo <= value) and value <= hi
-    if not ok:
-        low = f"> {lo:g}" if low_open else f">= {lo:g}"
-        raise ValueError(f"{name} must be {low} and <= {hi:g}, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -130,8 +122,9 @@ class StreamConfig:
     openset: OpenSetConfig = field(default_factory=OpenSetConfig)
     file: FileConfig = field(default_factory=FileConfig)
     mic: MicConfig = field(default_factory=MicConfig)
-    #: Settings for the Kafka source and sink (their own dataclass checks them).
-    kafka: dict = field(default_factory=dict)
+    #: The Kafka source and sink (checked whatever the source: a typo in ``[kafka]`` should
+    #: not wait for the day it is used).
+    kafka: KafkaConfig = field(default_factory=KafkaConfig)
 
     def __post_init__(self) -> None:
         in_range("max_batch", self.max_batch, 1, MAX_BATCH)

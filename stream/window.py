@@ -7,8 +7,9 @@ the chunking, and a consumer restarted from any chunk continues with the same nu
 (the first window it emits is the first that starts at or after that chunk's offset).
 
 Per stream the windower also detects duplicates (a chunk that ends at or before what was
-already taken in) and gaps (a chunk that starts after the end of the previous one): the
-windows that would span a gap are skipped, never filled with invented silence.
+already taken in) and gaps (a chunk that starts after the end of the previous one), by the
+rule of :mod:`audioclust.stream.continuity`: the windows that would span a gap are
+skipped, never filled with invented silence.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from audioclust.stream.continuity import step
 
 __all__ = ["AckOnly", "Chunk", "StreamEvent", "Window", "Windower", "recording_windows"]
 
@@ -97,20 +100,21 @@ class Windower:
             s.next_index = -(-offset // self.hop)
             s.buffer_start = offset
             s.end = offset
-        if offset + x.size <= s.end and x.size:
+        where = step(s.end, offset, x.size)
+        if where.kind == "duplicate":
             events.append(StreamEvent(chunk.stream, "duplicate",
                                       f"samples {offset}..{offset + x.size} already seen"))
             # Its windows were produced before: nothing is lost, only acknowledge it.
             return ([AckOnly(chunk.stream, [chunk.ack])] if chunk.ack else []), events
-        if offset < s.end:  # partly new: keep only the part not yet seen
+        if where.kind == "overlap":  # partly new: keep only the part not yet seen
             events.append(StreamEvent(chunk.stream, "overlap",
-                                      f"{s.end - offset} samples already seen"))
-            x = x[s.end - offset :]
+                                      f"{where.seen} samples already seen"))
+            x = x[where.seen :]
             offset = s.end
         released: list[Item] = []
-        if offset > s.end:
+        if where.kind == "gap":
             events.append(StreamEvent(chunk.stream, "gap",
-                                      f"{offset - s.end} samples missing before {offset}"))
+                                      f"{where.missing} samples missing before {offset}"))
             # Windows spanning the gap cannot be built: restart alignment after it, and
             # release the chunks that were waiting for them.
             if s.pending:

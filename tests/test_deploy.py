@@ -433,7 +433,7 @@ sys.meta_path.insert(0, OnlyRuntime())
 from audioclust.stream.cli import main
 rc = main(["--source", "file", {str(wav)!r}, "--model", {str(stream_model)!r},
            "--sink", "jsonl:{tmp_path / 'out.jsonl'}", "-q"])
-import audioclust.stream.produce, audioclust.stream.sources.kafka, audioclust.stream.sinks.kafka
+import audioclust.stream.kafka.produce, audioclust.stream.kafka.source, audioclust.stream.kafka.sink
 import audioclust.stream.sources.mic, audioclust.stream.assign, audioclust.models.runtime
 try:
     import torch  # installed in the test venv: the blocker must stop it

@@ -10,7 +10,7 @@ import soundfile as sf
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from audioclust.stream.messages import (
+from audioclust.stream.kafka.messages import (
     REASONS,
     SUPPORTED_RATES,
     MessageError,
@@ -174,7 +174,7 @@ def test_good_message_with_the_same_headers_decodes() -> None:
 
 
 def test_the_stream_id_limit_is_bytes_of_utf8() -> None:
-    from audioclust.stream.messages import MAX_STREAM_ID_BYTES
+    from audioclust.stream.sources import MAX_STREAM_ID_BYTES
 
     at_limit = "é" * (MAX_STREAM_ID_BYTES // 2)
     got = decode_message(GOOD, _hdr(stream_id=at_limit), target_rate=16000)

@@ -12,8 +12,8 @@ import pytest
 from stream_helpers import alsa_home
 
 from audioclust.models.audio import load_audio
-from audioclust.stream.messages import decode_message
-from audioclust.stream.produce import main
+from audioclust.stream.kafka.messages import decode_message
+from audioclust.stream.kafka.produce import main
 
 FILES = ["0_george_0.wav", "1_jackson_3.wav", "2_lucas_5.wav"]
 
@@ -93,7 +93,7 @@ def test_rate_paces_the_messages(kafka_broker, three, capsys) -> None:
 def test_errors_are_one_line(tmp_path, three) -> None:
     from kafka_broker import free_port
 
-    cmd = [sys.executable, "-m", "audioclust.stream.produce", "--bootstrap",
+    cmd = [sys.executable, "-m", "audioclust.stream.kafka.produce", "--bootstrap",
            f"127.0.0.1:{free_port()}", "--topic", "t", "--connect-timeout", "1"]
     r = subprocess.run([*cmd, str(tmp_path / "missing.wav")], capture_output=True, text=True,
                        timeout=60)
@@ -109,7 +109,7 @@ def test_errors_are_one_line(tmp_path, three) -> None:
 
 
 def test_help_explains_the_format() -> None:
-    r = subprocess.run([sys.executable, "-m", "audioclust.stream.produce", "--help"],
+    r = subprocess.run([sys.executable, "-m", "audioclust.stream.kafka.produce", "--help"],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0
     for word in ("end-of-stream", "--realtime", "--rate", "docs/kafka.md"):
@@ -123,7 +123,7 @@ def test_mic_publishes_what_the_device_captures(kafka_broker, three, tmp_path) -
     pcm = np.clip(np.round(ref * 32768), -32768, 32767).astype("<i2")
     raw = tmp_path / "rec.raw"
     np.concatenate([pcm, np.zeros(8000, "<i2")]).tofile(raw)
-    r = subprocess.run([sys.executable, "-m", "audioclust.stream.produce", "--bootstrap",
+    r = subprocess.run([sys.executable, "-m", "audioclust.stream.kafka.produce", "--bootstrap",
                         b.bootstrap, "--topic", "audio", "--mic", "--device", "acreplay",
                         "--mic-rate", "8000", "--seconds", "0.5", "--stream-id", "m", "--json"],
                        capture_output=True, text=True, env=alsa_home(tmp_path, raw),
@@ -156,7 +156,7 @@ def test_mic_publishes_what_the_device_captures(kafka_broker, three, tmp_path) -
 
 
 def test_mic_without_an_input_device_is_a_one_line_error(tmp_path) -> None:
-    r = subprocess.run([sys.executable, "-m", "audioclust.stream.produce", "--bootstrap",
+    r = subprocess.run([sys.executable, "-m", "audioclust.stream.kafka.produce", "--bootstrap",
                         "127.0.0.1:1", "--topic", "audio", "--mic", "--device", "no-such-mic"],
                        capture_output=True, text=True, env=alsa_home(tmp_path, None),
                        timeout=60)

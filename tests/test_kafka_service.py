@@ -29,7 +29,7 @@ from kafka import KafkaConsumer, TopicPartition
 from test_kafka_messages import MALFORMED
 
 from audioclust.stream.assign import Assigner
-from audioclust.stream.messages import encode_pcm
+from audioclust.stream.kafka.messages import encode_pcm
 
 RATE = 16000
 CHUNK = 1600  # 0.1 s per message
@@ -422,7 +422,7 @@ def _file_and_kafka_records(broker, model: Path, recordings: Path, tmp_path: Pat
     by_file = {(Path(x["stream"]).stem, x["seq"]): x
                for x in map(json.loads, out_file.read_text().splitlines())}
     broker.create_topic("audio", partitions=2)
-    r = subprocess.run([sys.executable, "-m", "audioclust.stream.produce", "--bootstrap",
+    r = subprocess.run([sys.executable, "-m", "audioclust.stream.kafka.produce", "--bootstrap",
                         broker.bootstrap, "--topic", "audio", "--format", "float32", "--resample",
                         "16000", "--parallel", "4", str(recordings)], capture_output=True,
                        text=True, env=env, timeout=120)

@@ -10,12 +10,14 @@ import pytest
 from kafka import KafkaConsumer, TopicPartition
 from test_kafka_messages import MALFORMED
 
-from audioclust.stream.messages import encode_pcm
+from audioclust.stream.kafka.config import KafkaConfig
+from audioclust.stream.kafka.messages import encode_pcm
+from audioclust.stream.kafka.offsets import PartitionOffsets
+from audioclust.stream.kafka.sink import KafkaSink
+from audioclust.stream.kafka.source import KafkaSource
 from audioclust.stream.metrics import StreamMetrics
 from audioclust.stream.sinks import SinkError
-from audioclust.stream.sinks.kafka import KafkaSink
 from audioclust.stream.sources import EndOfStream, PipelineHooks, SourceError
-from audioclust.stream.sources.kafka import KafkaConfig, KafkaSource, _Partition
 from audioclust.stream.window import Chunk
 
 
@@ -91,7 +93,7 @@ class Poller:
 
 
 def test_partition_commits_only_the_done_prefix() -> None:
-    p = _Partition()
+    p = PartitionOffsets()
     for off in (10, 11, 12, 14, 15):  # 13 missing: offsets need not be contiguous
         p.add(off)
     p.mark(11)

@@ -12,9 +12,19 @@ import math
 from collections.abc import Iterator
 
 import pytest
-from test_kafka_service import Service, expected_windows, keys, publish, wait_until
+from test_kafka_service import (
+    CHUNK,
+    RATE,
+    Service,
+    audio_of,
+    expected_windows,
+    keys,
+    publish,
+    wait_until,
+)
 
-from audioclust.stream.changelog import decode_entry, encode_headers
+from audioclust.stream.kafka.changelog import decode_entry, encode_headers
+from audioclust.stream.kafka.messages import encode_pcm
 from audioclust.stream.sources import StreamSnapshot
 from audioclust.stream.state import StateError, encode_stream_state
 
@@ -116,6 +126,44 @@ def test_a_state_of_another_model_in_the_changelog_is_refused(kafka_broker, stre
     assert len(line) == 1, err
     assert "state topic g.state[0]@0: state belongs to another model (000000000000…" in line[0]
     assert "give this model its own state_topic" in line[0]
+
+
+def test_an_ended_stream_leaves_a_tombstone_and_is_not_restored(kafka_broker, stream_model,
+                                                               tmp_path, services) -> None:
+    b = kafka_broker
+    b.create_topic("audio")
+    a = Service(b, stream_model, tmp_path, "a", settings=PATIENT)
+    services.append(a)
+    a.wait_log(r"partitions assigned: audio")
+    publish(b, 2, range(30), 30)  # s0 and s1 end with their 30th chunk
+    prod = b.producer(linger_ms=5)
+    x = audio_of(7, 30)
+    for c in range(30):  # "live" goes on
+        m = encode_pcm(x[c * CHUNK : (c + 1) * CHUNK], stream="live", seq=c, sample_rate=RATE,
+                       offset=c * CHUNK)
+        prod.send("audio", key=m.key, value=m.value, headers=m.headers)
+    prod.flush()
+    prod.close()
+    ended = {"s0", "s1"}
+    wait_until(lambda: keys(a.records()) >= expected_windows(2, 30)
+               | {("live", w) for w in range(5)}, 180, "the windows of all three streams", [a])
+
+    last: dict = {}
+
+    def tombstoned() -> bool:  # the latest message of each key in the changelog
+        last.update({m.key.decode(): m for m in b.read_all("g.state", 10**9, timeout=2)})
+        return ended <= set(last) and all(last[s].value is None for s in ended)
+
+    wait_until(tombstoned, 60, "tombstones of the ended streams", [a])
+    assert last["live"].value  # a stream going on keeps its state
+    assert dict(last["s0"].headers)["ended"] == b"1"
+    assert a.stop() == 0
+    # a new owner restores the stream going on, not the ended ones
+    second = Service(b, stream_model, tmp_path, "b", settings=PATIENT)
+    services.append(second)
+    restored = second.wait_log(r"restored the states of (\d+) streams", 120)
+    assert int(restored.group(1)) == 1
+    assert second.stop() == 0
 
 
 def test_changelog_entries_round_trip_and_foreign_ones_are_refused() -> None:

@@ -14,7 +14,7 @@ from hypothesis.extra import numpy as hnp
 from stream_helpers import run_cli
 
 from audioclust.stream.assign import Assigner
-from audioclust.stream.messages import MAX_STREAM_ID_BYTES
+from audioclust.stream.sources import MAX_STREAM_ID_BYTES
 from audioclust.stream.state import StateError, decode_stream_state, encode_stream_state
 
 PRIOR = np.array([0.5, 0.3, 0.2])

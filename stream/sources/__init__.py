@@ -28,7 +28,24 @@ from dataclasses import dataclass
 
 from audioclust.stream.window import Chunk
 
-__all__ = ["EndOfStream", "PipelineHooks", "Source", "SourceError", "StreamSnapshot"]
+__all__ = ["MAX_STREAM_ID_BYTES", "EndOfStream", "PipelineHooks", "Source", "SourceError",
+           "StreamSnapshot", "check_stream_id"]
+
+#: Longest stream id, in bytes of UTF-8 (longer ids are ``bad_stream_id``). Every record
+#: carries the id, and the service holds it per stream; any id within it is fine (a NUL, a
+#: slash, any character).
+MAX_STREAM_ID_BYTES = 1024
+
+
+def check_stream_id(stream: str) -> str | None:
+    """Why ``stream`` cannot be a stream id (empty, or over :data:`MAX_STREAM_ID_BYTES`), or
+    None when it can."""
+    if not stream:
+        return "the stream id is empty"
+    n = len(stream.encode("utf-8", "surrogatepass"))
+    if n > MAX_STREAM_ID_BYTES:
+        return f"the stream id is {n} bytes long, more than the limit of {MAX_STREAM_ID_BYTES}"
+    return None
 
 
 class SourceError(RuntimeError):

@@ -27,9 +27,8 @@ import numpy as np
 
 from audioclust.models.audio import AudioError, find_audio_files, load_audio
 from audioclust.stream.config import FileConfig
-from audioclust.stream.messages import check_stream_id
 from audioclust.stream.metrics import StreamMetrics
-from audioclust.stream.sources import EndOfStream, Source, SourceError
+from audioclust.stream.sources import EndOfStream, Source, SourceError, check_stream_id
 from audioclust.stream.window import Chunk
 
 __all__ = ["FileSource", "list_files"]

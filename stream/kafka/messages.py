@@ -7,7 +7,7 @@ say what it is. ``docs/kafka.md`` is the reference; in short:
 header             required  meaning
 =================  ========  ==================================================================
 ``stream-id``      yes [1]_  the stream the chunk belongs to (also the message key), at most
-                             :data:`MAX_STREAM_ID_BYTES` bytes of UTF-8
+                             :data:`~audioclust.stream.sources.MAX_STREAM_ID_BYTES` bytes
 ``seq``            yes       per-stream sequence number, 0, 1, 2, ... (decimal integer >= 0)
 ``content-type``   no        ``audio/pcm`` (default), ``audio/wav`` or ``audio/flac``
 ``sample-rate``    PCM       Hz, one of :data:`SUPPORTED_RATES`; containers carry their own
@@ -35,17 +35,16 @@ import numpy as np
 import soundfile as sf
 
 from audioclust.models.audio import AudioError, decode_audio, resample, to_mono_float
+from audioclust.stream.sources import MAX_STREAM_ID_BYTES, check_stream_id
 
 __all__ = [
     "CONTENT_TYPES",
     "MAX_MESSAGE_BYTES",
-    "MAX_STREAM_ID_BYTES",
     "REASONS",
     "SUPPORTED_RATES",
     "AudioMessage",
     "EncodedMessage",
     "MessageError",
-    "check_stream_id",
     "decode_message",
     "encode_container",
     "encode_pcm",
@@ -62,10 +61,6 @@ _DTYPES = {"int16": np.dtype("<i2"), "float32": np.dtype("<f4")}
 MAX_CHANNELS = 8
 #: Default largest value accepted (4 MiB: 65 s of 16 kHz int16 mono); bigger is ``too_large``.
 MAX_MESSAGE_BYTES = 4 << 20
-#: Longest stream id, in bytes of UTF-8 (longer ids are ``bad_stream_id``). Every record
-#: carries the id, and the service holds it per stream; any id within it is fine (a NUL, a
-#: slash, any character).
-MAX_STREAM_ID_BYTES = 1024
 
 #: Every reason code :class:`MessageError` can carry, with what it means.
 REASONS: dict[str, str] = {
@@ -117,17 +112,6 @@ class AudioMessage:
     offset: int | None  # first sample on the stream clock, in target-rate samples
     timestamp: float | None
     end_of_stream: bool = False
-
-
-def check_stream_id(stream: str) -> str | None:
-    """Why ``stream`` cannot be a stream id (empty, or over :data:`MAX_STREAM_ID_BYTES`), or
-    None when it can."""
-    if not stream:
-        return "the stream id is empty"
-    n = len(stream.encode("utf-8", "surrogatepass"))
-    if n > MAX_STREAM_ID_BYTES:
-        return f"the stream id is {n} bytes long, more than the limit of {MAX_STREAM_ID_BYTES}"
-    return None
 
 
 def _headers(stream: str, seq: int, extra: Mapping[str, object]) -> list[tuple[str, bytes]]:

@@ -22,7 +22,7 @@ import soundfile as sf
 
 from audioclust.models.audio import find_audio_files, load_audio
 from audioclust.models.cli import UserError, run_command
-from audioclust.stream.messages import EncodedMessage, encode_container, encode_pcm
+from audioclust.stream.kafka.messages import EncodedMessage, encode_container, encode_pcm
 
 __all__ = ["Publisher", "chunk_messages", "main"]
 
@@ -306,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--chunk-seconds and --rate must be > 0, --parallel >= 1")
 
     def body() -> int:
-        from audioclust.stream.sources.kafka import client_options
+        from audioclust.stream.kafka.config import client_options
 
         client = client_options(dict(args.kafka_option), "producer")
         # Loaded up front so that a bad file fails before anything is sent.

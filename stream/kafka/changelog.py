@@ -9,6 +9,10 @@ state changed, one message to the changelog topic (default ``<group>.state``):
 - headers: ``state-format`` (:data:`FORMAT`), ``model`` (the weights hash), ``window``
   (the last window written, empty when none) and ``ended`` (``1``: the stream ended there).
 
+A stream that ended (its tail window written) gets a tombstone instead (no value, the same
+headers), so that compaction removes it: the changelog holds the streams that are going on,
+not every stream ever seen. A reader drops a stream at its tombstone.
+
 The changelog is partitioned like the input topic: a stream's state goes to the changelog
 partition with the number of the input partition its audio came from, so an instance that
 is assigned input partition p restores its streams by reading changelog partition p alone,
@@ -103,8 +107,9 @@ class StateChangelog:
         for group in (rest, list(last.values())):
             for stream in group:
                 partition, snap = self.unsent[stream]
+                value = None if snap.ended else snap.state  # None: a tombstone
                 try:
-                    f = self.producer.send(self.topic, key=stream.encode(), value=snap.state,
+                    f = self.producer.send(self.topic, key=stream.encode(), value=value,
                                            headers=encode_headers(snap, self.model),
                                            partition=partition)
                 except Exception as exc:  # broker away: no metadata within max_block_ms

@@ -17,9 +17,8 @@ import numpy as np
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
 
-from audioclust.stream.metrics import StreamMetrics
+from audioclust.stream.kafka.config import KafkaConfig, client_options, quiet_kafka_logs
 from audioclust.stream.sinks import Sink, SinkError
-from audioclust.stream.sources.kafka import KafkaConfig, client_options, quiet_kafka_logs
 
 __all__ = ["KafkaSink", "encode_record"]
 
@@ -43,13 +42,11 @@ def encode_record(record: dict[str, Any]) -> bytes:
 class KafkaSink(Sink):
     """Results to ``topic`` on the cluster that ``config`` names (its TLS/SASL settings too)."""
 
-    def __init__(self, topic: str, config: KafkaConfig, metrics: StreamMetrics | None = None,
-                 delivery_timeout_s: float = 120.0):
+    def __init__(self, topic: str, config: KafkaConfig, delivery_timeout_s: float = 120.0):
         if not topic:
             raise ValueError("kafka sink: the topic must not be empty")
         quiet_kafka_logs()
         self.topic = topic
-        self.metrics = metrics
         self.delivery_timeout_s = delivery_timeout_s
         opts: dict[str, Any] = {
             "acks": "all",
