@@ -440,11 +440,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _model(cfg: Any) -> Any:
-    from audioclust.models.runtime import OnnxModel
-    from audioclust.stream.cli import model_path
+    from audioclust.stream.api import open_model
 
-    path = model_path(cfg.model)
-    return OnnxModel(path, provider=cfg.provider, threads=cfg.threads)
+    return open_model(cfg)
 
 
 def _open(path: Path, model: Any | None) -> tuple[Any, Enrolment]:
