@@ -23,15 +23,17 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from audioclust.models.errors import UserError
     from audioclust.stream.api import Model, Stream, load_model
     from audioclust.stream.records import Record
 
-__all__ = ["Model", "Record", "Stream", "heads", "load_model", "sinks"]
+__all__ = ["Model", "Record", "Stream", "UserError", "heads", "load_model", "sinks"]
 
 # Imported on first use, so that ``import audioclust.models.cli`` (every command starts
 # there) does not load the service, and ``heads`` (torch: the train extra) only when asked.
 _WHERE = {"Model": "audioclust.stream.api", "Stream": "audioclust.stream.api",
-          "load_model": "audioclust.stream.api", "Record": "audioclust.stream.records"}
+          "load_model": "audioclust.stream.api", "Record": "audioclust.stream.records",
+          "UserError": "audioclust.models.errors"}
 
 
 def __getattr__(name: str) -> Any:

@@ -16,6 +16,8 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+from audioclust.models.errors import UserError
+
 __all__ = [
     "AUDIO_EXTENSIONS",
     "AudioError",
@@ -28,7 +30,7 @@ __all__ = [
 ]
 
 
-class AudioError(ValueError):
+class AudioError(UserError, ValueError):
     """Audio that cannot be used: missing, empty, truncated, not audio, or not finite."""
 
     def __init__(self, source: str | os.PathLike, reason: str):

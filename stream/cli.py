@@ -14,8 +14,8 @@ from typing import Any
 
 from audioclust.models.cli import EXIT_ERROR, UserError, run_command
 from audioclust.stream.config import StreamConfig, load_stream_config
-from audioclust.stream.sinks import Sink, SinkError
-from audioclust.stream.sources import Source, SourceError
+from audioclust.stream.sinks import Sink
+from audioclust.stream.sources import Source
 
 __all__ = ["EXIT_NO_DEVICE", "main"]
 
@@ -229,8 +229,6 @@ def _serve(args: argparse.Namespace) -> int:
         except NoInputDevice as exc:
             print(f"{PROG}: error: {exc}", file=sys.stderr)
             return EXIT_NO_DEVICE
-        except (SourceError, SinkError) as exc:
-            raise UserError(str(exc)) from exc
         log.info("%s", summary.line())
         failures = getattr(source, "failures", [])
         if failures:

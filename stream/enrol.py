@@ -67,6 +67,7 @@ from typing import Any
 
 import numpy as np
 
+from audioclust.models.errors import UserError
 from audioclust.models.reference import NoveltyReference
 from audioclust.stream.openset import (
     MAJORITY,
@@ -90,7 +91,7 @@ MAX_NAME = 64
 NOVEL = -1
 
 
-class EnrolError(ValueError):
+class EnrolError(UserError, ValueError):
     """An enrolment that cannot be made (the message is one line; nothing has changed)."""
 
 

@@ -26,12 +26,13 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
+from audioclust.models.errors import UserError
 from audioclust.stream.window import Chunk
 
 __all__ = ["EndOfStream", "PipelineHooks", "Source", "SourceError", "StreamSnapshot"]
 
 
-class SourceError(RuntimeError):
+class SourceError(UserError, RuntimeError):
     """A source that cannot start or continue (no device, unreadable path, bad settings)."""
 
 
