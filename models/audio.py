@@ -16,18 +16,21 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+from audioclust.models.errors import UserError
+
 __all__ = [
     "AUDIO_EXTENSIONS",
     "AudioError",
     "decode_audio",
     "find_audio_files",
     "load_audio",
+    "prepare_audio",
     "resample",
     "to_mono_float",
 ]
 
 
-class AudioError(ValueError):
+class AudioError(UserError, ValueError):
     """Audio that cannot be used: missing, empty, truncated, not audio, or not finite."""
 
     def __init__(self, source: str | os.PathLike, reason: str):
@@ -107,12 +110,20 @@ def decode_audio(data: bytes, sr: int | None = 16000, source: str = "<bytes>") -
         raise AudioError(
             source, f"truncated: header declares {declared_frames} frames, read {samples.shape[0]}"
         )
+    return prepare_audio(samples, native_sr, sr, source)
+
+
+def prepare_audio(samples: np.ndarray, sr: int, target_sr: int | None,
+                  source: str = "<array>") -> np.ndarray:
+    """Samples at ``sr`` ((T,) or (T, channels), integer or float PCM) as float32 mono at
+    ``target_sr`` (None: ``sr``); :class:`AudioError` naming ``source`` for NaN or infinite
+    samples."""
     x = to_mono_float(samples)
     if not np.isfinite(x).all():
         bad = int((~np.isfinite(x)).sum())
         raise AudioError(source, f"{bad} samples are NaN or infinite")
-    if sr is not None:
-        x = resample(x, native_sr, sr)
+    if target_sr is not None:
+        x = resample(x, sr, target_sr)
     return x
 
 

@@ -8,8 +8,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from audioclust.models.audio import AudioError
-from audioclust.models.config import ConfigError
+from audioclust.models.errors import UserError
 
 __all__ = [
     "EXIT_ERROR", "EXIT_USAGE", "HelpFormatter", "UserError", "comma_list", "eval_main",
@@ -27,10 +26,6 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         if action.default is None or action.default is False:
             return action.help
         return super()._get_help_string(action)
-
-
-class UserError(Exception):
-    """A failure the user can fix; reported as one line without a traceback."""
 
 
 def comma_list(choices: Sequence[str]) -> Callable[[str], tuple[str, ...]]:
@@ -51,11 +46,13 @@ def comma_list(choices: Sequence[str]) -> Callable[[str], tuple[str, ...]]:
 def run_command(prog: str, body: Callable[[], int | None]) -> int:
     """Run ``body``; expected failures become ``prog: error: message`` and exit code 1.
 
-    Set ``AUDIOCLUST_DEBUG=1`` to get the traceback instead.
+    Expected: a :class:`UserError` (audio, config, model, state, source and sink errors
+    all derive from it), a missing file, and still any ``ValueError``, since many checks
+    of user input raise a plain one. Set ``AUDIOCLUST_DEBUG=1`` to get the traceback.
     """
     try:
         return int(body() or 0)
-    except (UserError, AudioError, ConfigError, ValueError, FileNotFoundError) as exc:
+    except (UserError, ValueError, FileNotFoundError) as exc:
         if os.environ.get("AUDIOCLUST_DEBUG"):
             raise  # full traceback for whoever is debugging
         print(f"{prog}: error: {exc}", file=sys.stderr)

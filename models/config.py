@@ -15,12 +15,14 @@ from typing import Any, TypeVar
 
 import yaml
 
+from audioclust.models.errors import UserError
+
 __all__ = ["ConfigError", "build_config", "config_from_dict", "in_range", "read_config_file"]
 
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A configuration file or value that does not fit the expected schema."""
 
 

@@ -38,6 +38,8 @@ import onnx
 import torch
 from torch import nn
 
+from audioclust.stream.window import check_geometry
+
 from .encoder_spec import WaveformEncoder, open_encoder
 from .heads import ClusterHead, load_head, read_head_metadata
 from .onnx_export import export_onnx, set_metadata
@@ -136,9 +138,7 @@ def export_model(
     """
     if quantize not in (None, "int8"):
         raise ValueError(f"unknown quantisation {quantize!r}; use int8 or none")
-    if not 0 < hop_seconds <= window_seconds:
-        raise ValueError(f"need 0 < hop <= window, got hop {hop_seconds}, window "
-                         f"{window_seconds}")
+    check_geometry(window_seconds, hop_seconds, " s")
     reference_paths = None if reference_data is None else _reference_paths(reference_data)
     enc = open_encoder(encoder_path)
     head_meta = read_head_metadata(head_path) if head_path is not None else None

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEMO_NAME", "build_general_model", "demo_model_path", "general_model_path",
-    "general_reference_path", "is_current",
+    "general_reference_path", "is_current", "resolve_model",
 ]
 
 #: ``--model demo``: the FSDD model shipped in the package.
@@ -47,6 +47,23 @@ def _asset(name: str) -> Path:
 def demo_model_path() -> Path:
     """The FSDD demo model shipped as package data (``assets/default.onnx``)."""
     return _asset("default.onnx")
+
+
+def resolve_model(model: str | os.PathLike | None) -> Path:
+    """The model file of ``--model`` (and ``ac.load_model``): None is the general-audio
+    model in the user's cache (a one-line error saying how to build it when it is not
+    there), ``demo`` the shipped FSDD model, anything else a path."""
+    from .cli import UserError
+
+    if model == DEMO_NAME:
+        return demo_model_path()
+    if model is not None:
+        return Path(model)
+    path = general_model_path()
+    if not path.is_file():
+        raise UserError(f"no general-audio model at {path}: build it with `audioclust-export "
+                        "--general` (make setup does), or pass --model demo or --model FILE")
+    return path
 
 
 def general_reference_path() -> Path:

@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from audioclust.models.errors import UserError
+
 from .reference import NoveltyReference
 
 __all__ = ["ModelError", "ModelInfo", "OnnxModel", "available_providers"]
@@ -33,7 +35,7 @@ _INPUTS = {"waveform": "tensor(float)", "lengths": "tensor(int64)"}
 _OUTPUTS = ("embedding", "posterior")
 
 
-class ModelError(ValueError):
+class ModelError(UserError, ValueError):
     """A model file that cannot be used: missing, corrupt, not ours, or mismatched."""
 
     def __init__(self, path: str | os.PathLike, reason: str):

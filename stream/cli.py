@@ -14,10 +14,10 @@ from typing import Any
 
 from audioclust.models.cli import EXIT_ERROR, UserError, run_command
 from audioclust.stream.config import StreamConfig, load_stream_config
-from audioclust.stream.sinks import Sink, SinkError
-from audioclust.stream.sources import Source, SourceError
+from audioclust.stream.sinks import Sink
+from audioclust.stream.sources import Source
 
-__all__ = ["EXIT_NO_DEVICE", "main", "model_path"]
+__all__ = ["EXIT_NO_DEVICE", "main"]
 
 PROG = "audioclust-stream"
 #: Exit code when ``--source mic`` finds no input device (distinct from 1: a set-up problem
@@ -41,23 +41,6 @@ examples:
 progress and errors go to stderr; exit codes: 0 done, 1 failure (or a file that could
 not be read), 2 bad command line, 3 no input device, 130 interrupted.
 """
-
-
-def model_path(model: str | None) -> Path:
-    """The model file of ``--model``: None is the general-audio model in the user's cache
-    (one line saying how to build it when it is not there), ``demo`` the shipped FSDD
-    model, anything else a path."""
-    from audioclust.models.general import DEMO_NAME, demo_model_path, general_model_path
-
-    if model == DEMO_NAME:
-        return demo_model_path()
-    if model is not None:
-        return Path(model)
-    path = general_model_path()
-    if not path.is_file():
-        raise UserError(f"no general-audio model at {path}: build it with `audioclust-export "
-                        "--general` (make setup does), or pass --model demo or --model FILE")
-    return path
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -203,7 +186,7 @@ def _serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
 
-    from audioclust.models.runtime import OnnxModel
+    from audioclust.stream.api import open_model
     from audioclust.stream.metrics import Health, MetricsServer, StreamMetrics
     from audioclust.stream.pipeline import Pipeline
 
@@ -218,11 +201,10 @@ def _serve(args: argparse.Namespace) -> int:
                             f"{cfg.metrics_host} ({exc.strerror or exc})") from exc
         log.info("metrics on http://%s:%d/metrics", cfg.metrics_host, server.port)
     try:
-        path = model_path(cfg.model)
-        model = OnnxModel(path, provider=cfg.provider, threads=cfg.threads)
+        model = open_model(cfg)
         info = model.info
         log.info("model %s: %d Hz, window %.3g s, hop %.3g s, %s clusters, %s",
-                 path.name, info.sample_rate, cfg.window_seconds or info.window_seconds,
+                 model.path.name, info.sample_rate, cfg.window_seconds or info.window_seconds,
                  cfg.hop_seconds or info.hop_seconds, info.n_clusters or "head-free",
                  model.provider)
         try:
@@ -233,8 +215,6 @@ def _serve(args: argparse.Namespace) -> int:
         except NoInputDevice as exc:
             print(f"{PROG}: error: {exc}", file=sys.stderr)
             return EXIT_NO_DEVICE
-        except (SourceError, SinkError) as exc:
-            raise UserError(str(exc)) from exc
         log.info("%s", summary.line())
         failures = getattr(source, "failures", [])
         if failures:

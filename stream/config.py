@@ -26,6 +26,7 @@ from audioclust.stream.assign import AssignConfig
 from audioclust.stream.kafka.config import KafkaConfig
 from audioclust.stream.openset import OpenSetConfig
 from audioclust.stream.sources import check_stream_id
+from audioclust.stream.window import check_geometry
 
 __all__ = ["FileConfig", "MicConfig", "OpenSetConfig", "StreamConfig", "load_stream_config"]
 
@@ -141,10 +142,8 @@ class StreamConfig:
             value = getattr(self, name)
             if value is not None:
                 in_range(name, value, 0, 600, low_open=True)
-        if (self.window_seconds is not None and self.hop_seconds is not None
-                and not 0 < self.hop_seconds <= self.window_seconds):
-            raise ValueError(f"need 0 < hop <= window, got hop {self.hop_seconds}, window "
-                             f"{self.window_seconds}")
+        if self.window_seconds is not None and self.hop_seconds is not None:
+            check_geometry(self.window_seconds, self.hop_seconds, " s")
 
 
 def load_stream_config(path: str | os.PathLike | None = None,

@@ -67,6 +67,7 @@ from typing import Any
 
 import numpy as np
 
+from audioclust.models.errors import UserError
 from audioclust.models.reference import NoveltyReference
 from audioclust.stream.openset import (
     MAJORITY,
@@ -90,7 +91,7 @@ MAX_NAME = 64
 NOVEL = -1
 
 
-class EnrolError(ValueError):
+class EnrolError(UserError, ValueError):
     """An enrolment that cannot be made (the message is one line; nothing has changed)."""
 
 
@@ -440,11 +441,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _model(cfg: Any) -> Any:
-    from audioclust.models.runtime import OnnxModel
-    from audioclust.stream.cli import model_path
+    from audioclust.stream.api import open_model
 
-    path = model_path(cfg.model)
-    return OnnxModel(path, provider=cfg.provider, threads=cfg.threads)
+    return open_model(cfg)
 
 
 def _open(path: Path, model: Any | None) -> tuple[Any, Enrolment]:

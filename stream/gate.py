@@ -20,7 +20,8 @@ def rms_dbfs(samples: np.ndarray) -> float:
 
 
 class EnergyGate:
-    """``silent(x)`` is True when the window's RMS level is below ``threshold_dbfs``.
+    """``silent(x)`` (and :meth:`measure`'s second value) is True when the window's RMS
+    level is below ``threshold_dbfs``.
 
     A fixed threshold rather than an adaptive one: the output must not depend on what the
     stream played before (replays through any source give the same result).
@@ -29,8 +30,10 @@ class EnergyGate:
     def __init__(self, threshold_dbfs: float = -50.0):
         self.threshold_dbfs = threshold_dbfs
 
-    def level(self, samples: np.ndarray) -> float:
-        return rms_dbfs(samples)
+    def measure(self, samples: np.ndarray) -> tuple[float, bool]:
+        """The window's RMS level (dBFS) and whether it is silent."""
+        level = rms_dbfs(samples)
+        return level, bool(level < self.threshold_dbfs)
 
     def silent(self, samples: np.ndarray) -> bool:
-        return bool(self.level(samples) < self.threshold_dbfs)
+        return self.measure(samples)[1]

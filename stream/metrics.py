@@ -12,15 +12,19 @@ process-global state), served by a small HTTP server on ``--metrics-port``, boun
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import generate_latest
 
-__all__ = ["Health", "MetricsServer", "StreamMetrics"]
+__all__ = ["Health", "MetricsServer", "Observer", "RunSummary", "StreamMetrics"]
+
+log = logging.getLogger("audioclust.stream")
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
@@ -68,6 +72,80 @@ class StreamMetrics:
             "audioclust_streams_expired", "Streams finished before their end: idle, or to "
             "bound the messages in flight (in_flight); assignment states dropped beyond "
             "assign.max_streams (state_limit)", ["reason"], registry=r)
+
+
+@dataclass
+class RunSummary:
+    """What one run did, for its last log line."""
+
+    windows: int = 0
+    silent: int = 0
+    novel: int = 0
+    streams: set[str] = field(default_factory=set)
+    audio_seconds: float = 0.0
+    wall_seconds: float = 0.0
+    stopped: bool = False  # ended by a stop request rather than by the source running dry
+
+    def line(self) -> str:
+        rtf = self.audio_seconds / self.wall_seconds if self.wall_seconds > 0 else 0.0
+        how = "stopped" if self.stopped else "done"
+        return (f"{how}: {self.windows} windows from {len(self.streams)} streams "
+                f"({self.silent} silent, {self.novel} novel) in {self.wall_seconds:.1f} s, "
+                f"{self.audio_seconds:.1f} s of audio ({rtf:.1f}x real time)")
+
+
+class Observer:
+    """The one place the pipeline reports what it did: each event updates the Prometheus
+    metrics and the run summary together (and logs drift)."""
+
+    def __init__(self, metrics: StreamMetrics, summary: RunSummary, source: str,
+                 sample_rate: int):
+        self.metrics, self.summary = metrics, summary
+        self.source, self.sample_rate = source, sample_rate
+
+    def audio(self, samples: int) -> None:
+        """A chunk of ``samples`` samples was taken in."""
+        self.summary.audio_seconds += samples / self.sample_rate
+
+    def batch(self, size: int, seconds: float) -> None:
+        """The model ran one batch of ``size`` windows in ``seconds``."""
+        self.metrics.inference_latency.observe(seconds)
+        self.metrics.batch_size.observe(size)
+
+    def record(self, rec: Any) -> None:
+        """A :class:`~audioclust.stream.records.Record` is about to be written."""
+        m, s = self.metrics, self.summary
+        m.windows.labels(source=self.source).inc()
+        s.windows += 1
+        s.streams.add(rec.stream)
+        if rec.silent:
+            s.silent += 1
+            return
+        if rec.novel:
+            s.novel += 1
+            m.novel.inc()
+        if rec.novelty is not None:
+            m.novelty.observe(rec.novelty)
+        if rec.discovered:  # ids keep growing over a long stream: one series for all
+            m.assignments.labels(cluster="discovered").inc()
+        elif rec.cluster is not None and not rec.novel:
+            m.assignments.labels(cluster=str(rec.cluster)).inc()
+        for signal in rec.drift:
+            m.drift.labels(signal=signal).inc()
+            log.info("%s: drift in %s at window %d", rec.stream, signal, rec.seq)
+
+    def written(self, timestamp: float | None, samples: int, silent: bool, arrived: float,
+                now: float, now_mono: float) -> None:
+        """A window's record was written (flushed) at ``now`` (``now_mono`` on the
+        monotonic clock); ``timestamp`` is its capture time, ``arrived`` when it was
+        complete in the windower."""
+        if silent:
+            self.metrics.silent.inc()
+        if timestamp is not None:  # capture time known: from the window's last sample
+            latency = now - (timestamp + samples / self.sample_rate)
+        else:  # from the moment the window was complete in the windower
+            latency = now_mono - arrived
+        self.metrics.e2e_latency.observe(max(0.0, latency))
 
 
 class Health:

@@ -26,25 +26,27 @@ import math
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
 from audioclust.models.files import check_writable
-from audioclust.models.runtime import OnnxModel
+from audioclust.models.runtime import ModelInfo, OnnxModel
 from audioclust.stream.assign import Assigner, Assignment
 from audioclust.stream.config import StreamConfig
 from audioclust.stream.gate import EnergyGate
-from audioclust.stream.metrics import Health, StreamMetrics
+from audioclust.stream.metrics import Health, Observer, RunSummary, StreamMetrics
+from audioclust.stream.records import build_record
 from audioclust.stream.sinks import Sink
 from audioclust.stream.sources import EndOfStream, PipelineHooks, Source, StreamSnapshot
 from audioclust.stream.state import decode_stream_state, encode_stream_state
 from audioclust.stream.window import AckOnly, Chunk, Window, Windower
 
-__all__ = ["AssignerLike", "Pipeline", "RunSummary", "build_assigner", "model_id"]
+__all__ = ["AssignerLike", "Pipeline", "RunSummary", "build_assigner", "model_id",
+           "window_geometry"]
 
 log = logging.getLogger("audioclust.stream")
 
@@ -81,6 +83,18 @@ def model_id(model: OnnxModel) -> str:
     return f"{model.path.stem}@{model.info.weights_sha256[:12]}"
 
 
+def window_geometry(info: ModelInfo, config: StreamConfig) -> tuple[int, int]:
+    """Window and hop in samples: the config's seconds, else the model's; ValueError for a
+    window shorter than the model's minimum (the :class:`Windower` checks the hop)."""
+    win_s = config.window_seconds or info.window_seconds
+    hop_s = config.hop_seconds or info.hop_seconds
+    window, hop = round(win_s * info.sample_rate), round(hop_s * info.sample_rate)
+    if window < info.min_samples:
+        raise ValueError(f"window {win_s} s is shorter than the model's minimum "
+                         f"{info.min_samples / info.sample_rate:.3f} s")
+    return window, hop
+
+
 def build_assigner(model: OnnxModel, config: StreamConfig) -> AssignerLike:
     """The model's head prior and novelty reference feed an :class:`Assigner`; a head-free
     model gets the open-set clusterer (:class:`~audioclust.stream.headfree.HeadFreeAssigner`)."""
@@ -103,24 +117,6 @@ class _Entry:
     ends: bool = False  # the stream's end: once processed, its snapshot says it ended
 
 
-@dataclass
-class RunSummary:
-    windows: int = 0
-    silent: int = 0
-    novel: int = 0
-    streams: set[str] = field(default_factory=set)
-    audio_seconds: float = 0.0
-    wall_seconds: float = 0.0
-    stopped: bool = False  # ended by a stop request rather than by the source running dry
-
-    def line(self) -> str:
-        rtf = self.audio_seconds / self.wall_seconds if self.wall_seconds > 0 else 0.0
-        how = "stopped" if self.stopped else "done"
-        return (f"{how}: {self.windows} windows from {len(self.streams)} streams "
-                f"({self.silent} silent, {self.novel} novel) in {self.wall_seconds:.1f} s, "
-                f"{self.audio_seconds:.1f} s of audio ({rtf:.1f}x real time)")
-
-
 class Pipeline:
     """Runs one source through one model into one sink until the source ends or ``stop``."""
 
@@ -138,23 +134,15 @@ class Pipeline:
         self.config = config = config or StreamConfig()
         self.metrics = metrics or StreamMetrics()
         self.health = health or Health(config.stall_seconds)
-        info = model.info
-        self.sample_rate = info.sample_rate
-        win_s = config.window_seconds or info.window_seconds
-        hop_s = config.hop_seconds or info.hop_seconds
-        self.window_samples = round(win_s * self.sample_rate)
-        self.hop_samples = round(hop_s * self.sample_rate)
-        if self.window_samples < info.min_samples:
-            raise ValueError(f"window {win_s} s is shorter than the model's minimum "
-                             f"{info.min_samples / self.sample_rate:.3f} s")
-        if not 0 < self.hop_samples <= self.window_samples:
-            raise ValueError(f"need 0 < hop <= window, got hop {hop_s} s, window {win_s} s")
+        self.sample_rate = model.info.sample_rate
+        self.window_samples, self.hop_samples = window_geometry(model.info, config)
         self.windower = Windower(self.window_samples, self.hop_samples, self.sample_rate)
         self.gate = EnergyGate(config.silence_dbfs)
         self.assigner = assigner or build_assigner(model, config)
         self.model_name = model_id(model)
         self.queue: list[_Entry] = []
         self.summary = RunSummary()
+        self.observer = Observer(self.metrics, self.summary, source.kind, self.sample_rate)
         self._windows_per_stream: dict[str, int] = defaultdict(int)
         # Streams with audio in the windower, least recently fed first, with the idle clock
         # at their last chunk. The idle clock runs only while the source is connected, so a
@@ -193,7 +181,7 @@ class Pipeline:
         """Drop the buffered audio and queued windows of ``streams`` (never acked)."""
         gone = set(streams)
         for s in gone:
-            self.windower.streams.pop(s, None)
+            self.windower.drop(s)
             self._drop_stream(s)
         self.queue = [e for e in self.queue if e.item.stream not in gone]
         self.metrics.queue_depth.set(self._queued_windows())
@@ -272,6 +260,14 @@ class Pipeline:
         streams are not finished: their partial windows stay unacknowledged, so a source
         that commits (Kafka) hands that audio over again after a restart.
         """
+        for _ in self.steps(stop):
+            pass
+        return self.summary
+
+    def steps(self, stop: threading.Event | None = None) -> Iterator[None]:
+        """:meth:`run`, one poll at a time: yields after each poll's work (whatever was due
+        has been written). Closing the generator early closes the source and the sink
+        without saving the state."""
         stop = stop or threading.Event()
         started = time.monotonic()
         clean = False
@@ -296,6 +292,7 @@ class Pipeline:
                 self._maybe_save()
                 if not items and self.source.exhausted:
                     break
+                yield
             self.summary.stopped = stop.is_set()
             self._process()
             clean = True
@@ -310,7 +307,6 @@ class Pipeline:
                     self.source.close()
                 finally:
                     self.sink.close()
-        return self.summary
 
     def save_state(self) -> None:
         """Write the state file now (a failure is a one-line ValueError)."""
@@ -356,7 +352,7 @@ class Pipeline:
             self._end_stream(item.stream)
             return
         out, events = self.windower.push(item)
-        self.summary.audio_seconds += np.asarray(item.samples).size / self.sample_rate
+        self.observer.audio(np.asarray(item.samples).size)
         for ev in events:
             self.metrics.stream_events.labels(kind=ev.kind).inc()
             self._log_event(ev.stream, ev.kind, ev.detail)
@@ -370,8 +366,7 @@ class Pipeline:
         ``expired`` says why a stream that did not end is finished all the same ("idle",
         "in_flight"): the same rule as an end, its audio acknowledged, counted and logged.
         """
-        buffered = self.windower.streams.get(stream)
-        samples = 0 if buffered is None else buffered.end - buffered.buffer_start
+        samples = self.windower.buffered(stream)
         out = self.windower.finish(stream, self.model.info.min_samples)
         if expired is not None:
             self.metrics.streams_expired.labels(reason=expired).inc()
@@ -407,8 +402,7 @@ class Pipeline:
             entry = _Entry(it, now)
             if isinstance(it, Window):
                 self._windows_per_stream[it.stream] += 1
-                entry.level = self.gate.level(it.samples)
-                entry.silent = bool(entry.level < self.gate.threshold_dbfs)
+                entry.level, entry.silent = self.gate.measure(it.samples)
             self.queue.append(entry)
         self.metrics.queue_depth.set(self._queued_windows())
 
@@ -439,10 +433,6 @@ class Pipeline:
         log.warning("%s%s (%s%s)", f"{stream}: " if stream else "", kind, detail, more)
         self._event_log[key] = (now, 0)
 
-    def _observe_batch(self, size: int, seconds: float) -> None:
-        self.metrics.inference_latency.observe(seconds)
-        self.metrics.batch_size.observe(size)
-
     def _process(self) -> None:
         """Run, assign, write, flush, then ack everything queued."""
         if not self.queue:
@@ -450,11 +440,10 @@ class Pipeline:
         entries, self.queue = self.queue, []
         todo = [e.item for e in entries if isinstance(e.item, Window) and not e.silent]
         emb, post = self.model.embed([w.samples for w in todo], self.config.max_batch,
-                                     self._observe_batch)
+                                     self.observer.batch)
         results = {id(w): (emb[i], None if post is None else post[i])
                    for i, w in enumerate(todo)}
         records: list[dict[str, Any]] = []
-        kind = self.source.kind
         self._unwritten = True
         for e in entries:
             w = e.item
@@ -468,8 +457,9 @@ class Pipeline:
             else:
                 z, p = results[id(w)]
                 a = self.assigner.process(w.stream, z, p)
-            records.append(self._record(w, e, a))
-            self.metrics.windows.labels(source=kind).inc()
+            rec = build_record(w, e.level, e.silent, a, self.model_name, self.sample_rate)
+            self.observer.record(rec)
+            records.append(rec.to_dict())
         dropped = self.assigner.evicted - self._evicted
         if dropped:
             self._evicted = self.assigner.evicted
@@ -481,68 +471,12 @@ class Pipeline:
         written = time.time()
         written_mono = time.monotonic()
         for e in entries:
-            if isinstance(e.item, Window):
-                self._count(e, written, written_mono)
+            w = e.item
+            if isinstance(w, Window):
+                self.observer.written(w.timestamp, len(w.samples), e.silent, e.arrived,
+                                      written, written_mono)
         for e in entries:  # acks only once the sink holds every record above
             for ack in e.item.acks:
                 ack()
         self.metrics.queue_depth.set(self._queued_windows())
         self.health.beat()
-
-    def _record(self, w: Window, e: _Entry, a: Assignment | None) -> dict[str, Any]:
-        sr = self.sample_rate
-        rec: dict[str, Any] = {
-            "stream": w.stream,
-            "seq": w.index,
-            "start": round(w.start / sr, 6),
-            "end": round((w.start + len(w.samples)) / sr, 6),
-            "cluster": None if a is None else a.cluster,
-            "confidence": None if a is None else a.confidence,
-            "novel": False if a is None else bool(a.novel),
-            "silent": e.silent,
-            "model": self.model_name,
-            "timestamp": None if w.timestamp is None else round(w.timestamp, 6),
-            "level_dbfs": round(e.level, 2),
-            "top": None if a is None else a.top,
-            "nearest": None if a is None else a.nearest,
-            "similarity": None if a is None else a.similarity,
-            "drift": [] if a is None else list(a.drift),
-            "novelty": None if a is None else a.novelty,
-            "discovered": False if a is None else a.discovered,
-            "label": None if a is None else a.label,
-        }
-        if rec["confidence"] is not None and not math.isfinite(rec["confidence"]):
-            rec["confidence"] = None  # a NaN from a broken model must not break the JSON line
-        s = self.summary
-        s.windows += 1
-        s.streams.add(w.stream)
-        if e.silent:
-            s.silent += 1
-        elif a is not None and a.novel:
-            s.novel += 1
-        rec_a = a
-        if rec_a is not None:
-            m = self.metrics
-            if rec_a.novel:
-                m.novel.inc()
-            if rec_a.novelty is not None:
-                m.novelty.observe(rec_a.novelty)
-            if rec_a.discovered:  # ids keep growing over a long stream: one series for all
-                m.assignments.labels(cluster="discovered").inc()
-            elif rec_a.cluster is not None and not rec_a.novel:
-                m.assignments.labels(cluster=str(rec_a.cluster)).inc()
-            for signal in rec_a.drift:
-                m.drift.labels(signal=signal).inc()
-                log.info("%s: drift in %s at window %d", w.stream, signal, w.index)
-        return rec
-
-    def _count(self, e: _Entry, now: float, now_mono: float) -> None:
-        w = e.item
-        assert isinstance(w, Window)
-        if e.silent:
-            self.metrics.silent.inc()
-        if w.timestamp is not None:  # capture time known: from the window's last sample
-            latency = now - (w.timestamp + len(w.samples) / self.sample_rate)
-        else:  # from the moment the window was complete in the windower
-            latency = now_mono - e.arrived
-        self.metrics.e2e_latency.observe(max(0.0, latency))

@@ -41,6 +41,7 @@ from typing import Any
 
 import numpy as np
 
+from audioclust.models.errors import UserError
 from audioclust.models.files import atomic_savez
 
 __all__ = [
@@ -65,7 +66,7 @@ _MEMBER = "stream."
 _KINDS = "biuf"  # bool, signed, unsigned, float: nothing that could hold an object
 
 
-class StateError(ValueError):
+class StateError(UserError, ValueError):
     """Bytes or a file that are not a readable stream state (the message is one line)."""
 
 

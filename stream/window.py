@@ -21,7 +21,16 @@ import numpy as np
 
 from audioclust.stream.continuity import step
 
-__all__ = ["AckOnly", "Chunk", "StreamEvent", "Window", "Windower", "recording_windows"]
+__all__ = ["AckOnly", "Chunk", "StreamEvent", "Window", "Windower", "check_geometry",
+           "recording_windows"]
+
+
+def check_geometry(window: float, hop: float, unit: str = "") -> None:
+    """ValueError unless ``0 < hop <= window`` (in seconds or samples; ``unit`` names it
+    in the message)."""
+    if not 0 < hop <= window:
+        raise ValueError(f"need 0 < hop <= window, got hop {hop:g}{unit}, window "
+                         f"{window:g}{unit}")
 
 
 @dataclass
@@ -86,8 +95,7 @@ class Windower:
     """Feed chunks with :meth:`push`; get complete windows back, in stream order."""
 
     def __init__(self, window: int, hop: int, sample_rate: int):
-        if not 0 < hop <= window:
-            raise ValueError(f"need 0 < hop <= window, got hop {hop}, window {window}")
+        check_geometry(window / sample_rate, hop / sample_rate, " s")
         self.window, self.hop, self.sample_rate = window, hop, sample_rate
         self.streams: dict[str, _StreamBuffer] = {}
 
@@ -177,9 +185,19 @@ class Windower:
             s.buffer_start = keep_from
         return out
 
+    def buffered(self, stream: str) -> int:
+        """Samples of ``stream`` taken in and not yet past its last window."""
+        s = self.streams.get(stream)
+        return 0 if s is None else s.end - s.buffer_start
+
     def pending_acks(self, stream: str) -> int:
+        """Acks of ``stream``'s chunks waiting for their last window."""
         s = self.streams.get(stream)
         return 0 if s is None else len(s.pending)
+
+    def drop(self, stream: str) -> None:
+        """Forget ``stream``'s buffered audio; its pending acks are never called."""
+        self.streams.pop(stream, None)
 
 
 def recording_windows(audio: np.ndarray, window: int, hop: int, sample_rate: int,

@@ -12,10 +12,8 @@ from audioclust.training.augment import (
     SPEC_AUGMENT_PRESETS,
     KMix,
     MixupBYOLA,
-    Normalize,
     RandomLinearFader,
     RandomResizedCrop,
-    RunningNorm,
     SpecAugment,
 )
 
@@ -194,53 +192,6 @@ def test_random_linear_fader_adds_a_bounded_ramp():
     assert r.abs().max() <= 0.7 + 1e-6
     assert r.abs().max() > 0.3  # and it does something
     assert (r[:, 0] > 0).any() and (r[:, 0] < 0).any()
-
-
-def test_running_norm_accumulates_then_freezes():
-    norm = RunningNorm(epoch_samples=5, max_update_epochs=2)  # 10 clips of statistics
-    x1, x2, x3 = batch(b=6, seed=1) * 3 + 2, batch(b=6, seed=2) * 3 + 2, batch(b=6, seed=3)
-    norm(x1)
-    out = norm(x2)  # straddles the limit: only its first 4 clips count
-    seen = torch.cat([x1, x2[:4]]).double()
-    assert norm.frozen and int(norm.samples_seen) == 10
-    assert norm.mean == pytest.approx(float(seen.mean()), abs=1e-9)
-    assert norm.std == pytest.approx(float(seen.std(unbiased=False)), abs=1e-9)
-    torch.testing.assert_close(out, (x2 - norm.mean) / norm.std)
-    before = (norm.mean, norm.std)
-    norm(x3)
-    assert (norm.mean, norm.std) == before
-    # Statistics travel in the state dict.
-    copy = RunningNorm(epoch_samples=5, max_update_epochs=2)
-    copy.load_state_dict(norm.state_dict())
-    copy.eval()
-    torch.testing.assert_close(copy(x3), norm(x3))
-
-
-def test_running_norm_is_frozen_in_eval_and_needs_data():
-    norm = RunningNorm(epoch_samples=100).eval()
-    with pytest.raises(RuntimeError, match="no statistics"):
-        norm(batch())
-    norm.train()
-    out = norm(batch(b=32) * 4 - 1)
-    assert abs(float(out.mean())) < 1e-4
-    assert float(out.std(unbiased=False)) == pytest.approx(1, abs=1e-4)
-    norm.eval()
-    norm(batch(seed=5) + 100)
-    assert int(norm.samples_seen) == 32
-
-
-def test_normalize_from_data():
-    data = [batch(b=4, seed=s) * 2 + 3 for s in range(3)]
-    norm = Normalize.from_data(data)
-    pooled = torch.cat(data).double()
-    assert float(norm.mean) == pytest.approx(float(pooled.mean()), abs=1e-5)
-    assert float(norm.std) == pytest.approx(float(pooled.std(unbiased=False)), abs=1e-5)
-    out = norm(torch.cat(data))
-    assert abs(float(out.mean())) < 1e-4 and float(out.std()) == pytest.approx(1, abs=1e-3)
-    per_band = Normalize(torch.zeros(64, 1), torch.full((64, 1), 2.0))
-    torch.testing.assert_close(per_band(data[0]), data[0] / 2)
-    with pytest.raises(ValueError):
-        Normalize(0.0, 0.0)
 
 
 def _runs(mask: torch.Tensor) -> int:

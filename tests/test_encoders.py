@@ -1,4 +1,4 @@
-"""Encoders: shapes and limits, exact padding masking, patch dropping, checkpoints, ONNX."""
+"""Encoders: shapes and limits, exact padding masking, patch dropping, ONNX."""
 
 from __future__ import annotations
 
@@ -6,19 +6,14 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
-from safetensors.torch import save_file
 
 from audioclust.models.config import ConfigError
 from audioclust.models.encoders import (
-    CHECKPOINT_FORMAT,
     AudioNTT,
     Encoder,
     ViT,
     build_encoder,
     encoder_name,
-    load_encoder,
-    read_encoder_metadata,
-    save_encoder,
 )
 from audioclust.models.onnx_export import export_onnx
 
@@ -153,41 +148,6 @@ def test_vit_patch_dropping():
         torch.testing.assert_close(kept[i][kept_valid[i]], tokens[i, chosen])
     with pytest.raises(ValueError, match="mask_ratio"):
         vit(x, mask_ratio=1.0)
-
-
-def test_save_load_gives_identical_embeddings(encoder, tmp_path):
-    name = encoder_name(encoder)
-    # Non-default buffers make sure running statistics travel too.
-    with torch.no_grad():
-        for buf in encoder.buffers():
-            if buf.is_floating_point():
-                buf.uniform_(0.5, 1.5)
-    path = save_encoder(encoder, name, None, tmp_path / "enc.safetensors")
-    assert read_encoder_metadata(path) == (name, encoder.config.to_dict())
-    loaded = load_encoder(path)
-    assert type(loaded) is type(encoder) and loaded.config == encoder.config
-    assert not loaded.training
-    x = logmel(2, 123)
-    with torch.no_grad():
-        assert torch.equal(loaded(x), encoder(x))
-        assert torch.equal(loaded(x, torch.tensor([123, 50])), encoder(x, torch.tensor([123, 50])))
-
-
-def test_save_checks_name_and_config(tmp_path):
-    small = build_encoder("vit", {"width": 48, "heads": 2, "depth": 1})
-    path = save_encoder(small, "vit", {"width": 48, "heads": 2, "depth": 1}, tmp_path / "v.st")
-    assert load_encoder(path).config == small.config
-    with pytest.raises(ValueError, match="not 'audiontt'"):
-        save_encoder(small, "audiontt", None, tmp_path / "x.safetensors")
-    with pytest.raises(ValueError, match="does not describe"):
-        save_encoder(small, "vit", {"width": 96}, tmp_path / "x.safetensors")
-    save_file({"w": torch.zeros(2)}, str(tmp_path / "other.safetensors"), metadata={"a": "b"})
-    with pytest.raises(ValueError, match="not an audioclust encoder"):
-        load_encoder(tmp_path / "other.safetensors")
-    (tmp_path / "junk.safetensors").write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match="not a safetensors file"):
-        load_encoder(tmp_path / "junk.safetensors")
-    assert CHECKPOINT_FORMAT == "audioclust-encoder"
 
 
 @pytest.mark.slow

@@ -13,10 +13,12 @@ from conftest import REPO
 from packaging.requirements import Requirement
 
 CODE_DIRS = ("models", "training", "stream")
+#: The folder of the top-level package itself: the Python API's names (``import audioclust``).
+API_DIR = "audioclust"
 
 
 def _packages_on_disk() -> set[str]:
-    found = set()
+    found = {API_DIR} if (REPO / API_DIR / "__init__.py").is_file() else set()
     for top in CODE_DIRS:
         for init in (REPO / top).rglob("__init__.py"):
             rel = init.parent.relative_to(REPO)
@@ -35,7 +37,7 @@ def test_wheel_contents(tmp_path):
     src.mkdir()
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(REPO / name, src / name)
-    for top in CODE_DIRS:
+    for top in (*CODE_DIRS, API_DIR):
         shutil.copytree(REPO / top, src / top, ignore=shutil.ignore_patterns("__pycache__"))
     proc = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
@@ -50,6 +52,7 @@ def test_wheel_contents(tmp_path):
     for pkg in _packages_on_disk():
         assert pkg.replace(".", "/") + "/__init__.py" in names
     assert "audioclust/models/frontend.py" in names
+    assert "audioclust/__init__.py" in names and "audioclust/sinks.py" in names
     assert "audioclust/training/metrics.py" in names
     # the shipped demo model and recordings travel with the package
     assert "audioclust/models/assets/default.onnx" in names
@@ -73,6 +76,20 @@ def test_wheel_contents(tmp_path):
              if r.marker is not None and r.marker.evaluate({"extra": "train"})}
     assert {"torch", "scikit-learn", "onnx", "matplotlib"} <= train
     assert not base & {"torch", "scikit-learn", "onnx", "onnxscript", "matplotlib", "tqdm"}
+    # installed from the wheel (not editable), the API and its subpackages import from there
+    target = tmp_path / "site"
+    proc = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q",
+                           "--target", str(target), str(wheel)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    code = ("import audioclust as ac, audioclust.stream.api as api; "
+            "m = ac.load_model('demo'); print(api.__file__); print(m.info.n_clusters)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, cwd=tmp_path, env={"PYTHONPATH": str(target),
+                                                          "PATH": "/usr/bin:/bin"})
+    assert proc.returncode == 0, proc.stderr
+    where, clusters = proc.stdout.split()
+    assert Path(where).is_relative_to(target) and int(clusters) > 0
 
 
 def test_training_commands_without_the_train_extra_say_what_to_install(tmp_path):
@@ -119,6 +136,9 @@ def test_editable_install_maps_folders():
     # In this checkout the modules come from the repo folders themselves (editable mode).
     assert Path(fe.__file__).resolve() == REPO / "models" / "frontend.py"
     assert Path(m.__file__).resolve() == REPO / "training" / "metrics.py"
+    import audioclust
+
+    assert Path(audioclust.__file__).resolve() == REPO / "audioclust" / "__init__.py"
 
 
 def test_kafka_client_checks_crcs_in_c():

@@ -10,18 +10,16 @@ global RNG.
 - :class:`MixupBYOLA`: BYOL-A's log-mixup-exp with a memory bank of past inputs.
 - :class:`RandomResizedCrop`: BYOL-A's crop from a virtual canvas, resized back.
 - :class:`RandomLinearFader`: BYOL-A v2's random linear gain ramp over time.
-- :class:`RunningNorm`, :class:`Normalize`: normalisation with running or fixed stats.
 - :class:`SpecAugment`: frequency and time masks, with the FixMatch-audio presets.
 - :class:`KMix`: label-free mixup of k clips of the batch, returning its weights.
 
-BYOL-A's pipeline is ``Normalize`` (or ``RunningNorm``) -> ``MixupBYOLA`` ->
-``RandomResizedCrop`` -> ``RandomLinearFader``, with each branch normalised again after.
+BYOL-A's pipeline is ``MixupBYOLA`` -> ``RandomResizedCrop`` -> ``RandomLinearFader`` on
+log-mels normalised with the dataset's statistics (the embedder's ``mean``/``std``).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
 from typing import Literal, NamedTuple
 
 import torch
@@ -35,10 +33,8 @@ __all__ = [
     "KMixOutput",
     "MaskSpans",
     "MixupBYOLA",
-    "Normalize",
     "RandomLinearFader",
     "RandomResizedCrop",
-    "RunningNorm",
     "SpecAugment",
 ]
 
@@ -317,111 +313,6 @@ class RandomLinearFader(_RandomTransform):
 
     def extra_repr(self) -> str:
         return f"gain={self.gain}"
-
-
-class RunningNorm(nn.Module):
-    """Normalise with a mean and standard deviation accumulated from training batches.
-
-    While training, each batch's values update the statistics (one scalar mean and std
-    pooled over every value, exact in float64) until ``epoch_samples *
-    max_update_epochs`` clips have been seen; from then on, and in eval mode, they are
-    frozen. Output is ``(x - mean) / std``. The statistics are buffers, so they are
-    saved with the state dict.
-    """
-
-    def __init__(self, epoch_samples: int, max_update_epochs: int = 10, eps: float = 1e-8):
-        super().__init__()
-        if epoch_samples <= 0 or max_update_epochs <= 0:
-            raise ValueError("epoch_samples and max_update_epochs must be positive")
-        self.max_samples = epoch_samples * max_update_epochs
-        self.eps = eps
-        self.register_buffer("samples_seen", torch.zeros((), dtype=torch.long))
-        self.register_buffer("n_values", torch.zeros((), dtype=torch.float64))
-        self.register_buffer("running_mean", torch.zeros((), dtype=torch.float64))
-        self.register_buffer("running_m2", torch.zeros((), dtype=torch.float64))
-
-    @property
-    def frozen(self) -> bool:
-        return int(self.samples_seen) >= self.max_samples
-
-    @property
-    def mean(self) -> float:
-        return float(self.running_mean)
-
-    @property
-    def std(self) -> float:
-        var = float(self.running_m2) / max(float(self.n_values), 1.0)
-        return max(math.sqrt(var), self.eps)
-
-    @torch.no_grad()
-    def update(self, x: torch.Tensor) -> None:
-        """Fold up to the remaining sample budget of ``x`` into the statistics."""
-        room = self.max_samples - int(self.samples_seen)
-        if room <= 0:
-            return
-        used = x[:room].detach().to(torch.float64)
-        n = used.numel()
-        batch_mean = used.mean()
-        batch_m2 = (used - batch_mean).square().sum()
-        # Chan et al.'s pairwise merge of (count, mean, M2): exact and stable.
-        total = self.n_values + n
-        delta = batch_mean.to(self.running_mean.device) - self.running_mean
-        self.running_mean += delta * (n / total)
-        self.running_m2 += batch_m2.to(self.running_m2.device) + delta.square() * (
-            self.n_values * n / total
-        )
-        self.n_values.copy_(total)
-        self.samples_seen += used.shape[0]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        _check_batch(x, type(self).__name__)
-        if self.training:
-            self.update(x)
-        if int(self.samples_seen) == 0:
-            raise RuntimeError("RunningNorm has no statistics yet: run it in training mode first")
-        return (x - self.mean) / self.std
-
-    def extra_repr(self) -> str:
-        return f"max_samples={self.max_samples}, samples_seen={int(self.samples_seen)}"
-
-
-class Normalize(nn.Module):
-    """``(x - mean) / std`` with precomputed statistics (scalars or broadcastable tensors)."""
-
-    def __init__(self, mean: float | torch.Tensor, std: float | torch.Tensor):
-        super().__init__()
-        mean_t = torch.as_tensor(mean, dtype=torch.float32)
-        std_t = torch.as_tensor(std, dtype=torch.float32)
-        if not bool((std_t > 0).all()):
-            raise ValueError("std must be positive")
-        self.register_buffer("mean", mean_t)
-        self.register_buffer("std", std_t)
-
-    @classmethod
-    def from_data(cls, batches: torch.Tensor | Iterable[torch.Tensor]) -> Normalize:
-        """Scalar mean and std pooled over every value of ``batches`` (float64 sums)."""
-        if isinstance(batches, torch.Tensor):
-            batches = [batches]
-        count, total, total_sq = 0, 0.0, 0.0
-        for batch in batches:
-            values = batch.detach().to(torch.float64)
-            count += values.numel()
-            total += float(values.sum())
-            total_sq += float(values.square().sum())
-        if count == 0:
-            raise ValueError("no data to compute statistics from")
-        mean = total / count
-        # Sum-of-squares form: fine in float64 for log-mel magnitudes.
-        std = math.sqrt(max(total_sq / count - mean * mean, 0.0))
-        return cls(mean, max(std, 1e-8))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self.mean) / self.std
-
-    def extra_repr(self) -> str:
-        if self.mean.numel() == 1 and self.std.numel() == 1:
-            return f"mean={float(self.mean):.4g}, std={float(self.std):.4g}"
-        return f"mean={tuple(self.mean.shape)}, std={tuple(self.std.shape)}"
 
 
 class MaskSpans(NamedTuple):

@@ -8,26 +8,18 @@ Registry: :func:`build_encoder` makes one by name ("audiontt", "vit", and the pr
 architectures "cnn14" (PANNs) and "aisfx") from a plain dict of config overrides (unknown
 keys are an error). ``models/pretrained.py`` loads released weights into them.
 
-Checkpoints are one ``.safetensors`` file: the state dict as tensors, and in the file's
-string metadata ``format`` = "audioclust-encoder", ``format_version``, ``encoder`` (the
-registry name) and ``config`` (the full config as JSON). No pickle is involved, and the
-file alone rebuilds the module: :func:`load_encoder`.
+An encoder is saved inside its embedder (frontend, normalisation, encoder):
+:func:`audioclust.models.embedder.save_embedder`, one ``.safetensors`` file.
 """
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Mapping
-from dataclasses import asdict
-from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import torch
-from safetensors.torch import load_file
 from torch import nn
 
-from ..checkpoint import read_checked_metadata, write_safetensors
 from ..config import build_config
 from .aisfx import Aisfx, AisfxConfig
 from .audiontt import AudioNTT, AudioNTTConfig
@@ -35,7 +27,6 @@ from .cnn14 import Cnn14, Cnn14Config
 from .vit import ViT, ViTConfig
 
 __all__ = [
-    "CHECKPOINT_FORMAT",
     "ENCODERS",
     "Aisfx",
     "AisfxConfig",
@@ -49,13 +40,7 @@ __all__ = [
     "build_encoder",
     "encoder_config",
     "encoder_name",
-    "load_encoder",
-    "read_encoder_metadata",
-    "save_encoder",
 ]
-
-CHECKPOINT_FORMAT = "audioclust-encoder"
-_FORMAT_VERSION = "1"
 
 # name -> (module class, config dataclass)
 ENCODERS: dict[str, tuple[type[nn.Module], type]] = {
@@ -104,44 +89,3 @@ def encoder_name(module: nn.Module) -> str:
         if type(module) is module_cls:
             return name
     raise ValueError(f"{type(module).__name__} is not a registered encoder")
-
-
-def save_encoder(
-    module: nn.Module,
-    name: str,
-    config: Mapping[str, Any] | None,
-    path: str | os.PathLike,
-) -> Path:
-    """Write ``module`` as a self-describing ``.safetensors`` checkpoint at ``path``.
-
-    ``config`` (overrides, as given to :func:`build_encoder`) is checked against the
-    module's own config, so a checkpoint can never describe another architecture; None
-    takes the module's config as it is. The file is replaced atomically.
-    """
-    if encoder_name(module) != name:
-        raise ValueError(f"module is a {encoder_name(module)!r} encoder, not {name!r}")
-    module_config = module.config
-    if config is not None and encoder_config(name, config) != module_config:
-        raise ValueError(f"config {dict(config)} does not describe this module ({module_config})")
-    metadata = {
-        "format": CHECKPOINT_FORMAT,
-        "format_version": _FORMAT_VERSION,
-        "encoder": name,
-        "config": json.dumps(asdict(module_config), sort_keys=True),
-    }
-    return write_safetensors(path, module.state_dict(), metadata)
-
-
-def read_encoder_metadata(path: str | os.PathLike) -> tuple[str, dict[str, Any]]:
-    """(encoder name, config dict) stored in a checkpoint written by :func:`save_encoder`."""
-    metadata = read_checked_metadata(path, CHECKPOINT_FORMAT, _FORMAT_VERSION,
-                                     "encoder checkpoint")
-    return metadata["encoder"], json.loads(metadata["config"])
-
-
-def load_encoder(path: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Module:
-    """Rebuild the encoder saved at ``path``, on ``device``, in eval mode."""
-    name, config = read_encoder_metadata(path)
-    module = build_encoder(name, config)
-    module.load_state_dict(load_file(str(path), device=str(device)), strict=True)
-    return module.to(device).eval()

@@ -27,13 +27,15 @@ from typing import Any
 
 import numpy as np
 
+from audioclust.models.errors import UserError
+
 __all__ = ["NO_CLUSTER", "Cluster", "Records", "RecordsError", "StreamRecords", "read_records"]
 
 #: ``cluster`` column value of a window without a cluster (silent or novel).
 NO_CLUSTER = -1
 
 
-class RecordsError(ValueError):
+class RecordsError(UserError, ValueError):
     """A records file that cannot be used at all."""
 
 

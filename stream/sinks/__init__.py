@@ -13,10 +13,12 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import Any
 
+from audioclust.models.errors import UserError
+
 __all__ = ["Sink", "SinkError"]
 
 
-class SinkError(RuntimeError):
+class SinkError(UserError, RuntimeError):
     """A sink that cannot deliver its records."""
 
 

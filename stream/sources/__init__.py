@@ -26,6 +26,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
+from audioclust.models.errors import UserError
 from audioclust.stream.window import Chunk
 
 __all__ = ["MAX_STREAM_ID_BYTES", "EndOfStream", "PipelineHooks", "Source", "SourceError",
@@ -48,7 +49,7 @@ def check_stream_id(stream: str) -> str | None:
     return None
 
 
-class SourceError(RuntimeError):
+class SourceError(UserError, RuntimeError):
     """A source that cannot start or continue (no device, unreadable path, bad settings)."""
 
 

@@ -20,6 +20,7 @@ import os
 import sys
 import time
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,13 +76,22 @@ class _Playing:
 class FileSource(Source):
     kind = "file"
 
+    """Replays ``paths`` (files and folders) and then ``audio`` (recordings already decoded
+    to float32 mono at ``sample_rate``, by stream id: the Python API's arrays)."""
+
     def __init__(self, paths: list[str | os.PathLike], sample_rate: int,
-                 config: FileConfig | None = None, metrics: StreamMetrics | None = None):
+                 config: FileConfig | None = None, metrics: StreamMetrics | None = None,
+                 audio: Mapping[str, np.ndarray] | None = None):
         self.config = config or FileConfig()
         self.sample_rate = sample_rate
         self.metrics = metrics
         self.chunk = max(1, round(self.config.chunk_seconds * sample_rate))
-        self.pending: deque[tuple[str, Path]] = deque(list_files(paths))
+        self.pending: deque[tuple[str, Path | np.ndarray]] = deque(list_files(paths))
+        for name, samples in (audio or {}).items():
+            problem = check_stream_id(name)
+            if problem:
+                raise SourceError(f"stream {name!r}: {problem}")
+            self.pending.append((name, samples))
         self.total = len(self.pending)
         self.playing: list[_Playing] = []
         self.failures: list[str] = []  # one line per file that could not be replayed
@@ -95,7 +105,8 @@ class FileSource(Source):
         while len(self.playing) < self.config.parallel and self.pending:
             stream, path = self.pending.popleft()
             try:
-                audio = load_audio(path, sr=self.sample_rate)
+                audio = path if isinstance(path, np.ndarray) else \
+                    load_audio(path, sr=self.sample_rate)
             except AudioError as exc:
                 self._fail(f"{exc}")
                 continue
