@@ -236,6 +236,15 @@ def test_a_torn_last_line_is_not_glued_to_the_next_record(tmp_path):
     assert out.read_text().count("\n") == 3
 
 
+def test_a_sink_to_a_device_writes_and_flushes_without_fsync():
+    """``--sink jsonl:/dev/null`` (docs/deploy.md's sizing run): fsync refuses a device."""
+    sink = JsonlSink("/dev/null")
+    sink.write([{"stream": "a", "seq": 0}])
+    sink.flush()
+    sink.close()
+    assert not sink._durable
+
+
 def test_bad_files_are_reported_and_the_rest_carry_on(stream_model, fsdd_subset, tmp_path):
     d = tmp_path / "mixed"
     d.mkdir()

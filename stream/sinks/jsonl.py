@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import sys
 from pathlib import Path
 from typing import Any, TextIO
@@ -60,14 +61,18 @@ def _torn(path: Path) -> bool:
 
 
 class JsonlSink(Sink):
-    """Appends records to a file; ``flush`` writes and fsyncs, so acked records survive a crash."""
+    """Appends records to a file; ``flush`` writes and fsyncs, so acked records survive a crash.
+    A path that is not a regular file (``/dev/null``, a device) is written and flushed but
+    not fsynced: it has nothing to keep, and fsync refuses it."""
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._file = self.path.open("a", encoding="utf-8")
-            if _torn(self.path):  # a run killed mid-write: end its half line, not ours
+            self._durable = stat.S_ISREG(os.fstat(self._file.fileno()).st_mode)
+            # a run killed mid-write: end its half line, not ours
+            if self._durable and _torn(self.path):
                 self._file.write("\n")
         except OSError as exc:
             raise SinkError(f"{self.path}: cannot open for appending "
@@ -84,7 +89,8 @@ class JsonlSink(Sink):
             return
         try:
             self._file.flush()
-            os.fsync(self._file.fileno())
+            if self._durable:
+                os.fsync(self._file.fileno())
         except OSError as exc:
             raise SinkError(f"{self.path}: cannot flush ({exc.strerror or exc})") from exc
 
