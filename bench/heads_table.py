@@ -81,6 +81,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     if args.embeddings.suffix == ".npz":
         with np.load(args.embeddings) as f:
+            missing = sorted({"embeddings", "labels"} - set(f.files))
+            if missing:
+                raise ValueError(f"{args.embeddings}: no {' or '.join(missing)} array")
             x, y = f["embeddings"].astype(np.float32), np.asarray(f["labels"])
     elif args.data is None or args.labels is None:
         raise ValueError("a .npy file needs --data and --labels")
@@ -129,10 +132,11 @@ def markdown(result: dict[str, Any]) -> str:
     """One line per clusterer: mean ± half the range over the seeds."""
     lines = ["| data set | clusterer | NMI | ARI | ACC | clusters used | fit time |",
              "|---|---|---|---|---|---|---|"]
+    label = result["name"] + (f" ({result['labels']})" if result["labels"] else "")
     for name in dict.fromkeys(r["clusterer"] for r in result["rows"]):
         rows = [r for r in result["rows"] if r["clusterer"] == name]
         used = min(r["clusters_used"] for r in rows)
-        lines.append(f"| {result['name']} | {name} | "
+        lines.append(f"| {label} | {name} | "
                      + " | ".join(_spread([r[m] for r in rows]) for m in ("nmi", "ari", "acc"))
                      + f" | >= {used} of {rows[0]['n_clusters']} | "
                      f"{_spread([r['seconds'] for r in rows], 0)} s |")
