@@ -301,6 +301,19 @@ def test_heads_table_scores_every_clusterer_on_an_embeddings_file(fsdd_subset, t
     proc = _run("heads_table.py", "--embeddings", str(tmp_path / "absent.npy"), "--data",
                 str(fsdd_subset), "--labels", "digit")
     assert proc.returncode == 2 and "not found" in proc.stderr
+    proc = _run("heads_table.py", "--embeddings", str(emb))  # a .npy needs the folder
+    assert proc.returncode == 2 and "needs --data and --labels" in proc.stderr
+
+    # an .npz carries its labels; several seeds give one row each, and mean ± spread
+    npz = tmp_path / "emb.npz"
+    np.savez(npz, embeddings=(centres[y] + rng.standard_normal((y.size, 24))).astype(
+        np.float32), labels=np.asarray(y))
+    proc = _run("heads_table.py", "--embeddings", str(npz), "--clusterers", "kmeans",
+                "--seeds", "0,1", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc = json.loads(out.read_text())
+    assert [(r["clusterer"], r["seed"]) for r in doc["rows"]] == [("kmeans", 0), ("kmeans", 1)]
+    assert doc["n_clusters"] == 4 and " ± " in proc.stdout and "| emb | kmeans |" in proc.stdout
 
 
 def test_heads_scale_reports_the_plan_the_rules_chose(tmp_path):

@@ -261,6 +261,19 @@ def test_deepcluster_finds_blobs():
     np.testing.assert_array_equal(model.predict(x), model.labels_)
 
 
+def test_deepcluster_recovers_unequal_clusters_with_either_view():
+    """Clusters of 100, 100 and 20 points: with neighbour views or the points themselves
+    the (logit-adjusted) head finds all three and its mean posterior follows their sizes."""
+    x, y = blobs(3, 100, seed=9)
+    x, y = x[: 100 + 100 + 20], y[: 100 + 100 + 20]  # cluster sizes 100, 100, 20
+    for views in ("neighbours", "points"):
+        model = DeepCluster(3, n_heads=2, hidden_dim=32, views=views, seed=0).fit(x)
+        assert nmi(y, model.labels_) > 0.9, views
+        assert ("k_neighbors" in model.history_) == (views == "neighbours")
+        mean = np.sort(model.predict_proba(x).mean(0))
+        np.testing.assert_allclose(mean, np.sort(np.bincount(y) / y.size), atol=0.05)
+
+
 # --- what every head shares -------------------------------------------------------------
 
 

@@ -22,7 +22,7 @@ any width (docs/benchmarks.md has the measurements behind each):
 - neighbours (:func:`neighbour_count`): k = clip(round(n / (20 K)), 5, 50), about 5 % of
   an average cluster;
 - start (:func:`kmeans_warm_start`, TEMI and SPICE): every head first learns its own
-  k-means partition (best of 3 restarts, its own seed) of the head's input space, so the
+  k-means partition (best of a few restarts, its own seed) of the head's input space, so the
   method's objective refines a partition instead of starting from a random head, whose
   first clusters merge well-separated groups on small sets;
 - selection (:func:`select_head`): the lowest loss among the heads that use the most
@@ -134,10 +134,10 @@ def plan_steps(
 
 def kmeans_warm_start(
     head: ClusterHead, x: torch.Tensor, seed: int, steps: int, batch: int, lr: float,
-    rng: np.random.Generator,
+    rng: np.random.Generator, restarts: int = 3,
 ) -> dict[str, Any]:
-    """Train every head of ``head`` to predict its own k-means partition (best of 3
-    restarts, seeded per head) of the head's input space, by cross-entropy (label smoothing 0.1:
+    """Train every head of ``head`` to predict its own k-means partition (best of
+    ``restarts``, seeded per head) of the head's input space, by cross-entropy (label smoothing 0.1:
     a start, not saturated logits) on batches drawn uniformly over the k-means clusters."""
     from torch.nn import functional as F
 
@@ -148,7 +148,7 @@ def kmeans_warm_start(
     with torch.no_grad():
         prepared = head.prepare(x)
     z = prepared.numpy().astype(np.float64)
-    labels = [KMeans(k, n_init=3, max_iter=100, random_state=seed * 1009 + h).fit_predict(z)
+    labels = [KMeans(k, n_init=restarts, max_iter=100, random_state=seed * 1009 + h).fit_predict(z)
               for h in range(head.config.n_heads)]
     targets = torch.from_numpy(np.stack(labels))
     order = torch.from_numpy(np.stack([balanced_indices(lab, steps * batch, rng)

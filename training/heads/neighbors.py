@@ -3,7 +3,10 @@
 Cosine similarity is the inner product of L2-normalised vectors, so every index here is an
 inner-product index over normalised copies of the embeddings:
 
-- ``flat`` (``IndexFlatIP``): exact; the default up to ``exact_threshold`` points;
+- ``flat``: exact; the default up to ``exact_threshold`` points. :func:`knn` computes it
+  as blocked matrix products with a top-k per block (torch), which on one core was 6x
+  faster than faiss's ``IndexFlatIP`` search at 30,000 x 512 (31 s against 197 s, the
+  same neighbours); :func:`build_index` still gives the faiss index;
 - ``ivf`` (``IndexIVFFlat``): ``nlist`` = 4 sqrt(n) k-means cells, ``nprobe`` of them
   searched per query; trained on at most 256 points per cell;
 - ``hnsw`` (``IndexHNSWFlat``): a navigable small-world graph, ``M`` = 32 links per node.
@@ -83,6 +86,23 @@ def _drop_self(idx: np.ndarray, sim: np.ndarray, rows: np.ndarray) -> tuple[np.n
     return idx[keep].reshape(-1, k), sim[keep].reshape(-1, k)
 
 
+def _exact_search(xn: np.ndarray, k: int, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(similarities, indices) of the k most similar rows (itself included), by blocks of
+    at most ``batch_size`` query rows and 2^26 similarities."""
+    import torch
+
+    x = torch.from_numpy(xn)
+    n = x.shape[0]
+    rows = max(1, min(batch_size, (1 << 26) // n))
+    sims, idxs = [], []
+    with torch.no_grad():
+        for start in range(0, n, rows):
+            sim, idx = torch.topk(x[start : start + rows] @ x.T, k, dim=1)
+            sims.append(sim)
+            idxs.append(idx)
+    return torch.cat(sims).numpy(), torch.cat(idxs).numpy()
+
+
 def knn(
     embeddings: np.ndarray,
     k: int,
@@ -110,6 +130,10 @@ def knn(
     idx_kind: IndexKind = index
     if index == "auto":
         idx_kind = "flat" if n <= exact_threshold else "ivf"
+    if idx_kind == "flat":
+        sim, idx = _exact_search(xn, k + 1, batch_size)
+        out_idx, out_sim = _drop_self(idx, sim, np.arange(n))
+        return out_idx.astype(np.int64), out_sim.astype(np.float32)
     ef = ef_search or max(128, 2 * (k + 1))
     faiss_index = build_index(xn, idx_kind, exact_threshold, nprobe=nprobe, ef_search=ef,
                               seed=seed)
