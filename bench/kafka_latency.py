@@ -22,6 +22,7 @@ reader of the results. Prints one JSON object.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -30,6 +31,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +42,28 @@ sys.path.insert(0, str(REPO / "tests"))  # the test suite's broker helper
 # tansu makes a join wait for the whole rebalance timeout (= max_poll_interval_ms)
 GROUP_OPTIONS = ["max_poll_interval_ms=5000", "session_timeout_ms=10000",
                  "heartbeat_interval_ms=1000", "max_poll_records=50"]
+
+
+@contextlib.contextmanager
+def broker_and_model(bootstrap: str | None, model_arg: Path | None
+                     ) -> Iterator[tuple[Path, str, Path]]:
+    """A temporary folder, the broker (tansu on loopback unless ``bootstrap`` names one)
+    and the model to run (``model_arg``, or a random test model exported there)."""
+    from benchlib import model_or_random
+
+    with tempfile.TemporaryDirectory() as tmp_dir:
+        tmp = Path(tmp_dir)
+        broker = None
+        if not bootstrap:
+            from kafka_broker import Broker
+
+            broker = Broker(log_path=tmp / "tansu.log").start()
+            bootstrap = broker.bootstrap
+        try:
+            yield tmp, bootstrap, model_or_random(model_arg, tmp)
+        finally:
+            if broker is not None:
+                broker.stop()
 
 
 def log(msg: str) -> None:
@@ -188,104 +212,88 @@ def main(argv: list[str] | None = None) -> int:
 
     from audioclust.models.runtime import OnnxModel
 
-    with tempfile.TemporaryDirectory() as tmp_dir:
-        tmp = Path(tmp_dir)
-        broker = None
-        if args.bootstrap:
-            bootstrap = args.bootstrap
-        else:
-            from kafka_broker import Broker
+    with broker_and_model(args.bootstrap, args.model) as (tmp, bootstrap, model):
+        info = OnnxModel(model).info
+        window, hop = info.window_samples, info.hop_samples
+        chunk = round(args.chunk_seconds * info.sample_rate)
+        from kafka.admin import KafkaAdminClient, NewTopic
 
-            broker = Broker(log_path=tmp / "tansu.log").start()
-            bootstrap = broker.bootstrap
-        try:
-            from benchlib import model_or_random
+        admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+        admin.create_topics([NewTopic(t, args.partitions, 1) for t in
+                             ("bench-lat", "bench-lat-out", "bench-tput", "bench-tput-out")])
+        admin.close()
 
-            model = model_or_random(args.model, tmp)
-            info = OnnxModel(model).info
-            window, hop = info.window_samples, info.hop_samples
-            chunk = round(args.chunk_seconds * info.sample_rate)
-            from kafka.admin import KafkaAdminClient, NewTopic
+        # 1. latency at a fixed rate
+        svc = Service(bootstrap, "bench-lat", "bench-lat-out", "bench-lat", model,
+                      tmp / "lat.log", [f"fetch_max_wait_ms={args.fetch_max_wait_ms}"]
+                      if args.fetch_max_wait_ms is not None else [])
+        svc.wait_assigned()
+        reader = ResultReader(bootstrap, "bench-lat-out")
+        reader.start()
+        per_stream = max(1, round(args.rate * args.seconds / args.streams))
+        log(f"latency: {per_stream * args.streams} messages at {args.rate:g}/s ...")
+        sent = publish(bootstrap, "bench-lat", args.streams, per_stream, chunk, args.rate)
+        expected = {(f"s{s}", w): sent[(f"s{s}", c)] for s in range(args.streams)
+                    for c in range(per_stream)
+                    for w in windows_completed_by(c, chunk, window, hop)}
+        deadline = time.monotonic() + 60
+        while len(reader.arrived.keys() & expected.keys()) < len(expected) and \
+                time.monotonic() < deadline:
+            time.sleep(0.2)
+        reader.stop_flag.set()
+        reader.join(10)
+        svc.stop()
+        lat = [reader.arrived[k] - t for k, t in expected.items() if k in reader.arrived]
+        latency = {"windows": len(expected), "received": len(lat),
+                   "p50_ms": round(percentile(lat, 50) * 1000, 1) if lat else None,
+                   "p99_ms": round(percentile(lat, 99) * 1000, 1) if lat else None,
+                   "max_ms": round(max(lat) * 1000, 1) if lat else None,
+                   "produce_rate": args.rate, "streams": args.streams,
+                   "chunk_seconds": args.chunk_seconds,
+                   "fetch_max_wait_ms": args.fetch_max_wait_ms or 100}
 
-            admin = KafkaAdminClient(bootstrap_servers=bootstrap)
-            admin.create_topics([NewTopic(t, args.partitions, 1) for t in
-                                 ("bench-lat", "bench-lat-out", "bench-tput", "bench-tput-out")])
-            admin.close()
-
-            # 1. latency at a fixed rate
-            svc = Service(bootstrap, "bench-lat", "bench-lat-out", "bench-lat", model,
-                          tmp / "lat.log", [f"fetch_max_wait_ms={args.fetch_max_wait_ms}"]
-                          if args.fetch_max_wait_ms is not None else [])
-            svc.wait_assigned()
-            reader = ResultReader(bootstrap, "bench-lat-out")
-            reader.start()
-            per_stream = max(1, round(args.rate * args.seconds / args.streams))
-            log(f"latency: {per_stream * args.streams} messages at {args.rate:g}/s ...")
-            sent = publish(bootstrap, "bench-lat", args.streams, per_stream, chunk, args.rate)
-            expected = {(f"s{s}", w): sent[(f"s{s}", c)] for s in range(args.streams)
-                        for c in range(per_stream)
-                        for w in windows_completed_by(c, chunk, window, hop)}
-            deadline = time.monotonic() + 60
-            while len(reader.arrived.keys() & expected.keys()) < len(expected) and \
-                    time.monotonic() < deadline:
-                time.sleep(0.2)
-            reader.stop_flag.set()
-            reader.join(10)
-            svc.stop()
-            lat = [reader.arrived[k] - t for k, t in expected.items() if k in reader.arrived]
-            latency = {"windows": len(expected), "received": len(lat),
-                       "p50_ms": round(percentile(lat, 50) * 1000, 1) if lat else None,
-                       "p99_ms": round(percentile(lat, 99) * 1000, 1) if lat else None,
-                       "max_ms": round(max(lat) * 1000, 1) if lat else None,
-                       "produce_rate": args.rate, "streams": args.streams,
-                       "chunk_seconds": args.chunk_seconds,
-                       "fetch_max_wait_ms": args.fetch_max_wait_ms or 100}
-
-            # 2. throughput: the same topic through a bare consumer and through the service
-            per_stream = max(1, args.messages // args.streams)
-            n = per_stream * args.streams
-            log(f"throughput: publishing {n} messages ...")
-            publish(bootstrap, "bench-tput", args.streams, per_stream, chunk, None)
-            bare = bare_consumer(bootstrap, "bench-tput", n, args.partitions)
-            reader = ResultReader(bootstrap, "bench-tput-out")
-            reader.start()
-            svc = Service(bootstrap, "bench-tput", "bench-tput-out", "bench-tput", model,
-                          tmp / "tput.log")
-            started = svc.wait_assigned()
-            n_windows = len({(f"s{s}", w) for s in range(args.streams)
-                             for c in range(per_stream)
-                             for w in windows_completed_by(c, chunk, window, hop)})
-            deadline = time.monotonic() + 600
-            while len(reader.arrived) < n_windows and time.monotonic() < deadline:
-                if svc.proc.poll() is not None:
-                    raise SystemExit(f"service exited:\n{svc.log_path.read_text()}")
-                time.sleep(0.2)
-            reader.stop_flag.set()
-            reader.join(10)
-            svc.stop()
-            times = sorted(reader.arrived.values())
-            # from the moment it had its partitions (group join excluded, as for the bare
-            # consumer) to the last result record
-            secs = times[-1] - started if times else None
-            # messages behind the windows that arrived (all of them on a complete run)
-            done = len(reader.arrived) / n_windows * n if n_windows else 0
-            service = {"messages": round(done), "windows": len(reader.arrived),
-                       "seconds": round(secs, 3) if secs else None,
-                       "messages_per_second": round(done / secs, 1) if secs else None,
-                       "windows_per_second": round(len(times) / secs, 1) if secs else None,
-                       "audio_seconds_per_second":
-                           round(done * args.chunk_seconds / secs, 1) if secs else None}
-            if bare["seconds"]:
-                bare["seconds"] = round(bare["seconds"], 3)
-            out = {"latency": latency,
-                   "throughput": {"messages": n, "bare_kafka_python": bare, "service": service},
-                   "model": str(model) if args.model else "random test model (AudioNTT 64-d)",
-                   "broker": args.bootstrap or "tansu (memory storage, loopback)",
-                   "cpus": len(os.sched_getaffinity(0))}
-            print(json.dumps(out, indent=2))
-        finally:
-            if broker is not None:
-                broker.stop()
+        # 2. throughput: the same topic through a bare consumer and through the service
+        per_stream = max(1, args.messages // args.streams)
+        n = per_stream * args.streams
+        log(f"throughput: publishing {n} messages ...")
+        publish(bootstrap, "bench-tput", args.streams, per_stream, chunk, None)
+        bare = bare_consumer(bootstrap, "bench-tput", n, args.partitions)
+        reader = ResultReader(bootstrap, "bench-tput-out")
+        reader.start()
+        svc = Service(bootstrap, "bench-tput", "bench-tput-out", "bench-tput", model,
+                      tmp / "tput.log")
+        started = svc.wait_assigned()
+        n_windows = len({(f"s{s}", w) for s in range(args.streams)
+                         for c in range(per_stream)
+                         for w in windows_completed_by(c, chunk, window, hop)})
+        deadline = time.monotonic() + 600
+        while len(reader.arrived) < n_windows and time.monotonic() < deadline:
+            if svc.proc.poll() is not None:
+                raise SystemExit(f"service exited:\n{svc.log_path.read_text()}")
+            time.sleep(0.2)
+        reader.stop_flag.set()
+        reader.join(10)
+        svc.stop()
+        times = sorted(reader.arrived.values())
+        # from the moment it had its partitions (group join excluded, as for the bare
+        # consumer) to the last result record
+        secs = times[-1] - started if times else None
+        # messages behind the windows that arrived (all of them on a complete run)
+        done = len(reader.arrived) / n_windows * n if n_windows else 0
+        service = {"messages": round(done), "windows": len(reader.arrived),
+                   "seconds": round(secs, 3) if secs else None,
+                   "messages_per_second": round(done / secs, 1) if secs else None,
+                   "windows_per_second": round(len(times) / secs, 1) if secs else None,
+                   "audio_seconds_per_second":
+                       round(done * args.chunk_seconds / secs, 1) if secs else None}
+        if bare["seconds"]:
+            bare["seconds"] = round(bare["seconds"], 3)
+        out = {"latency": latency,
+               "throughput": {"messages": n, "bare_kafka_python": bare, "service": service},
+               "model": str(model) if args.model else "random test model (AudioNTT 64-d)",
+               "broker": args.bootstrap or "tansu (memory storage, loopback)",
+               "cpus": len(os.sched_getaffinity(0))}
+        print(json.dumps(out, indent=2))
     return 0
 
 

@@ -22,11 +22,17 @@ import json
 import os
 import re
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-from kafka_latency import ResultReader, Service, log, publish, windows_completed_by
+from kafka_latency import (
+    ResultReader,
+    Service,
+    broker_and_model,
+    log,
+    publish,
+    windows_completed_by,
+)
 
 _EVENT = re.compile(r"partitions (assigned|revoked): (.*?)(?: \(|$)", re.M)
 
@@ -97,29 +103,13 @@ def main(argv: list[str] | None = None) -> int:
         p.error("each instance count must be between 1 and --partitions")
     from audioclust.models.runtime import OnnxModel
 
-    with tempfile.TemporaryDirectory() as tmp_dir:
-        tmp = Path(tmp_dir)
-        broker = None
-        if args.bootstrap:
-            bootstrap = args.bootstrap
-        else:
-            from kafka_broker import Broker
-
-            broker = Broker(log_path=tmp / "tansu.log").start()
-            bootstrap = broker.bootstrap
-        try:
-            from benchlib import model_or_random
-
-            model = model_or_random(args.model, tmp)
-            info = OnnxModel(model).info
-            chunk = round(args.chunk_seconds * info.sample_rate)
-            per_stream = max(1, args.messages // args.streams)
-            runs = [run_group(bootstrap, model, tmp, k, args.partitions, args.streams,
-                              per_stream, chunk, info.window_samples, info.hop_samples)
-                    for k in args.instances]
-        finally:
-            if broker is not None:
-                broker.stop()
+    with broker_and_model(args.bootstrap, args.model) as (tmp, bootstrap, model):
+        info = OnnxModel(model).info
+        chunk = round(args.chunk_seconds * info.sample_rate)
+        per_stream = max(1, args.messages // args.streams)
+        runs = [run_group(bootstrap, model, tmp, k, args.partitions, args.streams,
+                          per_stream, chunk, info.window_samples, info.hop_samples)
+                for k in args.instances]
     base = runs[0]["windows_per_second"]
     for r in runs:
         r["ratio_to_first"] = (round(r["windows_per_second"] / base, 2)
