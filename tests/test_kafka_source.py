@@ -265,13 +265,19 @@ def test_rebalance_flushes_commits_and_forgets_the_revoked_streams(kafka_broker)
         second.open(None)
         poller = Poller(second)  # both must poll for the join to complete
         deadline = time.monotonic() + 60
-        # (the old owner keeps its partitions listed until its own join completes)
+        # Done when the new member holds its share of a two-member generation and the old
+        # owner has given its partitions up. The old owner's own next assignment is not
+        # waited for: kafka-python 3.0.12 on tansu now and then never completes that join
+        # (seen: the old owner stuck in "rebalancing" for the whole minute while the new
+        # member was stable in generation 1 with one partition), and what is tested here
+        # happens before it.
         while time.monotonic() < deadline and not (
-                len(second._consumer.assignment()) == len(a._consumer.assignment()) == 1):
+                len(second._consumer.assignment()) == 1
+                and ("forget", ["p0", "p1"]) in calls):
             a.poll(0.1)
         mine = poller.stop()
         assert poller.error is None
-        assert len(a._consumer.assignment()) == len(second._consumer.assignment()) == 1
+        assert len(second._consumer.assignment()) == 1
         assert calls[0] == "flush"
         assert ("forget", ["p0", "p1"]) in calls  # eager protocol: everything was revoked
         # everything the first owner acked was committed on revoke: nothing is re-delivered
