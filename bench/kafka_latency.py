@@ -63,7 +63,7 @@ def broker_and_model(bootstrap: str | None, model_arg: Path | None
             yield tmp, bootstrap, model_or_random(model_arg, tmp)
         finally:
             if broker is not None:
-                broker.stop()
+                broker.stop(remember=False)
 
 
 def log(msg: str) -> None:

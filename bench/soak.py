@@ -441,7 +441,7 @@ def main(argv: list[str] | None = None) -> int:
                     s.proc.kill()
             if broker.proc is not None:
                 os.kill(broker.proc.pid, signal.SIGCONT)
-            broker.stop()
+            broker.stop(remember=False)
 
 
 if __name__ == "__main__":

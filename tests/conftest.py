@@ -94,7 +94,7 @@ def kafka_broker(tmp_path):
 
     broker = Broker(log_path=tmp_path / "tansu.log").start()
     yield broker
-    broker.stop()
+    broker.stop(remember=False)
 
 
 @pytest.fixture(scope="session")

@@ -2,7 +2,7 @@
 
 Started on a free loopback port; ``stop()``/``start()`` keep that port so clients can
 reconnect. Memory storage means a restarted broker has lost its topics, messages and
-committed offsets: :meth:`Broker.restart` re-creates the topics it had created, empty.
+committed offsets: :meth:`Broker.restart` re-creates the topics it had, empty.
 """
 
 from __future__ import annotations
@@ -62,10 +62,11 @@ class Broker:
                 time.sleep(0.05)
         return self
 
-    def stop(self) -> None:
+    def stop(self, remember: bool = True) -> None:
         """Kill the broker (memory storage: nothing to save; a graceful stop takes 5 s).
-        The topics it holds, the clients' included, are remembered for :meth:`restart`."""
-        if self.proc is not None and self.proc.poll() is None:
+        With ``remember``, the topics it holds, the clients' included, are noted first for
+        :meth:`restart` (a final stop skips that round trip)."""
+        if remember and self.proc is not None and self.proc.poll() is None:
             with contextlib.suppress(KafkaError, OSError):  # a hung broker: keep what we know
                 admin = KafkaAdminClient(bootstrap_servers=self.bootstrap,
                                          request_timeout_ms=5000)
@@ -126,4 +127,4 @@ class Broker:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
-        self.stop()
+        self.stop(remember=False)
