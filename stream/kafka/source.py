@@ -61,6 +61,9 @@ log = logging.getLogger(__name__)
 #: Streams whose last sequence number is remembered (for gap and duplicate checks).
 _SEQ_MEMORY = 100_000
 
+#: One turn of consumer.poll() while a group join is pending (see _poll_records).
+_JOIN_POLL_MS = 500
+
 
 class KafkaSource(Source):
     """Audio chunks from a Kafka topic, consumed as a group, committed at-least-once."""
@@ -272,11 +275,12 @@ class KafkaSource(Source):
                         tp.partition, exc)
 
     def _poll_records(self, timeout: float, max_records: int) -> dict:
-        """consumer.poll(), kept going back to back while a group (re)join is pending.
+        """consumer.poll(), kept going in long turns while a group (re)join is pending.
 
         kafka-python 3.0 drops a join that completes while no poll() is waiting for it (the
         next poll sends a fresh JoinGroup and the whole group rebalances again), so a join
-        must not straddle the gap between two polls of the pipeline's loop.
+        must not straddle the gap between two polls of the pipeline's loop, and a poll
+        during a join must wait (never the 0 ms turn of :meth:`_poll_gently`).
         """
         if self._unanswered():
             return self._poll_gently(timeout, max_records)
@@ -284,9 +288,8 @@ class KafkaSource(Source):
                                       max_records=max_records)
         deadline = time.monotonic() + min(self.config.max_poll_interval_ms / 1000 + 2.0, 30.0)
         while not records and self._rejoining() and time.monotonic() < deadline:
-            if self._unanswered():
-                return self._poll_gently(0.1, max_records)
-            records = self._consumer.poll(timeout_ms=100, max_records=max_records)
+            # long turns: a join that completes in the gap between two polls is lost
+            records = self._consumer.poll(timeout_ms=_JOIN_POLL_MS, max_records=max_records)
         return records
 
     def _unanswered(self) -> bool:
@@ -297,6 +300,10 @@ class KafkaSource(Source):
         (``request_timeout_ms``), which cost about 15 MB of memory per second of a frozen
         broker (measured with bench/soak.py).
         """
+        if self._rejoining():
+            # kafka-python stops heartbeating for a join's round trip, so the silence says
+            # nothing then; and a poll of 0 ms drops the join's answer (see _poll_records)
+            return False
         try:  # private state, read without side effects
             heartbeat = self._consumer._coordinator.heartbeat
             fetching = bool(self._consumer._fetcher._fetch_futures)
