@@ -6,7 +6,7 @@ partition**: its order is the registry's order. Every proposal is one message:
 - key: the proposal's origin (a random id per proposing cluster; a resend repeats it);
 - value: the centroid, little-endian float32, in the model reference's unit space;
 - headers: ``registry-format`` (:data:`FORMAT`), ``model`` (the weights hash),
-  ``members`` and ``similarity`` (the proposal's n and m).
+  ``members``, ``similarity`` and ``radius`` (the proposal's n, m and ρ).
 
 Each instance reads the partition from its start (when it first needs the registry: the
 first cluster one of its streams founds), then tails it in a thread, applying every
@@ -60,7 +60,8 @@ def encode_proposal(p: Proposal, model: str) -> tuple[bytes, bytes, list[tuple[s
     value = np.ascontiguousarray(p.centroid, dtype="<f4").tobytes()
     headers = [("registry-format", str(FORMAT).encode()), ("model", model.encode()),
                ("members", str(int(p.members)).encode()),
-               ("similarity", repr(float(p.similarity)).encode())]
+               ("similarity", repr(float(p.similarity)).encode()),
+               ("radius", repr(float(p.radius)).encode())]
     return p.origin.encode(), value, headers
 
 
@@ -80,17 +81,18 @@ def decode_proposal(key: bytes | None, value: bytes | None,
                             f"this is {model[:12]}…); give this model its own cluster_topic "
                             "(or group)")
     try:
-        members, similarity = int(h["members"]), float(h["similarity"])
+        members, similarity, radius = int(h["members"]), float(h["similarity"]), \
+            float(h["radius"])
     except (KeyError, ValueError):
-        raise RegistryError(f"{where}: members or similarity header missing or not a "
-                            "number") from None
+        raise RegistryError(f"{where}: members, similarity or radius header missing or not "
+                            "a number") from None
     if not key or value is None or len(value) != 4 * dim or members < 2 \
-            or not -1.0 <= similarity <= 1.0:
+            or not (-1.0 <= similarity <= 1.0 and -1.0 <= radius <= 1.0):
         raise RegistryError(f"{where}: not a proposal of a {dim}-d cluster")
     centroid = np.frombuffer(value, dtype="<f4").astype(np.float64)
     if not np.isfinite(centroid).all():
         raise RegistryError(f"{where}: the centroid is not finite")
-    return Proposal(key.decode("utf-8", "replace"), centroid, members, similarity)
+    return Proposal(key.decode("utf-8", "replace"), centroid, members, similarity, radius)
 
 
 class KafkaClusterRegistry:
@@ -102,6 +104,7 @@ class KafkaClusterRegistry:
         self.config, self.model = config, model
         self.topic = str(config.cluster_topic)
         self.replica = ClusterRegistry(reference)
+        self.prior_radius = self.replica.prior_radius
         self.prior_similarity = self.replica.prior_similarity
         #: Longest a proposal waits for its answer (the pipeline's thread waits with it).
         self.timeout_s = min(5.0, config.max_poll_interval_ms / 8000)
