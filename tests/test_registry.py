@@ -1,10 +1,12 @@
 """The fleet's cluster registry: the id/alias rule on concurrent proposals (any log order
 gives the same clusters, every replay the same ids), the clusterer's hook (rename, merge
 survival), streams that share a sound's id, the Kafka message codec; and with the real
-broker, two instances whose streams hear a sound both know under one id.
+broker, two instances whose streams hear a sound both know under one id; and through the
+real CLI, a registered sound known to a service of another group.
 
-Embeddings are synthetic (random sound directions plus noise in 32 dimensions): the
-registry sees embeddings, not audio, and this keeps each test under a few seconds.
+Embeddings are synthetic (random sound directions plus noise in 32 dimensions) except in
+the CLI test: the registry sees embeddings, not audio, and this keeps those tests under a
+few seconds.
 """
 
 from __future__ import annotations
@@ -206,3 +208,46 @@ def test_two_instances_give_a_sound_both_hear_one_id(kafka_broker, world):
         for client in clients:
             client.close()
 
+
+def test_the_service_registers_a_sound_that_another_group_then_knows(kafka_broker,
+                                                                      headfree_model,
+                                                                      tmp_path) -> None:
+    """The real CLI with a head-free model: instance A registers the cluster its stream
+    grows (after PRIOR_WEIGHT windows); an instance of another group (its own input topic)
+    sharing the registry topic gives the same sound that id from its first window on."""
+    from test_kafka_service import CHUNK, RATE, Service, audio_of, wait_until
+
+    from audioclust.stream.kafka.messages import encode_pcm
+
+    def publish(topic: str, n: int = 150) -> None:  # 15 s of one tone: windows 0..28
+        prod = kafka_broker.producer(linger_ms=5)
+        x = audio_of(0, n)
+        for c in range(n):
+            m = encode_pcm(x[c * CHUNK:(c + 1) * CHUNK], stream="s0", seq=c,
+                           sample_rate=RATE, offset=c * CHUNK, end_of_stream=c == n - 1)
+            prod.send(topic, key=m.key, value=m.value, headers=m.headers)
+        prod.flush()
+        prod.close()
+
+    def ids(svc: Service) -> list[int]:
+        return [r["cluster"] for r in sorted(svc.records(), key=lambda r: r["seq"])]
+
+    for topic in ("audio", "audio-b"):
+        kafka_broker.create_topic(topic, partitions=1)
+    shared = ['cluster_topic="fleet.clusters"']
+    a = Service(kafka_broker, headfree_model, tmp_path, "a", group="a", options=shared)
+    b = Service(kafka_broker, headfree_model, tmp_path, "b", group="b", options=shared,
+                extra=["--topic", "audio-b"])
+    try:
+        a.wait_log(r"partitions assigned: audio\[")
+        publish("audio")
+        wait_until(lambda: len(a.records()) >= 29, 120, "A's windows", [a])
+        assert ids(a)[0] < REGISTERED_BASE <= ids(a)[-1]
+        b.wait_log(r"partitions assigned: audio-b\[")
+        publish("audio-b")
+        wait_until(lambda: len(b.records()) >= 29, 120, "B's windows", [b])
+    finally:
+        a.stop()
+        b.stop()
+    registered = ids(a)[-1]
+    assert ids(b)[0] == registered and ids(b).count(registered) >= 0.8 * len(ids(b))
