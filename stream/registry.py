@@ -207,7 +207,8 @@ class StreamLink:
     Keeps, per cluster of the stream's own not yet registered, what its proposal needs in
     the reference's unit space (the sum of its windows; their count and the sum and sum of
     squares of their similarities) and the origin of a proposal sent but not answered: all
-    in the stream's state, so it moves with the stream.
+    in the stream's state, so it moves with the stream. Of two of them that merge, the
+    survivor keeps only its own part (the other's is dropped).
     """
 
     def __init__(self, registry: Registry, clusterer: OpenSetClusterer):
