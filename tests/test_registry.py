@@ -12,6 +12,7 @@ few seconds.
 from __future__ import annotations
 
 import itertools
+import time
 
 import numpy as np
 import pytest
@@ -38,7 +39,7 @@ def _unit(a: np.ndarray) -> np.ndarray:
 def world():
     """A reference fitted on 6 training sounds, and sound() drawing windows of new ones."""
     rng = np.random.default_rng(0)
-    dirs = 3.0 * _unit(rng.standard_normal((9, DIM)))
+    dirs = 3.0 * _unit(rng.standard_normal((10, DIM)))  # 0-5 training sounds, 6-9 new
 
     def sound(k: int, n: int, seed: int) -> np.ndarray:
         r = np.random.default_rng(seed)
@@ -196,9 +197,21 @@ def test_two_instances_give_a_sound_both_hear_one_id(kafka_broker, world):
         c.registry = clients[2]
         wc, mc = scene(sound, 8, 25, n=3)
         assert np.asarray([c.process("c-1", z).cluster for z in wc])[mc][0] == s8
-        assert clients[2].replica.resolved == clients[0].replica.resolved \
-            == clients[1].replica.resolved
+        deadline = time.monotonic() + 20  # the tails read each other's last proposals
+        while not clients[2].resolved() == clients[0].resolved() == clients[1].resolved():
+            assert time.monotonic() < deadline, "the replicas do not agree"
+            time.sleep(0.05)
         assert clients[2].replica.aliases >= 1
+        # two proposals of one new sound sent at once, before either instance read the
+        # other's: both get the id of the one the log put first
+        from concurrent.futures import ThreadPoolExecutor
+
+        ps = [_proposal(ref, sound(9, 30, 40 + k), f"c-{k}") for k in range(2)]
+        with ThreadPoolExecutor(2) as pool:
+            answers = list(pool.map(lambda cp: cp[0].propose(cp[1]),
+                                    zip(clients[:2], ps, strict=True)))
+        assert answers[0] == answers[1] >= REGISTERED_BASE
+        assert answers[0] not in (x, y, s8)
         # a registry of another model is refused with one line
         other = KafkaClusterRegistry(config, ref, "0" * 64)
         clients.append(other)

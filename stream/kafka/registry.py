@@ -152,6 +152,11 @@ class KafkaClusterRegistry:
         self._backoff.ok()
         return rid
 
+    def resolved(self) -> dict[str, int]:
+        """Every origin read so far, with its registered id (a copy)."""
+        with self._cond:
+            return dict(self.replica.resolved)
+
     # --- lifecycle --------------------------------------------------------------------
 
     def _ready(self) -> bool:
