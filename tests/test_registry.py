@@ -222,6 +222,25 @@ def test_two_instances_give_a_sound_both_hear_one_id(kafka_broker, world):
             client.close()
 
 
+def test_without_the_broker_streams_keep_their_own_ids(world) -> None:
+    """A registry that cannot be reached costs each try at most its timeout, then backs
+    off; the stream's clusters keep their own ids meanwhile."""
+    from kafka_broker import free_port
+
+    ref, sound = world
+    config = KafkaConfig(bootstrap=f"127.0.0.1:{free_port()}", max_poll_interval_ms=2000)
+    client = KafkaClusterRegistry(config, ref, "f" * 64)
+    try:
+        stream = HeadFreeStream(ref, registry=client)
+        windows, mine = scene(sound, 6, 31)
+        started = time.monotonic()
+        ids = [stream.process(z).cluster for z in windows]
+        assert time.monotonic() - started < 10 * client.timeout_s + 5
+        assert max(ids) < REGISTERED_BASE and len(set(np.asarray(ids)[mine][-10:])) <= 3
+    finally:
+        client.close()
+
+
 def test_the_service_registers_a_sound_that_another_group_then_knows(kafka_broker,
                                                                       headfree_model,
                                                                       tmp_path) -> None:

@@ -182,10 +182,12 @@ class KafkaClusterRegistry:
     def _start(self) -> None:
         c = self.config
         started = time.monotonic()
-        self._ensure_topic()
+        # the pipeline's thread waits for this: a broker away costs timeout_s, not 30 s
+        reach = {"bootstrap_timeout_ms": int(self.timeout_s * 1000)}
+        self._ensure_topic(reach)
         consumer = KafkaConsumer(bootstrap_servers=c.bootstrap.split(","), group_id=None,
                                  enable_auto_commit=False, fetch_max_wait_ms=100,
-                                 **client_options(c.client, "consumer"))
+                                 **{**reach, **client_options(c.client, "consumer")})
         try:
             consumer.assign([self._tp])
             consumer.seek_to_beginning(self._tp)
@@ -194,7 +196,7 @@ class KafkaClusterRegistry:
             self._producer = KafkaProducer(bootstrap_servers=c.bootstrap.split(","),
                                            acks="all", retries=5, linger_ms=0,
                                            max_block_ms=int(self.timeout_s * 1000),
-                                           **client_options(c.client, "producer"))
+                                           **{**reach, **client_options(c.client, "producer")})
         except Exception:
             consumer.close(autocommit=False)
             raise
@@ -216,11 +218,11 @@ class KafkaClusterRegistry:
                      self.topic, len(self.replica), self.replica.aliases,
                      time.monotonic() - started)
 
-    def _ensure_topic(self) -> None:
+    def _ensure_topic(self, reach: dict[str, int]) -> None:
         c = self.config
         admin = KafkaAdminClient(bootstrap_servers=c.bootstrap.split(","),
-                                 **{k: v for k, v in c.client.items()
-                                    if k in KafkaAdminClient.DEFAULT_CONFIG})
+                                 **{**reach, **{k: v for k, v in c.client.items()
+                                                if k in KafkaAdminClient.DEFAULT_CONFIG}})
         try:
             admin.create_topics([NewTopic(self.topic, 1, -1, topic_configs=TOPIC_CONFIG)])
             log.info("kafka: created the cluster registry topic %s (1 partition, kept whole)",
