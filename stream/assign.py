@@ -19,7 +19,8 @@ data is flagged 1 % of the time), from the first window on, whatever the stream 
 before. Novel windows do not move the prior or the centroids; they gather into clusters
 discovered on this stream (:class:`~audioclust.stream.openset.OpenSetClusterer` in the
 reference's unit space, its radius prior from the reference), reported as cluster
-K + j with ``discovered`` set. A model without a reference falls back to the stream's own
+K + j with ``discovered`` set (or under the id a cluster registry gives it in Kafka mode,
+:mod:`audioclust.stream.registry`). A model without a reference falls back to the stream's own
 statistics: novel when the confidence is below ``min_confidence``, or when the cosine
 similarity to the assigned cluster's running centroid (an EMA of the L2-normalised
 embeddings assigned to it, used once it has seen ``centroid_warmup`` windows) is below
@@ -49,6 +50,7 @@ from river import drift
 from audioclust.models.reference import NoveltyReference
 from audioclust.stream.enrol import Enrolment
 from audioclust.stream.openset import OpenSetClusterer, OpenSetConfig, StreamSpace
+from audioclust.stream.registry import REGISTERED_BASE, Registry, StreamLink
 from audioclust.stream.state import StateError, read_state_file, write_state_file
 
 __all__ = ["AssignConfig", "Assigner", "Assignment", "StreamAssigner"]
@@ -138,7 +140,7 @@ class StreamAssigner:
 
     def __init__(self, train_prior: np.ndarray, dim: int, config: AssignConfig | None = None,
                  reference: NoveltyReference | None = None,
-                 openset: OpenSetConfig | None = None):
+                 openset: OpenSetConfig | None = None, registry: Registry | None = None):
         self.config = config or AssignConfig()
         self.reference = reference
         prior = np.asarray(train_prior, dtype=np.float64)
@@ -155,12 +157,14 @@ class StreamAssigner:
         self._novelty = _Detector(c.adwin_delta, c.detector_memory)
         self._index = None
         #: Clusters of the novel windows (needs a reference that knows the cluster scale).
-        self.discovery = self.discovery_space = None
+        self.discovery = self.discovery_space = self.link = None
         if reference is not None and reference.cluster_radius is not None:
             self.discovery = OpenSetClusterer(dim, reference.cluster_radius,
                                               reference.cluster_similarity, openset)
             # standardised by the novel windows' own statistics (the reference's at first)
             self.discovery_space = StreamSpace(reference.mean, reference.std)
+            if registry is not None:  # the fleet's registered clusters (Kafka)
+                self.link = StreamLink(registry, self.discovery)
 
     @property
     def n_clusters(self) -> int:
@@ -262,8 +266,13 @@ class StreamAssigner:
         with the open-set clusterer's confidence and similarity."""
         assert self.discovery is not None and self.discovery_space is not None
         unit = self.discovery_space.learn_transform(embedding)
-        j = self.discovery.learn_one(unit)
-        a.cluster = self.n_clusters + j
+        if self.link is None:
+            j = self.discovery.learn_one(unit)
+        else:
+            assert self.reference is not None
+            j = self.link.learn_one(unit, self.reference.unit(embedding)[0])
+        # a registered id means the same sound everywhere: reported as it is
+        a.cluster = j if j >= REGISTERED_BASE else self.n_clusters + j
         a.discovered = True
         a.confidence = round(self.discovery.proba_one(unit)[j], 6)
         sim = self.discovery.similarity(unit, j)
@@ -294,6 +303,8 @@ class StreamAssigner:
             d_arrays, scalars["discovery"] = self.discovery.state()
             d_arrays.update({f"space.{k}": v for k, v in self.discovery_space.state().items()})
             arrays.update({f"{_DISCOVERY}{k}": v for k, v in d_arrays.items()})
+            if self.link is not None:
+                self.link.save_into(arrays, scalars)
         return arrays, scalars
 
     def load_state(self, arrays: dict[str, np.ndarray], scalars: dict[str, Any]) -> None:
@@ -315,6 +326,8 @@ class StreamAssigner:
             self.discovery.load_state(mine, scalars["discovery"])
             self.discovery_space.load_state({k[6:]: v for k, v in mine.items()
                                              if k.startswith("space.")})
+            if self.link is not None:
+                self.link.load_from(arrays, scalars)
 
 
 class Assigner:
@@ -345,6 +358,9 @@ class Assigner:
         self.model_id = model_id
         self.reference = reference
         self.openset = openset or OpenSetConfig()
+        #: The fleet's cluster registry (Kafka mode), handed to every new stream; None:
+        #: each stream's discovered clusters have ids of its own.
+        self.registry: Registry | None = None
         #: Least recently used first; at most ``config.max_streams``.
         self.streams: dict[str, Any] = {}
         #: States dropped so far to stay within ``config.max_streams``.
@@ -358,7 +374,7 @@ class Assigner:
     def _new_stream(self) -> Any:
         """The per-stream object: ``process``, ``state`` and ``load_state``."""
         return StreamAssigner(self.train_prior, self.dim, self.config, self.reference,
-                              self.openset)
+                              self.openset, self.registry)
 
     def stream(self, name: str) -> Any:
         s = self.streams.pop(name, None)

@@ -157,6 +157,18 @@ def _open_source(args: argparse.Namespace, cfg: StreamConfig, kafka: Any, sample
     return KafkaSource(kafka, sample_rate=sample_rate, metrics=metrics)
 
 
+def _cluster_registry(args: argparse.Namespace, kafka: Any, info: Any) -> Any:
+    """Kafka mode: the group's registry of discovered clusters (None: off, or a model
+    that discovers none)."""
+    ref = info.reference
+    if args.source != "kafka" or not kafka.cluster_registry or ref is None \
+            or ref.cluster_radius is None:
+        return None
+    from audioclust.stream.kafka.registry import KafkaClusterRegistry
+
+    return KafkaClusterRegistry(kafka, ref, info.weights_sha256)
+
+
 def _serve(args: argparse.Namespace) -> int:
     from audioclust.stream.sources.mic import NoInputDevice
 
@@ -188,7 +200,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     from audioclust.stream.api import open_model
     from audioclust.stream.metrics import Health, MetricsServer, StreamMetrics
-    from audioclust.stream.pipeline import Pipeline
+    from audioclust.stream.pipeline import Pipeline, build_assigner
 
     metrics = StreamMetrics()
     health = Health(cfg.stall_seconds)
@@ -207,14 +219,20 @@ def _serve(args: argparse.Namespace) -> int:
                  model.path.name, info.sample_rate, cfg.window_seconds or info.window_seconds,
                  cfg.hop_seconds or info.hop_seconds, info.n_clusters or "head-free",
                  model.provider)
+        registry = None
         try:
             source = _open_source(args, cfg, kafka, info.sample_rate, metrics)
             sink = _open_sink(cfg.sink, kafka)
-            pipeline = Pipeline(model, source, sink, cfg, metrics, health)
+            registry = _cluster_registry(args, kafka, info)
+            pipeline = Pipeline(model, source, sink, cfg, metrics, health,
+                                build_assigner(model, cfg, registry))
             summary = pipeline.run(stop)
         except NoInputDevice as exc:
             print(f"{PROG}: error: {exc}", file=sys.stderr)
             return EXIT_NO_DEVICE
+        finally:
+            if registry is not None:
+                registry.close()
         log.info("%s", summary.line())
         failures = getattr(source, "failures", [])
         if failures:

@@ -13,7 +13,9 @@ DIR``).
 Per stream, not shared: a stream's records then depend only on its own windows in order,
 so a file, a microphone and a Kafka topic (whose streams move between consumer instances
 with their state) give the same records. The price: cluster 3 of one stream and cluster 3
-of another are unrelated (with a head, ids below K mean the same sound everywhere).
+of another are unrelated (with a head, ids below K mean the same sound everywhere), unless
+a cluster registry (Kafka mode, :mod:`audioclust.stream.registry`) gives them ids the whole
+group shares, from ``REGISTERED_BASE`` on.
 
 Per window (in stream order): novelty from the reference, as with a head; the cluster the
 clusterer puts the window in (every window gets one; ``discovered`` is always true);
@@ -32,6 +34,7 @@ from audioclust.models.reference import NoveltyReference
 from audioclust.stream.assign import AssignConfig, Assigner, Assignment, _Detector
 from audioclust.stream.enrol import Enrolment
 from audioclust.stream.openset import OpenSetClusterer, OpenSetConfig, StreamSpace
+from audioclust.stream.registry import Registry, StreamLink
 
 __all__ = ["HeadFreeAssigner", "HeadFreeStream"]
 
@@ -43,7 +46,7 @@ class HeadFreeStream:
     """One stream's open-set clusters and drift detectors (``process``, state)."""
 
     def __init__(self, reference: NoveltyReference, openset: OpenSetConfig | None = None,
-                 config: AssignConfig | None = None):
+                 config: AssignConfig | None = None, registry: Registry | None = None):
         if reference.cluster_radius is None or reference.cluster_similarity is None:
             raise ValueError("the model's novelty reference has no cluster scale; re-export "
                              "it with this version's audioclust-export --data DIR")
@@ -52,6 +55,8 @@ class HeadFreeStream:
         self.clusterer = OpenSetClusterer(reference.dim, reference.cluster_radius,
                                           reference.cluster_similarity, openset)
         self.space = StreamSpace(reference.mean, reference.std)
+        #: The fleet's registered clusters (Kafka), or None: ids of this stream's own.
+        self.link = None if registry is None else StreamLink(registry, self.clusterer)
         self.windows = 0
         self._confidence = _Detector(c.adwin_delta, c.detector_memory)
         self._novelty = _Detector(c.adwin_delta, c.detector_memory)
@@ -72,7 +77,8 @@ class HeadFreeStream:
                            novelty=round(novelty, 6))
         else:
             unit = self.space.learn_transform(embedding)
-            cluster = self.clusterer.learn_one(unit)
+            cluster = self.clusterer.learn_one(unit) if self.link is None else \
+                self.link.learn_one(unit, ref.unit(embedding)[0])
             proba = self.clusterer.proba_one(unit)
             top = max(proba, key=proba.__getitem__)
             similarity = self.clusterer.similarity(unit, cluster)
@@ -91,7 +97,10 @@ class HeadFreeStream:
         scalars = {"windows": self.windows, "openset": clusterer,
                    "confidence_recent": list(self._confidence.recent),
                    "novelty_recent": list(self._novelty.recent)}
-        return {f"{_KEY}{k}": v for k, v in arrays.items()}, scalars
+        out = {f"{_KEY}{k}": v for k, v in arrays.items()}
+        if self.link is not None:
+            self.link.save_into(out, scalars)
+        return out, scalars
 
     def load_state(self, arrays: dict[str, np.ndarray], scalars: dict[str, Any]) -> None:
         if "openset" not in scalars:
@@ -102,6 +111,8 @@ class HeadFreeStream:
         self.windows = int(scalars["windows"])
         self._confidence.restore(scalars["confidence_recent"])
         self._novelty.restore(scalars["novelty_recent"])
+        if self.link is not None:
+            self.link.load_from(arrays, scalars)
 
 
 class HeadFreeAssigner(Assigner):
@@ -120,4 +131,4 @@ class HeadFreeAssigner(Assigner):
 
     def _new_stream(self) -> HeadFreeStream:
         assert self.reference is not None
-        return HeadFreeStream(self.reference, self.openset, self.config)
+        return HeadFreeStream(self.reference, self.openset, self.config, self.registry)

@@ -387,12 +387,42 @@ class OpenSetClusterer:
         c = min(1.0, float(cos[other]) / (self._factor[row] * self._factor[other]))
         if self._mean[row] * c < self._exact[other] and self._mean[other] * c < self._exact[row]:
             return int(self.ids[row])
-        keep, drop = (row, other) if self.ids[row] < self.ids[other] else (other, row)
+        keep, drop = (row, other) if self._older(int(self.ids[row]), int(self.ids[other])) \
+            else (other, row)
         self._pool(keep, drop)
         survivor = int(self.ids[keep])
         self._remove(drop)
         self.merged += 1
         return survivor
+
+    # --- the hook of a shared registry (:mod:`audioclust.stream.registry`) ---------------
+
+    #: Ids from this one on are a fleet-wide registry's; None: no registry.
+    shared_from: int | None = None
+
+    def _older(self, a: int, b: int) -> bool:
+        """Whether id ``a`` survives a merge with ``b``: the smaller, but a registry's ids
+        (known to the whole fleet) before the stream's own."""
+        s = self.shared_from
+        if s is not None and (a >= s) != (b >= s):
+            return a >= s
+        return a < b
+
+    def rename(self, old: int, new: int) -> int:
+        """Give live cluster ``old`` the registry's id ``new`` for the same sound; if ``new``
+        is live already, ``old`` is pooled into it (counted as a merge). Returns ``new``."""
+        rows = np.flatnonzero(self.ids[: self.size] == old)
+        if rows.size == 0:
+            raise KeyError(f"no live cluster {old}")
+        row = int(rows[0])
+        there = np.flatnonzero(self.ids[: self.size] == new)
+        if there.size:
+            self._pool(int(there[0]), row)
+            self._remove(row)
+            self.merged += 1
+        else:
+            self.ids[row] = new
+        return new
 
     def _pool(self, keep: int, drop: int) -> None:
         nk, nd = float(self.counts[keep]), float(self.counts[drop])

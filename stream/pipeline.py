@@ -40,6 +40,7 @@ from audioclust.stream.config import StreamConfig
 from audioclust.stream.gate import EnergyGate
 from audioclust.stream.metrics import Health, Observer, RunSummary, StreamMetrics
 from audioclust.stream.records import build_record
+from audioclust.stream.registry import Registry
 from audioclust.stream.sinks import Sink
 from audioclust.stream.sources import EndOfStream, PipelineHooks, Source, StreamSnapshot
 from audioclust.stream.state import decode_stream_state, encode_stream_state
@@ -95,17 +96,23 @@ def window_geometry(info: ModelInfo, config: StreamConfig) -> tuple[int, int]:
     return window, hop
 
 
-def build_assigner(model: OnnxModel, config: StreamConfig) -> AssignerLike:
+def build_assigner(model: OnnxModel, config: StreamConfig,
+                   registry: Registry | None = None) -> AssignerLike:
     """The model's head prior and novelty reference feed an :class:`Assigner`; a head-free
-    model gets the open-set clusterer (:class:`~audioclust.stream.headfree.HeadFreeAssigner`)."""
+    model gets the open-set clusterer (:class:`~audioclust.stream.headfree.HeadFreeAssigner`).
+    ``registry``: the fleet's registered clusters (Kafka), for the clusters streams find."""
     info = model.info
     if info.n_clusters == 0:
         from audioclust.stream.headfree import HeadFreeAssigner
 
-        return HeadFreeAssigner(info.reference, config.openset, config.assign,
-                                model_id=info.weights_sha256)
-    return Assigner(info.prior, info.embedding_dim, config.assign, model_id=info.weights_sha256,
-                    reference=info.reference, openset=config.openset)
+        assigner: Assigner = HeadFreeAssigner(info.reference, config.openset, config.assign,
+                                              model_id=info.weights_sha256)
+    else:
+        assigner = Assigner(info.prior, info.embedding_dim, config.assign,
+                            model_id=info.weights_sha256, reference=info.reference,
+                            openset=config.openset)
+    assigner.registry = registry
+    return assigner
 
 
 @dataclass

@@ -83,6 +83,12 @@ class KafkaConfig:
     #: Longest the restore of newly assigned partitions' states may take (it must also fit
     #: in max_poll_interval_ms).
     state_restore_timeout_s: float = 60.0
+    #: Give the clusters that streams discover ids the whole group shares, through a
+    #: registry topic (:mod:`audioclust.stream.kafka.registry`); off: each stream's own.
+    cluster_registry: bool = True
+    #: The registry topic (one partition, kept whole, not compacted); None:
+    #: ``<group>.clusters``. Created when missing.
+    cluster_topic: str | None = None
     #: Settings passed to kafka-python (TLS, SASL, client_id, timeouts, ...).
     client: dict[str, Any] = field(default_factory=dict)
 
@@ -98,6 +104,11 @@ class KafkaConfig:
         if self.state_topic in (self.topic, self.dead_letter_topic):
             raise ValueError("kafka: the state topic must differ from the topic and the "
                              "dead-letter topic")
+        if self.cluster_topic is None:
+            self.cluster_topic = f"{self.group}.clusters"
+        if self.cluster_topic in (self.topic, self.dead_letter_topic, self.state_topic):
+            raise ValueError("kafka: the cluster topic must differ from the topic, the "
+                             "dead-letter topic and the state topic")
         for name, lo, hi in [("max_in_flight", 1, 10_000_000), ("max_poll_records", 1, 100_000),
                              ("max_message_bytes", 1, 1 << 30),
                              ("dead_letter_max_bytes", 1, 1 << 30),
