@@ -427,7 +427,8 @@ def _file_and_kafka_records(broker, model: Path, recordings: Path, tmp_path: Pat
                         "16000", "--parallel", "4", str(recordings)], capture_output=True,
                        text=True, env=env, timeout=120)
     assert r.returncode == 0, r.stderr
-    svc = Service(broker, model, tmp_path, name)
+    # without the group's cluster registry: with it, discovered ids are the fleet's
+    svc = Service(broker, model, tmp_path, name, options=["cluster_registry=false"])
     wait_until(lambda: len(svc.records()) >= len(by_file), 120, "all windows", [svc])
     assert svc.stop() == 0
     return by_file, {(x["stream"], x["seq"]): x for x in svc.records()}
