@@ -168,3 +168,36 @@ def test_any_settings_give_a_config_or_one_line(tmp_path, top, sections):
         assert "\n" not in str(exc)
         return
     assert isinstance(cfg, StreamConfig)  # (the [kafka] table too, by load_stream_config)
+
+
+@pytest.mark.parametrize("suffix,opener,closer", [(".toml", "a = ", ""), (".yaml", "a: ", "")])
+@pytest.mark.parametrize("depth", [5_000])
+def test_a_deeply_nested_config_is_one_line(tmp_path, suffix, opener, closer, depth):
+    """The parsers recurse per level: a file nested deeper than Python's stack raised
+    RecursionError with a traceback."""
+    f = tmp_path / f"deep{suffix}"
+    f.write_text(opener + "[" * depth + "]" * depth + closer + "\n")
+    with pytest.raises(ConfigError) as info:
+        load_stream_config(f)
+    assert str(f) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_yaml_alias_bomb_is_one_short_line(tmp_path):
+    """YAML aliases share one object, so n levels of ten are 10**n strings to print (nine
+    levels took 18 GB): the error must show the value cut short, not walk all of it."""
+    import tracemalloc
+
+    levels = ["&l0 [" + ", ".join(["lol"] * 10) + "]"]
+    levels += [f"&l{i} [" + ", ".join([f"*l{i - 1}"] * 10) + "]" for i in range(1, 6)]
+    f = tmp_path / "bomb.yaml"
+    f.write_text(f"sink: [{', '.join(levels)}]\n")  # 10**6 strings in the last, 8 MB as text
+    tracemalloc.start()
+    try:
+        with pytest.raises(ConfigError) as info:
+            load_stream_config(f)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    message = str(info.value)
+    assert "StreamConfig.sink" in message and len(message) < 300
+    assert peak < 2_000_000, f"{peak / 1e6:.0f} MB to say the value is not a string"
