@@ -213,6 +213,9 @@ def test_a_yaml_alias_bomb_is_one_short_line(tmp_path):
         ("connections_max_idle_ms = 1000", "connections_max_idle_ms"),
         ("request_timeout_ms = 200000", "delivery_timeout_ms"),
         ("linger_ms = 100000", "delivery_timeout_ms"),
+        # a setting of ours under client went to kafka-python past its range check
+        ("client = {max_poll_records = 100000000}", "kafka.client.max_poll_records"),
+        ("client = {session_timeout_ms = 1000}", "kafka.client.session_timeout_ms"),
         # and addresses its parser cannot read
         ('bootstrap = "a:b:c"', "kafka.bootstrap"),
         ('bootstrap = "h:99999"', "kafka.bootstrap"),

@@ -126,6 +126,11 @@ class KafkaConfig:
             raise ValueError("kafka: need backoff_min_s <= backoff_max_s")
         check_bootstrap(self.bootstrap)
         client_options(self.client, "consumer")  # unknown keys fail here, not at connect
+        # under client, a setting of ours would reach kafka-python past our own checks
+        mine = sorted(set(self.client) & {f.name for f in dataclasses.fields(self)})
+        if mine:
+            raise ValueError(f"kafka.client.{mine[0]}: a [kafka] setting of its own; set it "
+                             "in [kafka], not under client")
         self._check_clients()
 
     def _check_clients(self) -> None:
