@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import reprlib
 import tomllib
 import types
 import typing
@@ -52,13 +53,22 @@ def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
             raise ConfigError(f"{p}: config must be .toml, .yaml or .yml")
     except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
         raise ConfigError(f"{p}: invalid {p.suffix[1:].upper()} ({exc})") from exc
+    except RecursionError as exc:  # both parsers recurse once per level of nesting
+        raise ConfigError(f"{p}: invalid {p.suffix[1:].upper()} (nested too deeply)") from exc
     if not isinstance(data, dict):
         raise ConfigError(f"{p}: top level must be a table/mapping")
     return data
 
 
+# A value as an error message shows it: a few items of a few levels, never all of it (YAML
+# aliases make a small file hold a value of 10**9 items).
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother, _REPR.maxlong = 3, 50, 50, 50
+_REPR.maxlist = _REPR.maxtuple = _REPR.maxdict = _REPR.maxset = 4
+
+
 def _show(value: Any) -> str:
-    text = repr(value)
+    text = _REPR.repr(value)
     return text if len(text) <= 60 else f"{text[:57]}..."
 
 

@@ -36,6 +36,7 @@ windows were batched for inference (file, Kafka and microphone give the same out
 
 from __future__ import annotations
 
+import math
 import os
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -129,10 +130,22 @@ class _Detector:
         return bool(self.adwin.drift_detected)
 
     def restore(self, values: list[float]) -> None:
+        if not isinstance(values, list) or not all(
+                isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+                for v in values):
+            raise ValueError("a detector's recent values are not a list of finite numbers")
         self.adwin = drift.ADWIN(delta=self.delta)
         self.recent.clear()
         for v in values:
             self.update(v)
+
+
+def restored_count(scalars: dict[str, Any], name: str = "windows") -> int:
+    """``scalars[name]`` as a count of a restored state: a whole number >= 0."""
+    value = scalars[name]
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"{name} is {str(value)[:20]}, not a whole number >= 0")
+    return value
 
 
 class StreamAssigner:
@@ -311,13 +324,27 @@ class StreamAssigner:
         missing = [k for k in ("prior", "centroids", "counts") if k not in arrays]
         if missing:
             raise ValueError(f"not the state of a model with a head (no {', '.join(missing)})")
-        if arrays["centroids"].shape != self.centroids.shape:
-            raise ValueError(f"state has {arrays['centroids'].shape} centroids, the model "
+        prior, centroids, counts = (np.asarray(arrays[k]) for k in ("prior", "centroids",
+                                                                      "counts"))
+        k = self.n_clusters
+        if centroids.shape != self.centroids.shape:
+            raise ValueError(f"state has {centroids.shape} centroids, the model "
                              f"needs {self.centroids.shape}")
-        self.prior = arrays["prior"].astype(np.float64)
-        self.centroids = arrays["centroids"].astype(np.float64)
-        self.counts = arrays["counts"].astype(np.int64)
-        self.windows = int(scalars["windows"])
+        if prior.shape != (k,) or counts.shape != (k,):
+            raise ValueError(f"state has a prior of shape {prior.shape} and counts of shape "
+                             f"{counts.shape}, the model's {k} clusters need ({k},)")
+        # the prior may reach 0 by underflow (corrected() clips the ratio), never below
+        if not (np.isfinite(prior).all() and (prior >= 0).all() and prior.sum() > 0):
+            raise ValueError("state's prior is not a finite distribution")
+        if not np.isfinite(centroids).all():
+            raise ValueError("state's centroids are not finite")
+        if counts.dtype.kind not in "iu" or (counts < 0).any():
+            raise ValueError("state's counts are not whole numbers >= 0")
+        windows = restored_count(scalars)
+        self.prior = prior.astype(np.float64)
+        self.centroids = centroids.astype(np.float64)
+        self.counts = counts.astype(np.int64)
+        self.windows = windows
         self._confidence.restore(scalars["confidence_recent"])
         self._novelty.restore(scalars["novelty_recent"])
         if self.discovery is not None and self.discovery_space is not None and \

@@ -169,9 +169,9 @@ def _cluster_registry(args: argparse.Namespace, kafka: Any, info: Any) -> Any:
     return KafkaClusterRegistry(kafka, ref, info.weights_sha256)
 
 
-def _serve(args: argparse.Namespace) -> int:
-    from audioclust.stream.sources.mic import NoInputDevice
-
+def _settings(args: argparse.Namespace) -> StreamConfig:
+    """The defaults, then ``--config``, then ``--kafka-option``, then the other flags given."""
+    flags = {"bootstrap": args.bootstrap, "topic": args.topic, "group": args.group}
     overrides = {
         "model": args.model, "sink": args.sink, "state": args.state,
         "metrics_port": args.metrics_port, "metrics_host": args.metrics_host,
@@ -180,10 +180,17 @@ def _serve(args: argparse.Namespace) -> int:
         "provider": args.provider, "threads": args.threads,
         "file": {"realtime": args.realtime, "parallel": args.parallel},
         "mic": {"device": _device(args.device)},
-        "kafka": {**_kafka_options(args.kafka_option), "bootstrap": args.bootstrap,
-                  "topic": args.topic, "group": args.group},
+        # an unset flag (None) must not mask the same setting given as --kafka-option
+        "kafka": {**_kafka_options(args.kafka_option),
+                  **{k: v for k, v in flags.items() if v is not None}},
     }
-    cfg = load_stream_config(args.config, overrides)
+    return load_stream_config(args.config, overrides)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from audioclust.stream.sources.mic import NoInputDevice
+
+    cfg = _settings(args)
     kafka = cfg.kafka
 
     # Stop requests arrive from here on; the loop sees them between polls and drains.

@@ -31,7 +31,13 @@ from typing import Any
 import numpy as np
 
 from audioclust.models.reference import NoveltyReference
-from audioclust.stream.assign import AssignConfig, Assigner, Assignment, _Detector
+from audioclust.stream.assign import (
+    AssignConfig,
+    Assigner,
+    Assignment,
+    _Detector,
+    restored_count,
+)
 from audioclust.stream.enrol import Enrolment
 from audioclust.stream.openset import OpenSetClusterer, OpenSetConfig, StreamSpace
 from audioclust.stream.registry import Registry, StreamLink
@@ -108,7 +114,7 @@ class HeadFreeStream:
         mine = {k[len(_KEY):]: v for k, v in arrays.items() if k.startswith(_KEY)}
         self.clusterer.load_state(mine, scalars["openset"])
         self.space.load_state({k[6:]: v for k, v in mine.items() if k.startswith("space.")})
-        self.windows = int(scalars["windows"])
+        self.windows = restored_count(scalars)
         self._confidence.restore(scalars["confidence_recent"])
         self._novelty.restore(scalars["novelty_recent"])
         if self.link is not None:

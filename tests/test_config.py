@@ -168,3 +168,104 @@ def test_any_settings_give_a_config_or_one_line(tmp_path, top, sections):
         assert "\n" not in str(exc)
         return
     assert isinstance(cfg, StreamConfig)  # (the [kafka] table too, by load_stream_config)
+
+
+@pytest.mark.parametrize("suffix,opener,closer", [(".toml", "a = ", ""), (".yaml", "a: ", "")])
+@pytest.mark.parametrize("depth", [2_000])
+def test_a_deeply_nested_config_is_one_line(tmp_path, suffix, opener, closer, depth):
+    """The parsers recurse per level: a file nested deeper than Python's stack raised
+    RecursionError with a traceback."""
+    f = tmp_path / f"deep{suffix}"
+    f.write_text(opener + "[" * depth + "]" * depth + closer + "\n")
+    with pytest.raises(ConfigError) as info:
+        load_stream_config(f)
+    assert str(f) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_yaml_alias_bomb_is_one_short_line(tmp_path):
+    """YAML aliases share one object, so n levels of ten are 10**n strings to print (nine
+    levels took 18 GB): the error must show the value cut short, not walk all of it."""
+    import tracemalloc
+
+    levels = ["&l0 [" + ", ".join(["lol"] * 10) + "]"]
+    levels += [f"&l{i} [" + ", ".join([f"*l{i - 1}"] * 10) + "]" for i in range(1, 6)]
+    f = tmp_path / "bomb.yaml"
+    f.write_text(f"sink: [{', '.join(levels)}]\n")  # 10**6 strings in the last, 8 MB as text
+    tracemalloc.start()
+    try:
+        with pytest.raises(ConfigError) as info:
+            load_stream_config(f)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    message = str(info.value)
+    assert "StreamConfig.sink" in message and len(message) < 300
+    assert peak < 2_000_000, f"{peak / 1e6:.0f} MB to say the value is not a string"
+@pytest.mark.parametrize(
+    ("kafka", "match"),
+    [
+        # what kafka-python refuses when it builds its clients (KafkaConfigurationError),
+        # which the Kafka source met only at connect, retried as "cannot reach the broker"
+        ("heartbeat_interval_ms = 10000", "heartbeat_interval_ms"),
+        ("session_timeout_ms = 2000", "heartbeat_interval_ms"),
+        ("request_timeout_ms = 50", "request_timeout_ms"),
+        ("fetch_max_wait_ms = 40000", "fetch_max_wait_ms"),
+        ("connections_max_idle_ms = 1000", "connections_max_idle_ms"),
+        ("request_timeout_ms = 200000", "delivery_timeout_ms"),
+        ("linger_ms = 100000", "delivery_timeout_ms"),
+        # a setting of ours under client went to kafka-python past its range check
+        ("client = {max_poll_records = 100000000}", "kafka.client.max_poll_records"),
+        ("client = {session_timeout_ms = 1000}", "kafka.client.session_timeout_ms"),
+        # and addresses its parser cannot read
+        ('bootstrap = "a:b:c"', "kafka.bootstrap"),
+        ('bootstrap = "h:99999"', "kafka.bootstrap"),
+        ('bootstrap = "h:1,,g:2"', "kafka.bootstrap"),
+        ('bootstrap = "[::1"', "kafka.bootstrap"),
+        ('bootstrap = ":9092"', "kafka.bootstrap"),
+    ],
+)
+def test_kafka_settings_its_clients_would_refuse_are_found_at_start(tmp_path, kafka, match):
+    f = tmp_path / "s.toml"
+    f.write_text(f"[kafka]\n{kafka}\n")
+    with pytest.raises(ConfigError, match=match) as info:
+        load_stream_config(f)  # whatever the source: nothing has connected yet
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("bootstrap", ["localhost", "h1:9092,h2:9093", "[::1]:9092", "::1",
+                                       "SASL_SSL://broker.example:9094", " h:1 , g:2 "])
+def test_kafka_addresses_its_parser_reads_are_taken(tmp_path, bootstrap):
+    f = tmp_path / "s.toml"
+    f.write_text(f'[kafka]\nbootstrap = "{bootstrap}"\nrequest_timeout_ms = 40000\n')
+    assert load_stream_config(f).kafka.bootstrap == bootstrap
+
+
+def test_kafka_options_on_the_command_line_are_not_masked_by_unset_flags():
+    """``--kafka-option bootstrap=...`` was dropped: the unset --bootstrap flag (None)
+    replaced it, so the service went to localhost:9092."""
+    from audioclust.stream.cli import _parser, _settings
+
+    args = _parser().parse_args(["--source", "kafka", "--kafka-option", "bootstrap=b:1",
+                                 "--kafka-option", "topic=t", "--kafka-option", "group=g"])
+    cfg = _settings(args)
+    assert (cfg.kafka.bootstrap, cfg.kafka.topic, cfg.kafka.group) == ("b:1", "t", "g")
+    # the flags still win over the options and the file
+    args = _parser().parse_args(["--source", "kafka", "--kafka-option", "bootstrap=b:1",
+                                 "--bootstrap", "c:2"])
+    assert _settings(args).kafka.bootstrap == "c:2"
+
+
+def test_settings_kafka_python_refuses_are_not_retried_as_a_broker_out_of_reach():
+    """A KafkaConfigurationError at connect was retried for startup_timeout_s and then
+    reported as 'cannot reach the broker'."""
+    from kafka_broker import free_port
+
+    from audioclust.stream.kafka.config import KafkaConfig
+    from audioclust.stream.kafka.source import KafkaSource
+    from audioclust.stream.sources import SourceError
+
+    cfg = KafkaConfig(bootstrap=f"127.0.0.1:{free_port()}", startup_timeout_s=3.0,
+                      client={"api_version": [2, 8]})  # kafka-python wants a tuple
+    with pytest.raises(SourceError) as info:
+        KafkaSource(cfg, 16000).open(None)
+    assert "api_version" in str(info.value) and "cannot reach" not in str(info.value)

@@ -232,3 +232,54 @@ def test_a_damaged_head_free_stream_state_is_one_line(tmp_path) -> None:
         assert str(tmp_path / "bad.npz") in str(info.value) and "\n" not in str(info.value)
     with pytest.raises(ValueError, match="a model with a head"):  # and the other way round
         HeadFreeAssigner(ref, model_id="m").load(_fed(["s"]).save(tmp_path / "head.npz"))
+
+
+def _misfits(arrays: dict, scalars: dict) -> dict[str, tuple[dict, dict]]:
+    """A head model's stream state with one part that decodes but does not fit."""
+    def arr(**kw):
+        return {**arrays, **kw}, scalars
+
+    def sc(**kw):
+        return arrays, {**scalars, **kw}
+
+    k = arrays["prior"].size
+    return {
+        "prior of another size": arr(prior=np.full(1, 1.0)),
+        "prior NaN": arr(prior=np.full(k, np.nan)),
+        "prior negative": arr(prior=-arrays["prior"]),
+        "prior 2-d": arr(prior=arrays["prior"][None]),
+        "centroids infinite": arr(centroids=np.full_like(arrays["centroids"], np.inf)),
+        "counts of another size": arr(counts=arrays["counts"][:1]),
+        "counts negative": arr(counts=-np.ones(k, np.int64)),
+        "counts fractional": arr(counts=np.full(k, 0.5)),
+        "windows infinite": sc(windows=float("inf")),
+        "windows negative": sc(windows=-1),
+        "windows fractional": sc(windows=2.5),
+        "windows a bool": sc(windows=True),
+        "recent not a list": sc(confidence_recent=5),
+        "recent NaN": sc(novelty_recent=[0.1, float("nan")]),
+        "recent text": sc(confidence_recent=["x"]),
+    }
+
+
+def test_a_stream_state_that_does_not_fit_is_refused_and_changes_nothing(tmp_path) -> None:
+    """The codec reads any well-formed arrays; what the assigner then took without a look
+    (a prior of another size, NaN, counts of one cluster) gave wrong clusters or an
+    IndexError traceback at the stream's next window."""
+    from audioclust.stream.state import read_state_file, write_state_file
+
+    good = _fed(["s", "t"])
+    state = read_state_file(good.save(tmp_path / "good.npz"))
+    for what, stream in _misfits(*state.streams["s"]).items():
+        bad = tmp_path / "bad.npz"
+        write_state_file(bad, state.doc, {"t": state.streams["t"], "s": stream})
+        fresh = _fed(["u"])
+        with pytest.raises(StateError) as info:
+            fresh.load(bad)
+        message = str(info.value)
+        assert str(bad) in message and "'s'" in message and "\n" not in message, \
+            (what, message)
+        assert list(fresh.streams) == ["u"], what  # nothing restored, not even "t"
+        with pytest.raises(StateError):  # the Kafka changelog's way in, too
+            fresh.load_stream("s", *stream)
+        assert list(fresh.streams) == ["u"], what

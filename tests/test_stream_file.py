@@ -3,6 +3,7 @@ run directly on the same windows; energy gate; state across runs; bad inputs."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -207,8 +208,10 @@ def test_state_is_saved_at_intervals_while_running(stream_model, long_dir, tmp_p
         _until(lambda: state.stat().st_mtime_ns > first, 30, "another save")  # and again
         # a save that fails (here: a folder in the way) is counted and retried, and the
         # service carries on
-        state.unlink()
-        state.mkdir()
+        while not state.is_dir():  # a save may land between the unlink and the mkdir
+            state.unlink(missing_ok=True)
+            with contextlib.suppress(FileExistsError):
+                state.mkdir()
         (state / "in-the-way").write_text("")
         errors = metrics.errors.labels(kind="state_save")
         _until(lambda: errors._value.get() >= 2, 30, "failed saves")

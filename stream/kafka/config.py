@@ -17,11 +17,20 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kafka import KafkaConsumer, KafkaProducer
+from kafka.cluster import collect_hosts
 
 from audioclust.models.config import ConfigError, config_from_dict, in_range
 from audioclust.stream.kafka.messages import MAX_MESSAGE_BYTES
 
-__all__ = ["Backoff", "KafkaConfig", "client_options", "quiet_kafka_logs"]
+__all__ = ["FETCH_MAX_WAIT_MS", "LINGER_MS", "Backoff", "KafkaConfig", "client_options",
+           "quiet_kafka_logs"]
+
+#: What the source asks of kafka-python unless ``client`` says otherwise: a broker may hold
+#: an empty fetch this long before answering, which a live stream pays as latency
+#: (kafka-python's 500 ms default tripled p50 on tansu); and a producer batches sends this
+#: long.
+FETCH_MAX_WAIT_MS = 100
+LINGER_MS = 5
 
 
 def quiet_kafka_logs() -> None:
@@ -126,7 +135,38 @@ class KafkaConfig:
                              f"{self.auto_offset_reset!r}")
         if not self.backoff_min_s <= self.backoff_max_s:
             raise ValueError("kafka: need backoff_min_s <= backoff_max_s")
+        check_bootstrap(self.bootstrap)
         client_options(self.client, "consumer")  # unknown keys fail here, not at connect
+        # under client, a setting of ours would reach kafka-python past our own checks
+        mine = sorted(set(self.client) & {f.name for f in dataclasses.fields(self)})
+        if mine:
+            raise ValueError(f"kafka.client.{mine[0]}: a [kafka] setting of its own; set it "
+                             "in [kafka], not under client")
+        self._check_clients()
+
+    def _check_clients(self) -> None:
+        """What kafka-python refuses when it builds its clients (KafkaConfigurationError),
+        with the values the source gives them: found at start, whatever the source, not
+        at the first connect (where it looked like a broker out of reach)."""
+        if not self.heartbeat_interval_ms < self.session_timeout_ms:
+            raise ValueError(f"kafka: heartbeat_interval_ms ({self.heartbeat_interval_ms}) "
+                             f"must be less than session_timeout_ms ({self.session_timeout_ms})")
+        opts = {**KafkaProducer.DEFAULT_CONFIG, **KafkaConsumer.DEFAULT_CONFIG,
+                "fetch_max_wait_ms": FETCH_MAX_WAIT_MS, "linger_ms": LINGER_MS, **self.client}
+        names = ("fetch_max_wait_ms", "request_timeout_ms", "connections_max_idle_ms",
+                 "linger_ms", "delivery_timeout_ms")
+        for name in names:
+            value = opts[name]
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"kafka.{name}: expected a whole number of ms >= 0, got "
+                                 f"{str(value)[:60]!r}")
+        fetch, request, idle, linger, delivery = (opts[n] for n in names)
+        if not fetch < request < idle:
+            raise ValueError(f"kafka: need fetch_max_wait_ms ({fetch}) < request_timeout_ms "
+                             f"({request}) < connections_max_idle_ms ({idle})")
+        if delivery < linger + request:
+            raise ValueError(f"kafka: delivery_timeout_ms ({delivery}) must be at least "
+                             f"linger_ms + request_timeout_ms ({linger} + {request})")
 
     def backoff(self) -> Backoff:
         """A fresh :class:`Backoff` between ``backoff_min_s`` and ``backoff_max_s``."""
@@ -161,6 +201,18 @@ class KafkaConfig:
             raise ConfigError(f"kafka: unknown setting {unknown[0]!r} (known: "
                               f"{', '.join(sorted(known))})")
         return config_from_dict(cls, values, "kafka")
+
+
+def check_bootstrap(bootstrap: str) -> None:
+    """ValueError unless kafka-python reads ``bootstrap`` as a list of host[:port]."""
+    for entry in bootstrap.split(","):
+        try:
+            host, port, _ = collect_hosts([entry], randomize=False)[0]
+        except ValueError:
+            host, port = "", 0
+        if not host or not 0 < port < 65536:
+            raise ValueError(f"kafka.bootstrap: {entry.strip()[:60]!r} in {bootstrap[:100]!r} "
+                             "is not HOST[:PORT] (a list is comma-separated; IPv6 as [ADDR]:PORT)")
 
 
 # Settings we set ourselves: a passthrough must not silently undo at-least-once.

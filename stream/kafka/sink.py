@@ -17,7 +17,7 @@ import numpy as np
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
 
-from audioclust.stream.kafka.config import KafkaConfig, client_options, quiet_kafka_logs
+from audioclust.stream.kafka.config import LINGER_MS, KafkaConfig, client_options, quiet_kafka_logs
 from audioclust.stream.sinks import Sink, SinkError
 
 __all__ = ["KafkaSink", "encode_record"]
@@ -50,7 +50,7 @@ class KafkaSink(Sink):
         self.delivery_timeout_s = delivery_timeout_s
         opts: dict[str, Any] = {
             "acks": "all",
-            "linger_ms": 5,
+            "linger_ms": LINGER_MS,
             # Retried inside the producer until this long has passed: a broker restart of a
             # few seconds is absorbed here instead of stopping the service.
             "delivery_timeout_ms": int(delivery_timeout_s * 1000),

@@ -40,12 +40,18 @@ from typing import Any
 
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
-from kafka.errors import KafkaError
+from kafka.errors import KafkaConfigurationError, KafkaError
 from kafka.structs import OffsetAndMetadata
 
 from audioclust.stream.continuity import Clocks
 from audioclust.stream.kafka.changelog import StateChangelog
-from audioclust.stream.kafka.config import KafkaConfig, client_options, quiet_kafka_logs
+from audioclust.stream.kafka.config import (
+    FETCH_MAX_WAIT_MS,
+    LINGER_MS,
+    KafkaConfig,
+    client_options,
+    quiet_kafka_logs,
+)
 from audioclust.stream.kafka.dead_letters import DeadLetters
 from audioclust.stream.kafka.messages import MessageError, decode_message
 from audioclust.stream.kafka.offsets import Ack, Offsets, PartitionOffsets
@@ -111,7 +117,8 @@ class KafkaSource(Source):
                 return
             except Exception as exc:  # kafka-python raises several kinds while unreachable
                 last = exc
-                if isinstance(exc, ValueError | TypeError):  # bad settings: no retry helps
+                # bad settings (kafka-python's own checks too): no retry helps
+                if isinstance(exc, ValueError | TypeError | KafkaConfigurationError):
                     raise SourceError(f"kafka: {exc}") from exc
                 delay = self._backoff.failed()
                 if time.monotonic() + delay > deadline:
@@ -135,9 +142,7 @@ class KafkaSource(Source):
             "reconnect_backoff_max_ms": int(c.backoff_max_s * 1000),
             # Find re-created topics (after a broker restart) within seconds, not minutes.
             "metadata_max_age_ms": 10_000,
-            # A broker may hold an empty fetch this long before answering, which a live
-            # stream pays as latency (kafka-python's 500 ms default tripled p50 on tansu).
-            "fetch_max_wait_ms": 100,
+            "fetch_max_wait_ms": FETCH_MAX_WAIT_MS,
         }
         consumer_opts["bootstrap_timeout_ms"] = int(bootstrap_timeout_s * 1000)
         consumer_opts.update(client_options(c.client, "consumer"))
@@ -148,7 +153,7 @@ class KafkaSource(Source):
             # depends on them; a state is sent once per save), and an idempotent producer
             # cannot get a producer id again from a broker that lost its state.
             "enable_idempotence": False,
-            "linger_ms": 5,
+            "linger_ms": LINGER_MS,
             # A send while the broker (or a topic's metadata) is away fails fast and is
             # retried; it blocks the pipeline's thread, so it must stay well inside
             # max_poll_interval_ms or the group would drop us on every retry.
