@@ -108,6 +108,20 @@ def test_errors_are_one_line(tmp_path, three) -> None:
     assert r.returncode == 1 and "bogus" in r.stderr
 
 
+@pytest.mark.parametrize("flags", [
+    ["--rate", "nan"], ["--rate", "inf"], ["--rate", "0"], ["--chunk-seconds", "-1"],
+    ["--chunk-seconds", "x"], ["--connect-timeout", "inf"], ["--seconds", "nan"],
+    ["--parallel", "0"], ["--bootstrap", "a:b:c"], ["--bootstrap", "host:70000"]])
+def test_bad_numbers_and_addresses_are_refused_before_anything_runs(flags, three) -> None:
+    cmd = [sys.executable, "-m", "audioclust.stream.kafka.produce", "--bootstrap",
+           "127.0.0.1:9", "--topic", "t", *flags, str(three)]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2, r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    assert "Traceback" not in r.stderr and not last.startswith("usage:")
+    assert flags[0] in last or "parallel" in last, last
+
+
 def test_help_explains_the_format() -> None:
     r = subprocess.run([sys.executable, "-m", "audioclust.stream.kafka.produce", "--help"],
                        capture_output=True, text=True, timeout=60)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import queue
 import sys
 import time
@@ -253,6 +254,27 @@ def _client_option(text: str) -> tuple[str, object]:
         return key.strip(), value
 
 
+def _positive(text: str) -> float:
+    """A finite number > 0 (seconds, messages per second)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a finite number > 0")
+    return value
+
+
+def _bootstrap(text: str) -> str:
+    from audioclust.stream.kafka.config import check_bootstrap
+
+    try:
+        check_bootstrap(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("kafka.bootstrap: ")) from None
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=PROG, formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
@@ -262,22 +284,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="audio files or folders (searched recursively)")
     p.add_argument("--mic", action="store_true", help="publish the microphone instead")
     p.add_argument("--device", help="input device name or index (with --mic)")
-    p.add_argument("--seconds", type=float, help="stop the microphone after this long")
+    p.add_argument("--seconds", type=_positive, help="stop the microphone after this long")
     p.add_argument("--mic-rate", type=int, metavar="HZ",
                    help="capture rate (default: the device's own; the service resamples)")
-    p.add_argument("--bootstrap", required=True, metavar="HOST:PORT",
+    p.add_argument("--bootstrap", required=True, type=_bootstrap, metavar="HOST:PORT",
                    help="Kafka bootstrap servers (comma-separated)")
     p.add_argument("--topic", required=True, help="topic to publish to")
     p.add_argument("--stream-id", help="stream id (default: file name without extension; "
                    "'mic' for --mic)")
-    p.add_argument("--chunk-seconds", type=float, default=0.25,
+    p.add_argument("--chunk-seconds", type=_positive, default=0.25,
                    help="audio per message (default: %(default)s)")
     p.add_argument("--format", choices=("int16", "float32", "wav", "flac"), default="int16",
                    help="payload format (default: %(default)s)")
     p.add_argument("--resample", type=int, metavar="HZ",
                    help="resample each recording to HZ before chunking (default: send the "
                    "file's own rate; the service resamples each chunk)")
-    p.add_argument("--rate", type=float, metavar="MSG_PER_S",
+    p.add_argument("--rate", type=_positive, metavar="MSG_PER_S",
                    help="send at most this many messages per second (default: as fast as "
                    "possible)")
     p.add_argument("--realtime", action="store_true",
@@ -289,7 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
                    metavar="KEY=VALUE",
                    help="kafka-python producer setting, e.g. security_protocol=SSL "
                    "(repeatable; VALUE is JSON when it parses)")
-    p.add_argument("--connect-timeout", type=float, default=10.0, metavar="SECONDS",
+    p.add_argument("--connect-timeout", type=_positive, default=10.0, metavar="SECONDS",
                    help="give up when the broker cannot be reached within this long "
                    "(default: %(default)s)")
     p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
@@ -301,9 +323,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.mic == bool(args.files):
         parser.error("give FILES or --mic (not both)")
-    if args.chunk_seconds <= 0 or args.parallel < 1 or (args.rate is not None
-                                                        and args.rate <= 0):
-        parser.error("--chunk-seconds and --rate must be > 0, --parallel >= 1")
+    if args.parallel < 1:
+        parser.error("--parallel must be >= 1")
 
     def body() -> int:
         from audioclust.stream.kafka.config import client_options
