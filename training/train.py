@@ -43,6 +43,7 @@ from audioclust.models.cli import HelpFormatter, UserError, run_command
 from audioclust.models.config import build_config
 from audioclust.models.encoder_spec import add_encoder_arguments
 from audioclust.models.encoders import ENCODERS
+from audioclust.models.errors import ConfigError
 from audioclust.training.datasets import AudioFolder
 from audioclust.training.nclusters import choose_n_clusters, plot_n_clusters
 from audioclust.training.ssl.trainer import SSLConfig, initial_embedder, train_ssl
@@ -177,11 +178,11 @@ class HeadRun:
 
     def __post_init__(self) -> None:
         if self.method not in HEAD_METHODS:
-            raise ValueError(f"unknown method {self.method!r}; known: {', '.join(HEAD_METHODS)}")
+            raise ConfigError(f"unknown method {self.method!r}; known: {', '.join(HEAD_METHODS)}")
         if self.k_max < 2 or self.threads < 0 or self.batch_size < 1:
-            raise ValueError("k_max >= 2, threads >= 0 and batch_size >= 1 needed")
+            raise ConfigError("k_max >= 2, threads >= 0 and batch_size >= 1 needed")
         if self.epochs is not None and self.epochs < 1:
-            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
+            raise ConfigError(f"epochs must be >= 1, got {self.epochs}")
 
 
 def parse_clusters(value: int | str | None) -> int | None:
@@ -222,10 +223,7 @@ def _method_settings(cls: type, run: HeadRun) -> Any:
     table = dict(getattr(run, run.method))
     if run.epochs is not None:
         table["epochs"] = run.epochs
-    try:
-        return settings_from_table(cls.Settings, table, f"[head.{run.method}]")
-    except ValueError as exc:
-        raise UserError(str(exc)) from exc
+    return settings_from_table(cls.Settings, table, f"[head.{run.method}]")
 
 
 def _finetune_settings(run: HeadRun) -> Any:
@@ -240,11 +238,8 @@ def _finetune_settings(run: HeadRun) -> Any:
     from audioclust.training.heads import settings_from_table
     from audioclust.training.heads.spice_finetune import SPICEFineTuneSettings
 
-    try:
-        return settings_from_table(SPICEFineTuneSettings, run.spice_finetune,
-                                   "[head.spice_finetune]")
-    except ValueError as exc:
-        raise UserError(str(exc)) from exc
+    return settings_from_table(SPICEFineTuneSettings, run.spice_finetune,
+                               "[head.spice_finetune]")
 
 
 def _fit_spice(estimator: Any, x: np.ndarray, tune: Any, encoder: Any, dataset: AudioFolder,

@@ -88,16 +88,16 @@ class KafkaConfig:
 
     def __post_init__(self) -> None:
         if not self.bootstrap or not self.topic or not self.group:
-            raise ValueError("kafka: bootstrap, topic and group must not be empty")
+            raise ConfigError("kafka: bootstrap, topic and group must not be empty")
         if self.dead_letter_topic is None:
             self.dead_letter_topic = f"{self.topic}.dlq"
         if self.dead_letter_topic == self.topic:
-            raise ValueError("kafka: the dead-letter topic must differ from the topic")
+            raise ConfigError("kafka: the dead-letter topic must differ from the topic")
         if self.state_topic is None:
             self.state_topic = f"{self.group}.state"
         if self.state_topic in (self.topic, self.dead_letter_topic):
-            raise ValueError("kafka: the state topic must differ from the topic and the "
-                             "dead-letter topic")
+            raise ConfigError("kafka: the state topic must differ from the topic and the "
+                              "dead-letter topic")
         for name, lo, hi in [("max_in_flight", 1, 10_000_000), ("max_poll_records", 1, 100_000),
                              ("max_message_bytes", 1, 1 << 30),
                              ("dead_letter_max_bytes", 1, 1 << 30),
@@ -111,10 +111,10 @@ class KafkaConfig:
                              ("state_restore_timeout_s", 0.001, 86_400)]:
             in_range(f"kafka.{name}", getattr(self, name), lo, hi)
         if self.auto_offset_reset not in ("earliest", "latest"):
-            raise ValueError(f"kafka: auto_offset_reset must be earliest or latest, got "
-                             f"{self.auto_offset_reset!r}")
+            raise ConfigError(f"kafka: auto_offset_reset must be earliest or latest, got "
+                              f"{self.auto_offset_reset!r}")
         if not self.backoff_min_s <= self.backoff_max_s:
-            raise ValueError("kafka: need backoff_min_s <= backoff_max_s")
+            raise ConfigError("kafka: need backoff_min_s <= backoff_max_s")
         client_options(self.client, "consumer")  # unknown keys fail here, not at connect
 
     def backoff(self) -> Backoff:

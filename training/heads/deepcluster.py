@@ -49,6 +49,7 @@ import torch
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
+from audioclust.models.errors import ConfigError, DataError
 from audioclust.models.heads import ClusterHead, HeadConfig, init_linear
 from audioclust.training.heads.base import (
     HeadEstimator,
@@ -105,8 +106,8 @@ class DeepClusterSettings(HeadSettings):
         if (min(self.n_heads, self.epochs, self.kmeans_n_init) < 1
                 or (self.batch_size is not None and self.batch_size < 2)
                 or (self.passes is not None and self.passes <= 0)):
-            raise ValueError("n_heads, epochs, kmeans_n_init >= 1, passes > 0 and "
-                             "batch_size >= 2 needed")
+            raise ConfigError("n_heads, epochs, kmeans_n_init >= 1, passes > 0 and "
+                              "batch_size >= 2 needed")
 
 
 class DeepCluster(HeadEstimator):
@@ -139,8 +140,8 @@ class DeepCluster(HeadEstimator):
         x_np = np.asarray(embeddings, dtype=np.float32)
         n = x_np.shape[0]
         if x_np.ndim != 2 or n < self.n_clusters:
-            raise ValueError(f"need (n >= n_clusters = {self.n_clusters}, d) embeddings, got "
-                             f"shape {x_np.shape}")
+            raise DataError(f"need (n >= n_clusters = {self.n_clusters}, d) embeddings, got "
+                            f"shape {x_np.shape}")
         gen = self._generator()
         rng = np.random.default_rng(self.seed)
         x = torch.from_numpy(x_np)
