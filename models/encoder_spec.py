@@ -144,8 +144,10 @@ def _randomiser(embedder: Embedder) -> Callable[[int], Embedder]:
     """Random weights of ``embedder``'s architecture, same frontend and normalisation."""
 
     def build(seed: int) -> Embedder:
-        torch.manual_seed(seed)
-        encoder = build_encoder(encoder_name(embedder.encoder), asdict(embedder.encoder.config))
+        with torch.random.fork_rng(devices=[]):  # seeded, and the caller's RNG untouched
+            torch.manual_seed(seed)
+            encoder = build_encoder(encoder_name(embedder.encoder),
+                                    asdict(embedder.encoder.config))
         return Embedder(encoder, embedder.frontend.config, float(embedder.norm_mean),
                         float(embedder.norm_std)).eval()
 

@@ -154,8 +154,9 @@ class HFEncoder(nn.Module):
 
     def randomised(self, seed: int) -> HFEncoder:
         """The same architecture, randomly initialised (the untrained control)."""
-        torch.manual_seed(seed)
-        model = type(self.model)(self.model.config)
+        with torch.random.fork_rng(devices=[]):  # seeded, and the caller's RNG untouched
+            torch.manual_seed(seed)
+            model = type(self.model)(self.model.config)
         return HFEncoder(model, self.model_type, self.preprocessor, self.folder).eval()
 
     def _repeat_pad(self, waveform: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:

@@ -243,7 +243,20 @@ def train_ssl(
     progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> TrainResult:
-    """Train ``config.method`` on ``data``; write checkpoints and reports to ``out``."""
+    """Train ``config.method`` on ``data``; write checkpoints and reports to ``out``.
+
+    Seeds and ``config.threads`` hold for the run only: the caller's torch RNG (CPU) and
+    thread count are as before when it returns."""
+    threads = torch.get_num_threads()
+    try:
+        with torch.random.fork_rng(devices=[]):
+            return _train_ssl(config, data, out, resume, progress, log)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train_ssl(config: SSLConfig, data: AudioFolder, out: str | os.PathLike, resume: bool,
+               progress: bool, log: Callable[[str], None]) -> TrainResult:
     rank, world, local_rank = _dist_info()
     distributed = world > 1
     device = _device(local_rank)
