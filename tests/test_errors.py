@@ -84,6 +84,7 @@ def test_settings_and_data_checks_raise_user_errors():
     from audioclust.training.heads.temi import TEMISettings
     from audioclust.training.kmeans import KMeans
     from audioclust.training.metrics import nmi
+    from audioclust.training.nclusters import choose_n_clusters
 
     with pytest.raises(ConfigError, match="beta"):
         TEMISettings(beta=0.3)
@@ -91,6 +92,8 @@ def test_settings_and_data_checks_raise_user_errors():
         KMeans(n_clusters=2).fit(np.full((4, 2), np.nan))
     with pytest.raises(DataError, match="differ in length"):
         nmi([0, 1, 1], [0, 1])
+    with pytest.raises(DataError, match="cannot choose K"):  # --clusters auto on 3 clips
+        choose_n_clusters(np.random.default_rng(0).normal(size=(3, 4)))
 
 
 def test_a_bad_flag_value_gives_one_line_and_exit_code_1(tmp_path):
