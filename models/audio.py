@@ -16,7 +16,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from audioclust.models.errors import UserError
+from audioclust.models.errors import DataError, UserError
 
 __all__ = [
     "AUDIO_EXTENSIONS",
@@ -51,7 +51,7 @@ def to_mono_float(samples: np.ndarray) -> np.ndarray:
     if x.ndim == 2:
         x = x.mean(axis=1, dtype=np.float32)
     elif x.ndim != 1:
-        raise ValueError(f"expected (samples,) or (samples, channels), got shape {x.shape}")
+        raise DataError(f"expected (samples,) or (samples, channels), got shape {x.shape}")
     return x
 
 
@@ -60,7 +60,7 @@ def resample(x: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
     if orig_sr == target_sr:
         return x
     if orig_sr <= 0 or target_sr <= 0:
-        raise ValueError(f"sample rates must be positive, got {orig_sr} -> {target_sr}")
+        raise DataError(f"sample rates must be positive, got {orig_sr} -> {target_sr}")
     return soxr.resample(x, orig_sr, target_sr, quality="HQ").astype(np.float32, copy=False)
 
 

@@ -16,6 +16,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from audioclust.models.errors import ModelError
+
 __all__ = ["file_sha256", "read_checked_metadata", "write_safetensors"]
 
 
@@ -52,11 +54,11 @@ def read_checked_metadata(
         with safe_open(str(p), framework="pt") as f:
             meta = f.metadata() or {}
     except (SafetensorError, OSError) as exc:
-        raise ValueError(f"{p}: not a safetensors file ({exc})") from exc
+        raise ModelError(p, f"not a safetensors file ({exc})") from exc
     if meta.get("format") != fmt:
-        raise ValueError(f"{p}: not an audioclust {what} (format {meta.get('format')!r})")
+        raise ModelError(p, f"not an audioclust {what} (format {meta.get('format')!r})")
     if meta.get("format_version") != version:
-        raise ValueError(f"{p}: {what} format version {meta.get('format_version')!r}, this "
+        raise ModelError(p, f"{what} format version {meta.get('format_version')!r}, this "
                          f"code reads {version!r}")
     return meta
 

@@ -46,13 +46,15 @@ def comma_list(choices: Sequence[str]) -> Callable[[str], tuple[str, ...]]:
 def run_command(prog: str, body: Callable[[], int | None]) -> int:
     """Run ``body``; expected failures become ``prog: error: message`` and exit code 1.
 
-    Expected: a :class:`UserError` (audio, config, model, state, source and sink errors
-    all derive from it), a missing file, and still any ``ValueError``, since many checks
-    of user input raise a plain one. Set ``AUDIOCLUST_DEBUG=1`` to get the traceback.
+    Expected: a :class:`UserError` (audio, config, data, model, state, source and sink
+    errors all derive from it) and an operating-system error on a file (missing, not
+    allowed, disk full). Anything else, a plain ``ValueError`` included, is a bug in
+    audioclust and keeps its traceback. ``AUDIOCLUST_DEBUG=1`` shows the traceback of an
+    expected failure too.
     """
     try:
         return int(body() or 0)
-    except (UserError, ValueError, FileNotFoundError) as exc:
+    except (UserError, OSError) as exc:
         if os.environ.get("AUDIOCLUST_DEBUG"):
             raise  # full traceback for whoever is debugging
         print(f"{prog}: error: {exc}", file=sys.stderr)

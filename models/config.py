@@ -16,23 +16,19 @@ from typing import Any, TypeVar
 
 import yaml
 
-from audioclust.models.errors import UserError
+from audioclust.models.errors import ConfigError
 
 __all__ = ["ConfigError", "build_config", "config_from_dict", "in_range", "read_config_file"]
 
 T = TypeVar("T")
 
 
-class ConfigError(UserError, ValueError):
-    """A configuration file or value that does not fit the expected schema."""
-
-
 def in_range(name: str, value: float, lo: float, hi: float, low_open: bool = False) -> None:
-    """ValueError unless lo <= value <= hi (lo < value with ``low_open``); NaN fails too."""
+    """ConfigError unless lo <= value <= hi (lo < value with ``low_open``); NaN fails too."""
     ok = (lo < value if low_open else lo <= value) and value <= hi
     if not ok:
         low = f"> {lo:g}" if low_open else f">= {lo:g}"
-        raise ValueError(f"{name} must be {low} and <= {hi:g}, got {value!r}")
+        raise ConfigError(f"{name} must be {low} and <= {hi:g}, got {value!r}")
 
 
 def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
@@ -137,7 +133,7 @@ def _from_dict(cls: type[T], data: dict[str, Any], where: str) -> T:
     kwargs = {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in data.items()}
     try:
         return cls(**kwargs)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ConfigError) as exc:  # a missing field; a value out of range
         raise ConfigError(f"{where}: {exc}") from exc
 
 

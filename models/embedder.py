@@ -116,9 +116,12 @@ def load_embedder(
     """
     meta = read_embedder_metadata(path)
     tensors = load_file(str(path), device=str(device))
-    if random_init is not None:
-        torch.manual_seed(random_init)
-    encoder = build_encoder(meta["encoder"], meta["encoder_config"])
+    if random_init is None:
+        encoder = build_encoder(meta["encoder"], meta["encoder_config"])
+    else:
+        with torch.random.fork_rng(devices=[]):  # seeded, and the caller's RNG untouched
+            torch.manual_seed(random_init)
+            encoder = build_encoder(meta["encoder"], meta["encoder_config"])
     if random_init is None:
         state = {k[len("encoder."):]: v for k, v in tensors.items() if k.startswith("encoder.")}
         encoder.load_state_dict(state, strict=True)

@@ -41,6 +41,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from audioclust.models.errors import ConfigError, ModelError
+
 from .checkpoint import file_sha256
 from .embedder import (
     Embedder,
@@ -117,16 +119,16 @@ class WaveformEncoder:
     def random_init(self, seed: int) -> WaveformEncoder:
         """The same architecture (and frontend) with random weights: the untrained control."""
         if self.randomise is None:
-            raise ValueError(f"{self.spec}: a {self.kind} encoder has no random-weights "
-                             "counterpart")
+            raise ConfigError(f"{self.spec}: a {self.kind} encoder has no random-weights "
+                              "counterpart")
         return replace(self, module=self.randomise(seed), onnx=None,
                        info={**self.info, "random_init": seed})
 
     def require_module(self, purpose: str) -> nn.Module:
         """The torch module, or one line saying ``purpose`` needs one."""
         if self.module is None:
-            raise ValueError(f"{self.spec}: {purpose} needs a torch encoder; an onnx: encoder "
-                             "only runs on ONNX Runtime")
+            raise ConfigError(f"{self.spec}: {purpose} needs a torch encoder; an onnx: encoder "
+                              "only runs on ONNX Runtime")
         return self.module
 
 
@@ -142,8 +144,10 @@ def _randomiser(embedder: Embedder) -> Callable[[int], Embedder]:
     """Random weights of ``embedder``'s architecture, same frontend and normalisation."""
 
     def build(seed: int) -> Embedder:
-        torch.manual_seed(seed)
-        encoder = build_encoder(encoder_name(embedder.encoder), asdict(embedder.encoder.config))
+        with torch.random.fork_rng(devices=[]):  # seeded, and the caller's RNG untouched
+            torch.manual_seed(seed)
+            encoder = build_encoder(encoder_name(embedder.encoder),
+                                    asdict(embedder.encoder.config))
         return Embedder(encoder, embedder.frontend.config, float(embedder.norm_mean),
                         float(embedder.norm_std)).eval()
 
@@ -177,12 +181,12 @@ def _open_checkpoint(spec: str, path: Path) -> WaveformEncoder:
     try:
         meta = read_embedder_metadata(path)
     except (KeyError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{path}: damaged embedder checkpoint metadata ({exc!r})") from None
+        raise ModelError(path, f"damaged embedder checkpoint metadata ({exc!r})") from None
     try:
         embedder = load_embedder(path)
     except (RuntimeError, KeyError, TypeError, ValueError, SafetensorError) as exc:
         detail = " ".join(str(exc).split())
-        raise ValueError(f"{path}: cannot load the embedder ({detail[:200]})") from None
+        raise ModelError(path, f"cannot load the embedder ({detail[:200]})") from None
     info = dict(meta["info"])
     return _from_embedder(spec, "checkpoint", checkpoint_name(path), embedder,
                           file_sha256(path), info)
@@ -196,7 +200,7 @@ def _open_pretrained(spec: str, kind: str, arg: str) -> WaveformEncoder:
         embedder = pretrained.load_aisfx(path)
     else:
         if not arg:
-            raise ValueError(f"{spec}: give the checkpoint file, as {kind}:FILE")
+            raise ConfigError(f"{spec}: give the checkpoint file, as {kind}:FILE")
         path = Path(arg)
         embedder = (pretrained.load_panns if kind == "panns" else pretrained.load_byola)(path)
     credit = pretrained.PRETRAINED_CREDITS[kind]
@@ -207,7 +211,7 @@ def _open_pretrained(spec: str, kind: str, arg: str) -> WaveformEncoder:
 
 def _open_onnx(spec: str, arg: str, options: OnnxEncoderOptions | None) -> WaveformEncoder:
     if not arg:
-        raise ValueError(f"{spec}: give the model file, as onnx:FILE")
+        raise ConfigError(f"{spec}: give the model file, as onnx:FILE")
     enc = OnnxEncoder(arg, options)
     description = enc.describe()
     sha = _digest("onnx", [enc.path], {k: v for k, v in description.items() if k != "file"})
@@ -221,7 +225,7 @@ def _open_onnx(spec: str, arg: str, options: OnnxEncoderOptions | None) -> Wavef
 
 def _open_hf(spec: str, arg: str) -> WaveformEncoder:
     if not arg:
-        raise ValueError(f"{spec}: give the model folder, as hf:DIR")
+        raise ConfigError(f"{spec}: give the model folder, as hf:DIR")
     from .hf import load_hf_encoder
 
     module = load_hf_encoder(arg)
@@ -238,8 +242,8 @@ def _open_hf(spec: str, arg: str) -> WaveformEncoder:
 
 def open_encoder(spec: str | os.PathLike | WaveformEncoder,
                  onnx_options: OnnxEncoderOptions | None = None) -> WaveformEncoder:
-    """The encoder named by ``spec`` (see the module docstring); one-line ValueError or
-    FileNotFoundError for anything that cannot be used."""
+    """The encoder named by ``spec`` (see the module docstring); one-line UserError
+    (ConfigError, ModelError) or FileNotFoundError for anything that cannot be used."""
     if isinstance(spec, WaveformEncoder):
         return spec
     text = os.fspath(spec)
@@ -257,7 +261,7 @@ def open_encoder(spec: str | os.PathLike | WaveformEncoder,
         raise FileNotFoundError(f"{text}: no such checkpoint; an encoder is "
                                 f"{SPEC_HELP}")
     if path.is_dir():
-        raise ValueError(f"{text}: a folder; for a Hugging Face model give hf:{text}")
+        raise ConfigError(f"{text}: a folder; for a Hugging Face model give hf:{text}")
     return _open_checkpoint(text, path)
 
 
@@ -294,6 +298,6 @@ def trainable_copy(encoder: WaveformEncoder, purpose: str) -> Embedder:
     embedder = encoder.embedder
     if embedder is None:
         what = "an ONNX graph" if encoder.kind == "onnx" else "a Hugging Face waveform model"
-        raise ValueError(f"{encoder.spec}: {purpose} trains log-mel encoders (audioclust "
-                         f"checkpoints, aisfx, panns:, byola:); this is {what}")
+        raise ConfigError(f"{encoder.spec}: {purpose} trains log-mel encoders (audioclust "
+                          f"checkpoints, aisfx, panns:, byola:); this is {what}")
     return copy.deepcopy(embedder)

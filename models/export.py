@@ -38,6 +38,7 @@ import onnx
 import torch
 from torch import nn
 
+from audioclust.models.errors import ConfigError, DataError, ModelError
 from audioclust.stream.window import check_geometry
 
 from .encoder_spec import WaveformEncoder, open_encoder
@@ -71,8 +72,8 @@ class FullModel(nn.Module):
     def __init__(self, embedder: nn.Module, head: ClusterHead | None):
         super().__init__()
         if head is not None and head.config.in_dim != embedder.embed_dim:
-            raise ValueError(f"head expects {head.config.in_dim}-d embeddings, encoder gives "
-                             f"{embedder.embed_dim}")
+            raise DataError(f"head expects {head.config.in_dim}-d embeddings, encoder gives "
+                            f"{embedder.embed_dim}")
         self.embedder = embedder
         self.head = head
 
@@ -110,7 +111,7 @@ def _check_prior(head: ClusterHead, path: str | os.PathLike) -> None:
     """The streaming assigner divides by the prior: every entry must be finite and > 0."""
     bad = [i for i, p in enumerate(head.prior.tolist()) if not (math.isfinite(p) and p > 0)]
     if bad:
-        raise ValueError(f"{path}: the head's cluster prior is zero or not finite for "
+        raise ModelError(path, f"the head's cluster prior is zero or not finite for "
                          f"cluster(s) {bad}; retrain the head (its trainer smooths the prior)")
 
 
@@ -137,7 +138,7 @@ def export_model(
     head weights (the frontend's DFT stays float: it sets the spectrum's precision).
     """
     if quantize not in (None, "int8"):
-        raise ValueError(f"unknown quantisation {quantize!r}; use int8 or none")
+        raise ConfigError(f"unknown quantisation {quantize!r}; use int8 or none")
     check_geometry(window_seconds, hop_seconds, " s")
     reference_paths = None if reference_data is None else _reference_paths(reference_data)
     enc = open_encoder(encoder_path)
@@ -145,13 +146,13 @@ def export_model(
     # as audioclust-eval head checks: a head recording its encoder's identity needs that one
     if (head_meta is not None and head_meta["encoder_sha256"]
             and head_meta["encoder_sha256"] != enc.sha256):
-        raise ValueError(f"{head_path} was trained on the encoder with SHA-256 "
-                         f"{head_meta['encoder_sha256'][:12]}..., but {enc.spec} is "
-                         f"{enc.sha256[:12]}...: pass the encoder the head was trained with")
+        raise DataError(f"{head_path} was trained on the encoder with SHA-256 "
+                        f"{head_meta['encoder_sha256'][:12]}..., but {enc.spec} is "
+                        f"{enc.sha256[:12]}...: pass the encoder the head was trained with")
     head = load_head(head_path) if head_path is not None else None
     if head is not None and head.config.in_dim != enc.embed_dim:
-        raise ValueError(f"head expects {head.config.in_dim}-d embeddings, encoder gives "
-                         f"{enc.embed_dim}")
+        raise DataError(f"head expects {head.config.in_dim}-d embeddings, encoder gives "
+                        f"{enc.embed_dim}")
     if head is not None:
         _check_prior(head, head_path)
     sr = enc.sample_rate
@@ -163,8 +164,8 @@ def export_model(
         frontend = {"kind": enc.kind}
         min_samples = enc.min_samples
     if window_seconds * sr < min_samples:
-        raise ValueError(f"window {window_seconds} s is shorter than the model's minimum "
-                         f"{min_samples / sr:.3f} s")
+        raise ConfigError(f"window {window_seconds} s is shorter than the model's minimum "
+                          f"{min_samples / sr:.3f} s")
 
     meta: dict[str, Any] = {
         "format": MODEL_FORMAT,
@@ -227,7 +228,7 @@ def _reference_paths(data: str | os.PathLike) -> list[Path]:
     root = Path(data)
     paths = [root] if root.is_file() else find_audio_files(root) if root.is_dir() else []
     if not paths:
-        raise ValueError(f"{root}: no audio files for the novelty reference")
+        raise DataError(f"{root}: no audio files for the novelty reference")
     return paths
 
 
@@ -274,7 +275,7 @@ def quantize_model(src: str | os.PathLike, out: str | os.PathLike) -> Path:
     src, out = Path(src), Path(out)
     meta = {p.key: p.value for p in onnx.load(src).metadata_props}
     if meta.get("quantization", "none") != "none":
-        raise ValueError(f"{src}: already quantised ({meta['quantization']})")
+        raise ModelError(src, f"already quantised ({meta['quantization']})")
     # The quantiser writes scratch files beside its input: work on a copy next to ``out``
     # so nothing lands beside the source (the default model lives in the package).
     scratch = out.with_suffix(".fp32.onnx")

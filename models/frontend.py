@@ -46,6 +46,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from audioclust.models.errors import ConfigError, DataError
+
 __all__ = [
     "STFT",
     "FrontendConfig",
@@ -77,7 +79,7 @@ def window_samples(window: Window, win_length: int, n_fft: int) -> np.ndarray:
     """The analysis window as ``n_fft`` float64 samples: ``win_length`` of them centred in
     zeros, as ``librosa.stft`` and ``torch.stft`` place a window shorter than ``n_fft``."""
     if not 0 < win_length <= n_fft:
-        raise ValueError(f"need 0 < win_length <= {n_fft} (the frame), got {win_length}")
+        raise ConfigError(f"need 0 < win_length <= {n_fft} (the frame), got {win_length}")
     if isinstance(window, str):
         n = np.arange(win_length)
         shapes = {
@@ -86,13 +88,13 @@ def window_samples(window: Window, win_length: int, n_fft: int) -> np.ndarray:
             "rectangular": lambda: np.ones(win_length),
         }
         if window not in shapes:
-            raise ValueError(f"unknown window {window!r}; use one of {sorted(shapes)} or "
-                             "pass its samples")
+            raise ConfigError(f"unknown window {window!r}; use one of {sorted(shapes)} or "
+                              "pass its samples")
         w = shapes[window]()
     else:
         w = np.asarray(window, dtype=np.float64)
         if w.shape != (win_length,):
-            raise ValueError(f"window has shape {w.shape}, expected ({win_length},)")
+            raise ConfigError(f"window has shape {w.shape}, expected ({win_length},)")
     out = np.zeros(n_fft)
     offset = (n_fft - win_length) // 2
     out[offset : offset + win_length] = w
@@ -215,11 +217,11 @@ class STFT(nn.Module):
         frame_length = n_fft if frame_length is None else frame_length
         win_length = frame_length if win_length is None else win_length
         if n_fft < 2 or hop_length < 1:
-            raise ValueError(f"need n_fft >= 2 and hop_length >= 1, got {n_fft}, {hop_length}")
+            raise ConfigError(f"need n_fft >= 2 and hop_length >= 1, got {n_fft}, {hop_length}")
         if not 0 < frame_length <= n_fft:
-            raise ValueError(f"need 0 < frame_length <= n_fft, got {frame_length}, {n_fft}")
+            raise ConfigError(f"need 0 < frame_length <= n_fft, got {frame_length}, {n_fft}")
         if pad_mode not in PAD_MODES:
-            raise ValueError(f"pad_mode must be 'constant' or 'reflect', got {pad_mode!r}")
+            raise ConfigError(f"pad_mode must be 'constant' or 'reflect', got {pad_mode!r}")
         self.n_fft, self.hop_length, self.win_length = n_fft, hop_length, win_length
         self.frame_length, self.center, self.pad_mode = frame_length, center, pad_mode
         self.n_bins = n_fft // 2 + 1
@@ -227,18 +229,18 @@ class STFT(nn.Module):
         if premap is not None:
             premap = np.asarray(premap, dtype=np.float64)
             if premap.shape != (frame_length, frame_length):
-                raise ValueError(f"premap has shape {premap.shape}, expected ({frame_length}, "
-                                 f"{frame_length})")
+                raise ConfigError(f"premap has shape {premap.shape}, expected ({frame_length}, "
+                                  f"{frame_length})")
             if block not in ("auto", None):
-                raise ValueError("a premap mixes each frame's samples: it needs the direct DFT "
-                                 f"(block None), got block {block}")
+                raise ConfigError("a premap mixes each frame's samples: it needs the direct DFT "
+                                  f"(block None), got block {block}")
             block = None
         elif block == "auto":
             block = _split(n_fft, hop_length, frame_length)
         elif block is not None and (block < 2 or block % 2 or hop_length % block
                                     or n_fft % block or (n_fft // block) % 2):
-            raise ValueError(f"block {block} must be even and divide the hop {hop_length} and "
-                             f"n_fft {n_fft} into an even number of blocks")
+            raise ConfigError(f"block {block} must be even and divide the hop {hop_length} and "
+                              f"n_fft {n_fft} into an even number of blocks")
         self.block: int | None = block
         if self.block is None:
             stage1, stage2 = dft_kernels(w, n_fft, premap)[:, None, :], None
@@ -290,7 +292,7 @@ class STFT(nn.Module):
             raise ValueError(f"expected a (batch, samples) waveform, got {tuple(waveform.shape)}")
         t = waveform.shape[1]
         if not torch.compiler.is_exporting() and t < self.min_samples:
-            raise ValueError(f"the STFT needs at least {self.min_samples} samples, got {t}")
+            raise DataError(f"the STFT needs at least {self.min_samples} samples, got {t}")
         frames = self.num_frames(t)
         # The kernels read hop * (frames - 1) + taps samples of the padded clip; written
         # so that the exported graph's shape arithmetic stays one Mod and one Sub.
@@ -403,16 +405,16 @@ class FrontendConfig:
         for name, allowed in (("mel_scale", MEL_SCALES), ("mel_norm", MEL_NORMS),
                               ("pad_mode", PAD_MODES), ("compression", COMPRESSIONS)):
             if getattr(self, name) not in allowed:
-                raise ValueError(f"{name} must be one of {', '.join(allowed)}, got "
-                                 f"{getattr(self, name)!r}")
+                raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got "
+                                  f"{getattr(self, name)!r}")
         if self.win_length > self.n_fft:
-            raise ValueError(f"win_length {self.win_length} > n_fft {self.n_fft}")
+            raise ConfigError(f"win_length {self.win_length} > n_fft {self.n_fft}")
         if not 0 <= self.f_min < self.f_max <= self.sample_rate / 2:
-            raise ValueError(
+            raise ConfigError(
                 f"need 0 <= f_min < f_max <= sample_rate/2, got {self.f_min}, {self.f_max}"
             )
         if min(self.hop_length, self.n_mels, self.n_fft) <= 0 or self.log_floor <= 0:
-            raise ValueError("hop_length, n_mels, n_fft and log_floor must be positive")
+            raise ConfigError("hop_length, n_mels, n_fft and log_floor must be positive")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -38,6 +38,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from audioclust.models.errors import ConfigError, ModelError
+
 from .frontend import (
     STFT,
     FrontendConfig,
@@ -56,8 +58,8 @@ def _transformers():
     try:
         import transformers
     except ModuleNotFoundError:
-        raise ValueError("hf: encoders need the pretrained extra: pip install "
-                         "'audioclust[pretrained]' (transformers)") from None
+        raise ConfigError("hf: encoders need the pretrained extra: pip install "
+                          "'audioclust[pretrained]' (transformers)") from None
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()  # command output stays one line per step
     return transformers
@@ -152,8 +154,9 @@ class HFEncoder(nn.Module):
 
     def randomised(self, seed: int) -> HFEncoder:
         """The same architecture, randomly initialised (the untrained control)."""
-        torch.manual_seed(seed)
-        model = type(self.model)(self.model.config)
+        with torch.random.fork_rng(devices=[]):  # seeded, and the caller's RNG untouched
+            torch.manual_seed(seed)
+            model = type(self.model)(self.model.config)
         return HFEncoder(model, self.model_type, self.preprocessor, self.folder).eval()
 
     def _repeat_pad(self, waveform: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -212,9 +215,9 @@ def load_hf_encoder(folder: str | os.PathLike) -> HFEncoder:
     try:
         model_type = json.loads((path / "config.json").read_text()).get("model_type", "")
     except (OSError, json.JSONDecodeError) as exc:
-        raise ValueError(f"hf:{path}: unreadable config.json ({exc})") from None
+        raise ModelError(f"hf:{path}", f"unreadable config.json ({exc})") from None
     if model_type not in HF_MODEL_TYPES:
-        raise ValueError(f"hf:{path}: model_type {model_type!r} is not supported; supported: "
+        raise ModelError(f"hf:{path}", f"model_type {model_type!r} is not supported; supported: "
                          f"{', '.join(HF_MODEL_TYPES)}")
     preprocessor: dict[str, Any] = {}
     pre = path / "preprocessor_config.json"
@@ -222,7 +225,7 @@ def load_hf_encoder(folder: str | os.PathLike) -> HFEncoder:
         try:
             preprocessor = json.loads(pre.read_text())
         except json.JSONDecodeError as exc:
-            raise ValueError(f"hf:{path}: unreadable preprocessor_config.json ({exc})") from None
+            raise ModelError(f"hf:{path}", f"unreadable preprocessor_config.json ({exc})") from None
     tf = _transformers()
     cls = (tf.ClapAudioModelWithProjection if model_type.startswith("clap")
            else tf.AutoModel)
@@ -230,5 +233,5 @@ def load_hf_encoder(folder: str | os.PathLike) -> HFEncoder:
         model = cls.from_pretrained(str(path), local_files_only=True)
     except (OSError, ValueError, RuntimeError, KeyError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        raise ValueError(f"hf:{path}: cannot load the model ({first})") from None
+        raise ModelError(f"hf:{path}", f"cannot load the model ({first})") from None
     return HFEncoder(model, model_type, preprocessor, path).eval()

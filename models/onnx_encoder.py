@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from audioclust.models.errors import ConfigError, DataError, ModelError
+
 from .embedder import embed_by_length
 
 __all__ = ["OnnxEncoder", "OnnxEncoderOptions", "merge_with_head"]
@@ -42,8 +44,8 @@ class OnnxEncoderOptions:
 
     def __post_init__(self) -> None:
         if self.sample_rate is not None and self.sample_rate < 1:
-            raise ValueError(f"ONNX encoder sample rate must be positive, got "
-                             f"{self.sample_rate}")
+            raise ConfigError(f"ONNX encoder sample rate must be positive, got "
+                              f"{self.sample_rate}")
 
 
 def _pick(kind: str, names: list[str], flag: str | None, meta: str | None, path: Path,
@@ -51,11 +53,11 @@ def _pick(kind: str, names: list[str], flag: str | None, meta: str | None, path:
     chosen = flag or meta
     if chosen is None:
         if len(names) != 1:
-            raise ValueError(f"{path}: the graph has {len(names)} {kind}s ({', '.join(names)}); "
+            raise ModelError(path, f"the graph has {len(names)} {kind}s ({', '.join(names)}); "
                              f"name one with {flag_name} or the metadata key {meta_key}")
         return names[0]
     if chosen not in names:
-        raise ValueError(f"{path}: no {kind} {chosen!r} (the graph has {', '.join(names)})")
+        raise ModelError(path, f"no {kind} {chosen!r} (the graph has {', '.join(names)})")
     return chosen
 
 
@@ -80,10 +82,10 @@ class OnnxEncoder:
                                                 providers=_choose_providers(provider))
         except Exception as exc:  # ORT raises its own Fail/InvalidProtobuf/... types
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
-            raise ValueError(f"{self.path}: not a loadable ONNX model ({first})") from None
+            raise ModelError(self.path, f"not a loadable ONNX model ({first})") from None
         meta = self.session.get_modelmeta().custom_metadata_map
         if meta.get("format") == "audioclust-model":
-            raise ValueError(f"{self.path}: an exported audioclust model, not an encoder; "
+            raise ModelError(self.path, "an exported audioclust model, not an encoder; "
                              "stream it with audioclust-stream")
         inputs = {i.name: i for i in self.session.get_inputs()}
         outputs = {o.name: o for o in self.session.get_outputs()}
@@ -95,11 +97,11 @@ class OnnxEncoder:
                                  "embedding_output")
         inp, out = inputs[self.input_name], outputs[self.output_name]
         if inp.type != "tensor(float)" or len(inp.shape) != 2:
-            raise ValueError(f"{self.path}: input {self.input_name!r} is {inp.type} of rank "
+            raise ModelError(self.path, f"input {self.input_name!r} is {inp.type} of rank "
                              f"{len(inp.shape)}; an encoder takes float waveforms (batch, "
                              "samples)")
         if len(out.shape) != 2:
-            raise ValueError(f"{self.path}: output {self.output_name!r} has rank "
+            raise ModelError(self.path, f"output {self.output_name!r} has rank "
                              f"{len(out.shape)}; an encoder gives embeddings (batch, dim)")
         if options.sample_rate is not None:
             self.sample_rate = int(options.sample_rate)
@@ -107,13 +109,13 @@ class OnnxEncoder:
             try:
                 self.sample_rate = int(float(meta["sample_rate"]))
             except ValueError:
-                raise ValueError(f"{self.path}: metadata sample_rate {meta['sample_rate']!r} "
+                raise ModelError(self.path, f"metadata sample_rate {meta['sample_rate']!r} "
                                  "is not a number") from None
         else:
-            raise ValueError(f"{self.path}: sample rate unknown: give --onnx-sample-rate or "
+            raise ModelError(self.path, "sample rate unknown: give --onnx-sample-rate or "
                              "store sample_rate in the model's metadata")
         if self.sample_rate < 1:
-            raise ValueError(f"{self.path}: sample rate must be positive")
+            raise ModelError(self.path, "sample rate must be positive")
         self.static_length = inp.shape[1] if isinstance(inp.shape[1], int) else None
         self.min_samples = max(1, int(meta.get("min_samples", 0) or 0),
                                self.static_length or 0)
@@ -141,11 +143,11 @@ class OnnxEncoder:
             (out,) = self.session.run([self.output_name], {self.input_name: batch})
         except Exception as exc:
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-            raise ValueError(f"{self.path}: the model failed on a batch of shape "
+            raise ModelError(self.path, f"the model failed on a batch of shape "
                              f"{batch.shape} ({first})") from None
         out = np.asarray(out, dtype=np.float32)
         if out.ndim != 2 or out.shape[0] != batch.shape[0]:
-            raise ValueError(f"{self.path}: output of shape {out.shape} for {batch.shape[0]} "
+            raise ModelError(self.path, f"output of shape {out.shape} for {batch.shape[0]} "
                              "clips")
         return out
 
@@ -170,8 +172,8 @@ def _with_opset(model: Any, version: int) -> Any:
     try:
         return version_converter.convert_version(model, version)
     except Exception as exc:
-        raise ValueError(f"cannot bring the encoder graph from opset {current} to {version} "
-                         f"for merging ({str(exc).splitlines()[0][:160]})") from None
+        raise DataError(f"cannot bring the encoder graph from opset {current} to {version} "
+                        f"for merging ({str(exc).splitlines()[0][:160]})") from None
 
 
 def merge_with_head(encoder: OnnxEncoder, head_model: Any | None) -> Any:
@@ -196,7 +198,7 @@ def merge_with_head(encoder: OnnxEncoder, head_model: Any | None) -> Any:
     kept = [i for i in g.input if i.name != old_in and i.name.startswith("encoder/")
             and not any(init.name == i.name for init in g.initializer)]
     if kept:
-        raise ValueError(f"{encoder.path}: the graph has other inputs "
+        raise ModelError(encoder.path, f"the graph has other inputs "
                          f"({', '.join(i.name[8:] for i in kept)}); an encoder takes one")
     params = [i for i in g.input if i.name != old_in]
     del g.input[:]

@@ -45,6 +45,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from audioclust.models.errors import ModelError
+
 from .embedder import Embedder
 from .encoders import Aisfx, AudioNTT, AudioNTTConfig, Cnn14
 from .frontend import FrontendConfig, dft_kernels, mel_filterbank, window_samples
@@ -111,7 +113,7 @@ def _numpy_scalar_globals() -> list[Any]:
 
 def load_torch_checkpoint(path: str | os.PathLike, allowed: Sequence[Any] = ()) -> Any:
     """``torch.load(path, weights_only=True)`` with ``allowed`` extra globals; one-line
-    FileNotFoundError / ValueError for a missing file, a file that is not a checkpoint,
+    FileNotFoundError / ModelError for a missing file, a file that is not a checkpoint,
     or one that holds any other object."""
     p = Path(path)
     if not p.is_file():
@@ -122,15 +124,15 @@ def load_torch_checkpoint(path: str | os.PathLike, allowed: Sequence[Any] = ()) 
     except pickle.UnpicklingError as exc:
         found = re.search(r"GLOBAL ([\w.]+)|but got <class '([\w.]+)'>", str(exc))
         if found is None:
-            raise ValueError(f"{p}: not a readable PyTorch checkpoint (unpickling failed)"
+            raise ModelError(p, "not a readable PyTorch checkpoint (unpickling failed)"
                              ) from None
         what = next(g for g in found.groups() if g)
-        raise ValueError(f"{p}: refused: the checkpoint holds {what}, which is neither a "
+        raise ModelError(p, f"refused: the checkpoint holds {what}, which is neither a "
                          "tensor, a plain container nor an allowed numpy scalar (its pickle "
                          "code is not run)") from None
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
-        raise ValueError(f"{p}: not a readable PyTorch checkpoint ({first})") from None
+        raise ModelError(p, f"not a readable PyTorch checkpoint ({first})") from None
 
 
 def _listed(names: Sequence[str], limit: int = 3) -> str:
@@ -157,7 +159,7 @@ def load_state_strict(module: nn.Module, state: Mapping[str, Any], path: Path, w
     if shapes:
         problems.append(f"{len(shapes)} shape(s) differ: {_listed(shapes, 2)}")
     if problems:
-        raise ValueError(f"{path}: not {what}: " + "; ".join(problems))
+        raise ModelError(path, f"not {what}: " + "; ".join(problems))
     module.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()}, strict=True)
 
 
@@ -171,7 +173,7 @@ def _state_dict(obj: Any, path: Path, keys: Sequence[str] = ()) -> dict[str, tor
     if not isinstance(obj, Mapping) or not obj or not all(
             isinstance(k, str) and torch.is_tensor(v) for k, v in obj.items()):
         nest = " or ".join(f"{{'{k}': state_dict}}" for k in keys)
-        raise ValueError(f"{path}: expected a state dict of named tensors"
+        raise ModelError(path, "expected a state dict of named tensors"
                          + (f" (or {nest})" if keys else ""))
     return dict(obj)
 
@@ -207,7 +209,7 @@ def load_aisfx(path: str | os.PathLike | None = None) -> Embedder:
     encoder_state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
     others = [k for k in state if not k.startswith(prefix) and not k.startswith("fc.")]
     if others:
-        raise ValueError(f"{p}: not an aisfx checkpoint: unexpected {len(others)} key(s): "
+        raise ModelError(p, f"not an aisfx checkpoint: unexpected {len(others)} key(s): "
                          f"{_listed(others)}")
     encoder = Aisfx()
     load_state_strict(encoder, encoder_state, p, "an aisfx checkpoint (embedding_net.*)")
@@ -226,7 +228,7 @@ def _panns_variant(state: Mapping[str, torch.Tensor], path: Path) -> str:
     """The variant whose frontend tensors the file holds (checked value by value)."""
     missing = [k for k in _PANNS_FRONTEND_KEYS if k not in state]
     if missing:
-        raise ValueError(f"{path}: not a PANNs CNN14 checkpoint: missing {len(missing)} "
+        raise ModelError(path, f"not a PANNs CNN14 checkpoint: missing {len(missing)} "
                          f"key(s): {_listed(missing)}")
     mel = state["logmel_extractor.melW"]
     for variant, c in PANNS_FRONTENDS.items():
@@ -243,12 +245,12 @@ def _panns_variant(state: Mapping[str, torch.Tensor], path: Path) -> str:
         for key, value in want.items():
             got = state[key].float()
             if got.shape != value.shape or not torch.allclose(got, value, rtol=1e-3, atol=1e-5):
-                raise ValueError(f"{path}: {key} is not the {variant} CNN14 frontend's (shape "
+                raise ModelError(path, f"{key} is not the {variant} CNN14 frontend's (shape "
                                  f"{tuple(got.shape)}): not a released PANNs CNN14 checkpoint")
         return variant
     shapes = ", ".join(f"{v}: ({c.n_fft // 2 + 1}, {c.n_mels})" for v, c in
                        PANNS_FRONTENDS.items())
-    raise ValueError(f"{path}: logmel_extractor.melW has shape {tuple(mel.shape)}; the released "
+    raise ModelError(path, f"logmel_extractor.melW has shape {tuple(mel.shape)}; the released "
                      f"CNN14 variants have {shapes}")
 
 
@@ -290,21 +292,21 @@ def load_byola(path: str | os.PathLike) -> Embedder:
             continue
         name = found.group(1)
         if name in seen:
-            raise ValueError(f"{p}: two keys end in {name} (an online and a target network?); "
+            raise ModelError(p, f"two keys end in {name} (an online and a target network?); "
                              "keep one network's weights")
         seen.add(name)
         layer, _, param = name.rpartition(".")
         renamed[f"{_BYOLA_LAYERS.get(layer, layer)}.{param}"] = value
     if not renamed:
-        raise ValueError(f"{p}: not a BYOL-A AudioNTT2020 checkpoint: no features.* or fc.* "
+        raise ModelError(p, "not a BYOL-A AudioNTT2020 checkpoint: no features.* or fc.* "
                          "keys")
     fc = renamed.get("fc.0.weight")
     if fc is None or fc.dim() != 2 or fc.shape[1] % 64:
-        raise ValueError(f"{p}: not a BYOL-A AudioNTT2020 checkpoint: fc.0.weight missing or "
+        raise ModelError(p, f"not a BYOL-A AudioNTT2020 checkpoint: fc.0.weight missing or "
                          f"of shape {None if fc is None else tuple(fc.shape)}")
     n_mels = fc.shape[1] // 64 * 8
     if n_mels != BYOLA_FRONTEND.n_mels:
-        raise ValueError(f"{p}: an AudioNTT2020 for {n_mels} mel bands; the released BYOL-A "
+        raise ModelError(p, f"an AudioNTT2020 for {n_mels} mel bands; the released BYOL-A "
                          f"weights take {BYOLA_FRONTEND.n_mels} (64x96)")
     encoder = AudioNTT(AudioNTTConfig(n_mels=n_mels, channels=64, embed_dim=int(fc.shape[0]),
                                       conv_bias=True, flatten="band_channel"))

@@ -48,6 +48,8 @@ from typing import Any
 
 import numpy as np
 
+from audioclust.models.errors import DataError
+
 __all__ = ["ALPHA", "MAX_COMPONENTS", "NoveltyReference", "floored_std"]
 
 #: Fraction of training-like windows flagged novel (the quantile rule's level).
@@ -107,11 +109,11 @@ class NoveltyReference:
         if self.std.shape != (d,) or self.components.ndim != 2 or \
                 self.components.shape[1] != d or self.variances.shape != \
                 (self.components.shape[0],):
-            raise ValueError("novelty reference arrays do not fit together")
+            raise DataError("novelty reference arrays do not fit together")
         if not 0 < self.alpha < 1 or self.residual_variance <= 0 or (self.variances <= 0).any():
-            raise ValueError("novelty reference: alpha must be in (0, 1) and variances > 0")
+            raise DataError("novelty reference: alpha must be in (0, 1) and variances > 0")
         if self.tail_scores.shape != self.tail_fractions.shape or self.tail_scores.size < 2:
-            raise ValueError("novelty reference: tail grid of fewer than 2 points")
+            raise DataError("novelty reference: tail grid of fewer than 2 points")
 
     @property
     def dim(self) -> int:
@@ -127,9 +129,9 @@ class NoveltyReference:
         ``labels`` (n,), their clusters (-1: left out), give the cluster scale."""
         z = np.asarray(embeddings, dtype=np.float64)
         if z.ndim != 2 or z.shape[0] < 20:
-            raise ValueError(f"a novelty reference needs at least 20 windows, got {z.shape[0]}")
+            raise DataError(f"a novelty reference needs at least 20 windows, got {z.shape[0]}")
         if not np.isfinite(z).all():
-            raise ValueError("non-finite values in the reference embeddings")
+            raise DataError("non-finite values in the reference embeddings")
         mean = z.mean(0)
         std = floored_std(z.std(0, ddof=1))  # as the heads: torch.std is unbiased
         x = (z - mean) / std
@@ -220,7 +222,7 @@ class NoveltyReference:
     def from_json(cls, text: str) -> NoveltyReference:
         doc = json.loads(text)
         if doc.get("format") != FORMAT or doc.get("version") != VERSION:
-            raise ValueError(f"not a version-{VERSION} novelty reference")
+            raise DataError(f"not a version-{VERSION} novelty reference")
         return cls(
             mean=_decode(doc["mean"]), std=_decode(doc["std"]),
             components=_decode(doc["components"]), variances=_decode(doc["variances"]),
@@ -304,7 +306,7 @@ def reference_embeddings(model: Any, paths: list[Any], silence_dbfs: float | Non
             if alone >= budget and joined >= budget:
                 break
     if not zs:
-        raise ValueError("no audible window in the reference audio (all below the energy gate "
-                         "or shorter than the model's minimum)")
+        raise DataError("no audible window in the reference audio (all below the energy gate "
+                        "or shorter than the model's minimum)")
     z = np.concatenate(zs)
     return z, (np.concatenate(ps) if ps else None)

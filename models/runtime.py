@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from audioclust.models.errors import UserError
+from audioclust.models.errors import ConfigError, DataError, ModelError
 
 from .reference import NoveltyReference
 
@@ -33,15 +33,6 @@ MODEL_FORMAT = "audioclust-model"
 SUPPORTED_VERSIONS = ("1",)
 _INPUTS = {"waveform": "tensor(float)", "lengths": "tensor(int64)"}
 _OUTPUTS = ("embedding", "posterior")
-
-
-class ModelError(UserError, ValueError):
-    """A model file that cannot be used: missing, corrupt, not ours, or mismatched."""
-
-    def __init__(self, path: str | os.PathLike, reason: str):
-        self.path = str(path)
-        self.reason = reason
-        super().__init__(f"{self.path}: {reason}")
 
 
 @dataclass(frozen=True)
@@ -144,8 +135,8 @@ def _choose_providers(requested: str) -> list[str]:
     name = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}.get(requested,
                                                                               requested)
     if name not in available:
-        raise ValueError(f"execution provider {name} is not available here (have: "
-                         f"{', '.join(available)}); the gpu extra installs onnxruntime-gpu")
+        raise ConfigError(f"execution provider {name} is not available here (have: "
+                          f"{', '.join(available)}); the gpu extra installs onnxruntime-gpu")
     return [name] if name == "CPUExecutionProvider" else [name, "CPUExecutionProvider"]
 
 
@@ -243,20 +234,20 @@ class OnnxModel:
         one length. ``on_batch(size, seconds)`` is called after each batch.
         """
         if max_batch < 1:
-            raise ValueError(f"max_batch must be at least 1, got {max_batch}")
+            raise ConfigError(f"max_batch must be at least 1, got {max_batch}")
         n = len(windows)
         emb = np.zeros((n, self.info.embedding_dim), np.float32)
         post = None if self.head_free else np.zeros((n, self.info.n_clusters), np.float32)
         if n == 0:
             return emb, post
         if isinstance(windows, np.ndarray) and windows.ndim != 2:
-            raise ValueError(f"expected (batch, samples) or a list of 1-D windows, got shape "
-                             f"{windows.shape}")
+            raise DataError(f"expected (batch, samples) or a list of 1-D windows, got shape "
+                            f"{windows.shape}")
         lengths = np.array([len(w) for w in windows], dtype=np.int64)
         short = int(lengths.min())
         if short < self.info.min_samples:
-            raise ValueError(f"a window of {short} samples is shorter than the model's "
-                             f"minimum {self.info.min_samples}")
+            raise DataError(f"a window of {short} samples is shorter than the model's "
+                            f"minimum {self.info.min_samples}")
         for idx in _buckets(lengths, max_batch):
             t0 = time.perf_counter()
             if isinstance(windows, np.ndarray):

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from audioclust.models.audio import load_audio, prepare_audio
+from audioclust.models.errors import DataError
 from audioclust.models.runtime import ModelInfo, OnnxModel
 from audioclust.stream.config import StreamConfig, load_stream_config
 from audioclust.stream.metrics import RunSummary
@@ -98,8 +99,8 @@ class Model:
         windows = recording_windows(audio, self.window_samples, self.hop_samples,
                                     self.sample_rate, self.info.min_samples)
         if not windows:
-            raise ValueError(f"{audio.size} samples at {self.sample_rate} Hz is shorter than "
-                             f"the model's minimum of {self.info.min_samples}")
+            raise DataError(f"{audio.size} samples at {self.sample_rate} Hz is shorter than "
+                            f"the model's minimum of {self.info.min_samples}")
         return self.onnx.embed(windows, self.config.max_batch)[0]
 
     def stream(self, source: Audio | Iterable[str | os.PathLike], sample_rate: int | None = None,

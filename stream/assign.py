@@ -48,6 +48,7 @@ from typing import Any
 import numpy as np
 from river import drift
 
+from audioclust.models.errors import ConfigError, DataError
 from audioclust.models.reference import NoveltyReference
 from audioclust.stream.enrol import Enrolment
 from audioclust.stream.openset import OpenSetClusterer, OpenSetConfig, StreamSpace
@@ -81,17 +82,17 @@ class AssignConfig:
 
     def __post_init__(self) -> None:
         if not 0 <= self.prior_momentum < 1 or not 0 <= self.centroid_momentum < 1:
-            raise ValueError("momenta must be in [0, 1)")
+            raise ConfigError("momenta must be in [0, 1)")
         if not 1 <= self.max_prior_ratio < float("inf"):
-            raise ValueError(f"max_prior_ratio must be >= 1, got {self.max_prior_ratio}")
+            raise ConfigError(f"max_prior_ratio must be >= 1, got {self.max_prior_ratio}")
         if not 0 <= self.min_confidence <= 1 or not -1 <= self.min_similarity <= 1:
-            raise ValueError("min_confidence must be in [0, 1] and min_similarity in [-1, 1]")
+            raise ConfigError("min_confidence must be in [0, 1] and min_similarity in [-1, 1]")
         if not 0 < self.adwin_delta < 1:
-            raise ValueError(f"adwin_delta must be in (0, 1), got {self.adwin_delta}")
+            raise ConfigError(f"adwin_delta must be in (0, 1), got {self.adwin_delta}")
         if self.centroid_warmup < 0 or not 0 <= self.detector_memory <= 1_000_000 \
                 or self.faiss_min_clusters < 1 or self.max_streams < 1:
-            raise ValueError("need centroid_warmup >= 0, 0 <= detector_memory <= 1e6, "
-                             "faiss_min_clusters >= 1 and max_streams >= 1")
+            raise ConfigError("need centroid_warmup >= 0, 0 <= detector_memory <= 1e6, "
+                              "faiss_min_clusters >= 1 and max_streams >= 1")
 
 
 @dataclass
@@ -158,7 +159,7 @@ class StreamAssigner:
         self.reference = reference
         prior = np.asarray(train_prior, dtype=np.float64)
         if prior.ndim != 1 or prior.size < 2 or (prior <= 0).any():
-            raise ValueError("the training prior must be a positive vector of >= 2 clusters")
+            raise DataError("the training prior must be a positive vector of >= 2 clusters")
         self.train_prior = prior / prior.sum()
         self.prior = self.train_prior.copy()
         k = prior.size
@@ -464,7 +465,7 @@ class Assigner:
 
     def load(self, path: str | os.PathLike) -> int:
         """Restore streams from ``path``; returns how many. Refuses another model's state;
-        a file that is not a readable state raises one line (ValueError) naming it, and then
+        a file that is not a readable state raises one line (StateError) naming it, and then
         nothing has been restored."""
         p = Path(path)
         state = read_state_file(p)

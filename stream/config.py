@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from audioclust.models.config import build_config, in_range
+from audioclust.models.errors import ConfigError
 from audioclust.stream.assign import AssignConfig
 from audioclust.stream.kafka.config import KafkaConfig
 from audioclust.stream.openset import OpenSetConfig
@@ -79,7 +80,7 @@ class MicConfig:
             in_range("mic.sample_rate", self.sample_rate, 1000, 768_000)
         problem = check_stream_id(self.stream)
         if problem:
-            raise ValueError(f"mic.stream: {problem}")
+            raise ConfigError(f"mic.stream: {problem}")
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from audioclust.models.errors import ConfigError
+
 __all__ = ["Clocks", "Step", "step"]
 
 
@@ -51,7 +53,7 @@ class Clocks:
 
     def __init__(self, memory: int | None = None):
         if memory is not None and memory < 1:
-            raise ValueError(f"memory must be >= 1, got {memory}")
+            raise ConfigError(f"memory must be >= 1, got {memory}")
         self.memory = memory
         self._end: dict[str, int] = {}
 

@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from audioclust.models.errors import DataError
 from audioclust.models.reference import NoveltyReference
 from audioclust.stream.assign import (
     AssignConfig,
@@ -54,8 +55,8 @@ class HeadFreeStream:
     def __init__(self, reference: NoveltyReference, openset: OpenSetConfig | None = None,
                  config: AssignConfig | None = None, registry: Registry | None = None):
         if reference.cluster_radius is None or reference.cluster_similarity is None:
-            raise ValueError("the model's novelty reference has no cluster scale; re-export "
-                             "it with this version's audioclust-export --data DIR")
+            raise DataError("the model's novelty reference has no cluster scale; re-export "
+                            "it with this version's audioclust-export --data DIR")
         self.reference = reference
         self.config = c = config or AssignConfig()
         self.clusterer = OpenSetClusterer(reference.dim, reference.cluster_radius,
@@ -127,9 +128,9 @@ class HeadFreeAssigner(Assigner):
     def __init__(self, reference: NoveltyReference | None, openset: OpenSetConfig | None = None,
                  assign: AssignConfig | None = None, model_id: str = ""):
         if reference is None:
-            raise ValueError("a head-free model needs a novelty reference (its clusters' scale "
-                             "comes from the training audio): re-export it with "
-                             "audioclust-export --data DIR")
+            raise DataError("a head-free model needs a novelty reference (its clusters' scale "
+                            "comes from the training audio): re-export it with "
+                            "audioclust-export --data DIR")
         super().__init__(np.full(2, 0.5), reference.dim, assign, model_id, reference, openset)
         HeadFreeStream(reference, openset, assign)  # a reference without a scale fails here
 

@@ -57,6 +57,7 @@ from typing import Any
 
 import numpy as np
 
+from audioclust.models.errors import ConfigError, DataError
 from audioclust.models.reference import floored_std
 
 __all__ = [
@@ -131,7 +132,7 @@ def prior_from_data(x: np.ndarray, labels: np.ndarray, k: int) -> tuple[float, f
     """(ρ₀, m₀) of a clustering: the radius and the mean of all members' similarities."""
     *_, pooled = cluster_summary(x, labels, k)
     if pooled.size == 0:
-        raise ValueError("no cluster of two or more members to measure a radius on")
+        raise DataError("no cluster of two or more members to measure a radius on")
     return float(np.quantile(pooled, MEMBER_QUANTILE)), float(pooled.mean())
 
 
@@ -218,8 +219,8 @@ class OpenSetConfig:
         # written so that NaN fails every test
         if (not 2 <= self.max_clusters <= 100_000 or not 0 <= self.momentum < 1
                 or not 0 < self.temperature <= 1e6):
-            raise ValueError("openset needs max_clusters in [2, 100000], momentum in [0, 1) "
-                             "and temperature in (0, 1e6]")
+            raise ConfigError("openset needs max_clusters in [2, 100000], momentum in [0, 1) "
+                              "and temperature in (0, 1e6]")
 
 
 class OpenSetClusterer:
@@ -232,8 +233,8 @@ class OpenSetClusterer:
     def __init__(self, dim: int, radius: float, similarity: float,
                  config: OpenSetConfig | None = None):
         if not -1.0 <= radius <= 1.0 or not -1.0 <= similarity <= 1.0:
-            raise ValueError(f"the prior radius and similarity are cosines in [-1, 1], got "
-                             f"{radius}, {similarity}")
+            raise DataError(f"the prior radius and similarity are cosines in [-1, 1], got "
+                            f"{radius}, {similarity}")
         self.dim = dim
         self.prior_radius, self.prior_similarity = float(radius), float(similarity)
         self.config = config = config or OpenSetConfig()

@@ -33,6 +33,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from audioclust.models.errors import ConfigError
 from audioclust.models.files import check_writable
 from audioclust.models.runtime import ModelInfo, OnnxModel
 from audioclust.stream.assign import Assigner, Assignment
@@ -43,7 +44,7 @@ from audioclust.stream.records import build_record
 from audioclust.stream.registry import Registry
 from audioclust.stream.sinks import Sink
 from audioclust.stream.sources import EndOfStream, PipelineHooks, Source, StreamSnapshot
-from audioclust.stream.state import decode_stream_state, encode_stream_state
+from audioclust.stream.state import StateError, decode_stream_state, encode_stream_state
 from audioclust.stream.window import AckOnly, Chunk, Window, Windower
 
 __all__ = ["AssignerLike", "Pipeline", "RunSummary", "build_assigner", "model_id",
@@ -85,14 +86,14 @@ def model_id(model: OnnxModel) -> str:
 
 
 def window_geometry(info: ModelInfo, config: StreamConfig) -> tuple[int, int]:
-    """Window and hop in samples: the config's seconds, else the model's; ValueError for a
+    """Window and hop in samples: the config's seconds, else the model's; ConfigError for a
     window shorter than the model's minimum (the :class:`Windower` checks the hop)."""
     win_s = config.window_seconds or info.window_seconds
     hop_s = config.hop_seconds or info.hop_seconds
     window, hop = round(win_s * info.sample_rate), round(hop_s * info.sample_rate)
     if window < info.min_samples:
-        raise ValueError(f"window {win_s} s is shorter than the model's minimum "
-                         f"{info.min_samples / info.sample_rate:.3f} s")
+        raise ConfigError(f"window {win_s} s is shorter than the model's minimum "
+                          f"{info.min_samples / info.sample_rate:.3f} s")
     return window, hop
 
 
@@ -175,8 +176,8 @@ class Pipeline:
             try:  # now, not at the first save minutes into the run
                 check_writable(config.state)
             except OSError as exc:
-                raise ValueError(f"{config.state}: cannot write the state file there "
-                                 f"({exc.strerror or exc})") from exc
+                raise ConfigError(f"{config.state}: cannot write the state file there "
+                                  f"({exc.strerror or exc})") from exc
 
     # --- hooks for sources -----------------------------------------------------------------
 
@@ -316,20 +317,20 @@ class Pipeline:
                     self.sink.close()
 
     def save_state(self) -> None:
-        """Write the state file now (a failure is a one-line ValueError)."""
+        """Write the state file now (a failure is a one-line StateError)."""
         if self.config.state:
             self._last_save = time.monotonic()
             try:
                 self.assigner.save(self.config.state)
             except OSError as exc:
-                raise ValueError(f"{self.config.state}: state not saved "
+                raise StateError(f"{self.config.state}: state not saved "
                                  f"({exc.strerror or exc})") from exc
 
     def _maybe_save(self) -> None:
         if self.config.state and time.monotonic() - self._last_save >= self.config.state_interval:
             try:
                 self.save_state()
-            except ValueError as exc:  # a full disk must not stop the service; retried later
+            except StateError as exc:  # a full disk must not stop the service; retried later
                 if not isinstance(exc.__cause__, OSError):
                     raise
                 self.metrics.errors.labels(kind="state_save").inc()

@@ -67,7 +67,8 @@ _KINDS = "biuf"  # bool, signed, unsigned, float: nothing that could hold an obj
 
 
 class StateError(UserError, ValueError):
-    """Bytes or a file that are not a readable stream state (the message is one line)."""
+    """Bytes or a file that are not a readable stream state, or a state file that cannot be
+    written (the message is one line)."""
 
 
 def _short(exc: BaseException) -> str:

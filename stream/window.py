@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from audioclust.models.errors import ConfigError
 from audioclust.stream.continuity import step
 
 __all__ = ["AckOnly", "Chunk", "StreamEvent", "Window", "Windower", "check_geometry",
@@ -26,11 +27,11 @@ __all__ = ["AckOnly", "Chunk", "StreamEvent", "Window", "Windower", "check_geome
 
 
 def check_geometry(window: float, hop: float, unit: str = "") -> None:
-    """ValueError unless ``0 < hop <= window`` (in seconds or samples; ``unit`` names it
+    """ConfigError unless ``0 < hop <= window`` (in seconds or samples; ``unit`` names it
     in the message)."""
     if not 0 < hop <= window:
-        raise ValueError(f"need 0 < hop <= window, got hop {hop:g}{unit}, window "
-                         f"{window:g}{unit}")
+        raise ConfigError(f"need 0 < hop <= window, got hop {hop:g}{unit}, window "
+                          f"{window:g}{unit}")
 
 
 @dataclass

@@ -189,3 +189,20 @@ def test_probe_folds_are_checked(checkpoint, fsdd_subset, tmp_path, capsys):
     _one_line_error(["encoder", "--checkpoint", checkpoint, "--data", fsdd_subset, "--labels",
                      "digit", "--folds", "31", "--no-cache", "--quiet", "--out", tmp_path / "o"],
                     capsys, "--folds 31")
+
+
+def test_a_random_init_leaves_the_callers_rng_alone(checkpoint):
+    from audioclust.models.embedder import load_embedder
+    from audioclust.models.encoder_spec import open_encoder
+
+    encoder = open_encoder(checkpoint)
+    torch.manual_seed(123)
+    before = torch.random.get_rng_state()
+    a = load_embedder(checkpoint, random_init=5)
+    b = encoder.randomise(5)
+    assert torch.equal(torch.random.get_rng_state(), before)
+    weights = [(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(),
+                                      strict=True)]
+    assert all(torch.equal(x, y) for x, y in weights)  # the same seed, the same weights
+    c = load_embedder(checkpoint, random_init=6)
+    assert not torch.equal(next(iter(a.encoder.parameters())), next(iter(c.encoder.parameters())))

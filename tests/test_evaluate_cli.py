@@ -109,3 +109,26 @@ def test_corrupt_clip_is_named(tmp_path, fsdd_subset):
 @pytest.mark.parametrize("argv", [[], ["baselines"]])
 def test_usage_errors_exit_2(argv):
     assert _run(*argv).returncode == 2
+
+
+def test_every_training_subcommand_takes_the_shared_flags():
+    import argparse
+
+    from audioclust.training import evaluate, train
+    from audioclust.training.options import cache_dir_from
+
+    for module, labels in ((evaluate, True), (train, False)):
+        sub = next(a for a in module.build_parser()._actions
+                   if isinstance(a, argparse._SubParsersAction))
+        for name, parser in sub.choices.items():
+            flags = {o: a for a in parser._actions for o in a.option_strings}
+            for flag in ("--data", "--out", "--json", "--quiet", "--seed", "--cache-dir"):
+                assert flag in flags and flags[flag].help, (module.PROG, name, flag)
+            assert ("--labels" in flags) == labels, (module.PROG, name)
+            assert flags["--data"].required, (module.PROG, name)
+    args = evaluate.build_parser().parse_args(
+        ["head", "--head", "h", "--encoder", "e", "--data", "d", "--labels", "digit",
+         "--no-cache", "--cache-dir", "c"])
+    assert cache_dir_from(args) == "" and args.seed == 0 and args.out == Path("runs/head-eval")
+    args = train.build_parser().parse_args(["ssl", "--data", "d", "--out", "o"])
+    assert cache_dir_from(args) is None and args.seed is None  # None: the config's seed

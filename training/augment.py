@@ -26,6 +26,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from audioclust.models.errors import ConfigError
+
 __all__ = [
     "SPEC_AUGMENT_PRESETS",
     "CropParams",
@@ -50,9 +52,9 @@ class _RandomTransform(nn.Module):
     def __init__(self, seed: int | None = None, generator: torch.Generator | None = None):
         super().__init__()
         if seed is not None and generator is not None:
-            raise ValueError("give seed or generator, not both")
+            raise ConfigError("give seed or generator, not both")
         if generator is not None and generator.device.type != "cpu":
-            raise ValueError("the generator must be a CPU generator")
+            raise ConfigError("the generator must be a CPU generator")
         if generator is None:
             generator = torch.Generator()
             if seed is None:
@@ -94,9 +96,9 @@ class MixupBYOLA(_RandomTransform):
     ):
         super().__init__(seed, generator)
         if not 0.0 <= ratio <= 1.0:
-            raise ValueError(f"ratio must be in [0, 1], got {ratio}")
+            raise ConfigError(f"ratio must be in [0, 1], got {ratio}")
         if memory_size < 0:
-            raise ValueError(f"memory_size must be >= 0, got {memory_size}")
+            raise ConfigError(f"memory_size must be >= 0, got {memory_size}")
         self.ratio = ratio
         self.memory_size = memory_size
         self.log_mixup_exp = log_mixup_exp
@@ -203,16 +205,16 @@ class RandomResizedCrop(_RandomTransform):
     ):
         super().__init__(seed, generator)
         if area_scale is not None and not 0.0 < area_scale[0] <= area_scale[1]:
-            raise ValueError(f"area_scale must satisfy 0 < min <= max, got {area_scale}")
+            raise ConfigError(f"area_scale must satisfy 0 < min <= max, got {area_scale}")
         if not 0.0 < aspect_ratio[0] <= aspect_ratio[1]:
-            raise ValueError(f"aspect_ratio must satisfy 0 < min <= max, got {aspect_ratio}")
+            raise ConfigError(f"aspect_ratio must satisfy 0 < min <= max, got {aspect_ratio}")
         if min(virtual_crop_scale) < 1.0:
-            raise ValueError(f"virtual_crop_scale must be >= 1, got {virtual_crop_scale}")
+            raise ConfigError(f"virtual_crop_scale must be >= 1, got {virtual_crop_scale}")
         for name, (lo, hi) in (("freq_scale", freq_scale), ("time_scale", time_scale)):
             if not 0.0 < lo <= hi:
-                raise ValueError(f"{name} must satisfy 0 < min <= max, got {(lo, hi)}")
+                raise ConfigError(f"{name} must satisfy 0 < min <= max, got {(lo, hi)}")
         if out_size is not None and min(out_size) < 1:
-            raise ValueError(f"out_size must be positive, got {out_size}")
+            raise ConfigError(f"out_size must be positive, got {out_size}")
         self.virtual_crop_scale = tuple(virtual_crop_scale)
         self.freq_scale = tuple(freq_scale)
         self.time_scale = tuple(time_scale)
@@ -300,7 +302,7 @@ class RandomLinearFader(_RandomTransform):
     ):
         super().__init__(seed, generator)
         if gain < 0:
-            raise ValueError(f"gain must be >= 0, got {gain}")
+            raise ConfigError(f"gain must be >= 0, got {gain}")
         self.gain = gain
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -355,9 +357,9 @@ class SpecAugment(_RandomTransform):
     ):
         super().__init__(seed, generator)
         if min(freq_masks, max_freq_width, time_masks, max_time_width) < 0:
-            raise ValueError("mask counts and widths must be >= 0")
+            raise ConfigError("mask counts and widths must be >= 0")
         if isinstance(fill, str) and fill != "mean":
-            raise ValueError(f"fill must be a number or 'mean', got {fill!r}")
+            raise ConfigError(f"fill must be a number or 'mean', got {fill!r}")
         self.freq_masks = freq_masks
         self.max_freq_width = max_freq_width
         self.time_masks = time_masks
@@ -378,7 +380,7 @@ class SpecAugment(_RandomTransform):
         try:
             counts = SPEC_AUGMENT_PRESETS[name]
         except KeyError:
-            raise ValueError(
+            raise ConfigError(
                 f"unknown preset {name!r}; known: {sorted(SPEC_AUGMENT_PRESETS)}"
             ) from None
         return cls(*counts, fill=fill, seed=seed, generator=generator)
@@ -474,9 +476,10 @@ class KMix(_RandomTransform):
     ):
         super().__init__(seed, generator)
         if k < 2:
-            raise ValueError(f"k must be >= 2, got {k}")
+            raise ConfigError(f"k must be >= 2, got {k}")
         if not 0.0 <= ratio <= 0.5:
-            raise ValueError(f"ratio must be in [0, 0.5] for the own clip to dominate, got {ratio}")
+            raise ConfigError(f"ratio must be in [0, 0.5] for the own clip to dominate, "
+                              f"got {ratio}")
         self.k = k
         self.ratio = ratio
         self.log_mixup_exp = log_mixup_exp
@@ -484,7 +487,7 @@ class KMix(_RandomTransform):
     def sample(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Mixing weights (B, k) float64 and clip indices (B, k) for a batch of ``batch``."""
         if batch < self.k:
-            raise ValueError(f"KMix with k={self.k} needs a batch of at least {self.k} clips")
+            raise ConfigError(f"KMix with k={self.k} needs a batch of at least {self.k} clips")
         scores = self._uniform(batch, batch)
         scores.fill_diagonal_(2.0)  # never one's own partner
         partners = torch.argsort(scores, dim=1)[:, : self.k - 1]

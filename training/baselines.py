@@ -32,6 +32,7 @@ from sklearn.manifold import TSNE
 from sklearn.neighbors import NearestNeighbors
 from sklearn.preprocessing import StandardScaler
 
+from audioclust.models.errors import ConfigError
 from audioclust.training.kmeans import KMeans
 from audioclust.training.metrics import score_all
 
@@ -68,9 +69,9 @@ class BaselineConfig:
         bad = [r for r in self.reducers if r not in REDUCERS]
         bad += [c for c in self.clusterers if c not in CLUSTERERS]
         if bad:
-            raise ValueError(f"unknown reducer/clusterer {bad}; known: {REDUCERS + CLUSTERERS}")
+            raise ConfigError(f"unknown reducer/clusterer {bad}; known: {REDUCERS + CLUSTERERS}")
         if not 0 < self.pca_variance <= 1:
-            raise ValueError(f"pca_variance must be in (0, 1], got {self.pca_variance}")
+            raise ConfigError(f"pca_variance must be in (0, 1], got {self.pca_variance}")
 
 
 @dataclass

@@ -26,6 +26,7 @@ from typing import Literal
 import numpy as np
 
 from audioclust.models.audio import find_audio_files, load_audio
+from audioclust.models.errors import ConfigError, DataError
 
 __all__ = ["AudioFolder", "Clip", "fix_length", "parse_label_spec"]
 
@@ -46,17 +47,17 @@ def parse_label_spec(spec: str | None) -> tuple[LabelSpec, Path | None]:
         return "none", None
     if spec.startswith("csv:"):
         if not spec[4:]:
-            raise ValueError("--labels csv: needs a file, as in csv:labels.csv")
+            raise ConfigError("--labels csv: needs a file, as in csv:labels.csv")
         return "csv", Path(spec[4:])
     if spec in ("folder", "digit", "speaker"):
         return spec, None  # type: ignore[return-value]
-    raise ValueError(f"unknown label spec {spec!r}: use folder, digit, speaker, csv:FILE or none")
+    raise ConfigError(f"unknown label spec {spec!r}: use folder, digit, speaker, csv:FILE or none")
 
 
 def _fsdd_field(path: Path, field: str) -> str:
     m = FSDD_NAME.match(path.stem)
     if m is None:
-        raise ValueError(f"{path}: name is not {{digit}}_{{speaker}}_{{take}}, cannot label it")
+        raise DataError(f"{path}: name is not {{digit}}_{{speaker}}_{{take}}, cannot label it")
     return m.group(field)
 
 
@@ -65,19 +66,19 @@ def _read_csv(root: Path, csv_path: Path) -> list[Clip]:
         with open(csv_path, newline="") as f:
             reader = csv.DictReader(f)
             if reader.fieldnames is None or not {"path", "label"} <= set(reader.fieldnames):
-                raise ValueError(f"{csv_path}: needs a header with columns path,label")
+                raise DataError(f"{csv_path}: needs a header with columns path,label")
             rows = list(reader)
     except OSError as exc:
-        raise ValueError(f"{csv_path}: cannot read labels ({exc.strerror or exc})") from exc
+        raise DataError(f"{csv_path}: cannot read labels ({exc.strerror or exc})") from exc
     clips = []
     for line, row in enumerate(rows, start=2):
         p = Path(row["path"])
         p = p if p.is_absolute() else root / p
         if not p.is_file():
-            raise ValueError(f"{csv_path}:{line}: no such audio file {p}")
+            raise DataError(f"{csv_path}:{line}: no such audio file {p}")
         clips.append(Clip(p, row["label"]))
     if not clips:
-        raise ValueError(f"{csv_path}: lists no clips")
+        raise DataError(f"{csv_path}: lists no clips")
     return clips
 
 
@@ -115,7 +116,7 @@ class AudioFolder:
     ):
         self.root = Path(root)
         if not self.root.is_dir():
-            raise ValueError(f"{self.root}: not a folder")
+            raise DataError(f"{self.root}: not a folder")
         self.label_spec, csv_path = parse_label_spec(labels)
         self.sample_rate = sample_rate
         self.clip_samples = None if clip_seconds is None else round(clip_seconds * sample_rate)
@@ -128,7 +129,7 @@ class AudioFolder:
             files = find_audio_files(self.root)
             self.clips = [Clip(p, self._label_for(p)) for p in files]
         if not self.clips:
-            raise ValueError(f"{self.root}: no audio files found")
+            raise DataError(f"{self.root}: no audio files found")
         names = sorted({c.label for c in self.clips if c.label is not None}, key=_natural_key)
         self.class_names: list[str] = names
         index = {n: i for i, n in enumerate(names)}

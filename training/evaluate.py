@@ -21,16 +21,11 @@ import dataclasses
 import json
 import sys
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import StratifiedKFold
-from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from tqdm.auto import tqdm
 
@@ -52,6 +47,14 @@ from audioclust.training.baselines import (
 )
 from audioclust.training.datasets import AudioFolder
 from audioclust.training.features import FEATURE_KINDS, embed_dataset, extract
+from audioclust.training.options import (
+    cache_dir_from,
+    cache_options,
+    data_options,
+    output_options,
+    seed_options,
+)
+from audioclust.training.probe import check_folds, linear_probe
 from audioclust.training.report import markdown_table, plot_cluster_map, plot_confusion
 
 PROG = "audioclust-eval"
@@ -59,7 +62,6 @@ ROW_KEYS = ("features", "reducer", "clusterer", "n_clusters", "nmi", "ari", "acc
 # Encoder evaluation clusters with the methods that take k, on raw and PCA-reduced
 # embeddings: t-SNE, DBSCAN and mean-shift add their own failure modes, not encoder signal.
 ENCODER_GRID = BaselineConfig(reducers=("none", "pca"), clusterers=("kmeans", "agglomerative"))
-PROBE_MAX_ITER = 1000  # lbfgs on standardised features converges well within this
 
 
 @dataclass(frozen=True)
@@ -117,15 +119,11 @@ def _add_baselines(sub: argparse._SubParsersAction) -> None:
             "(see docs or training/baselines.py). Features are cached on disk."
         ),
         formatter_class=HelpFormatter,
+        parents=[data_options(labels=True),
+                 output_options(out=Path("runs/baselines"), what="report", json_help="the rows"),
+                 seed_options("random seed for k-means, PCA and t-SNE"),
+                 cache_options("feature")],
     )
-    p.add_argument("--data", required=True, type=Path, help="folder of audio clips")
-    p.add_argument(
-        "--labels",
-        required=True,
-        help="where labels come from: folder, digit, speaker (FSDD names) or csv:FILE",
-    )
-    p.add_argument("--out", type=Path, default=Path("runs/baselines"), help="report folder")
-    p.add_argument("--json", action="store_true", help="print the rows as JSON on stdout")
     p.add_argument("--config", type=Path, help="TOML/YAML file with a [baselines] table")
     p.add_argument("--features", type=comma_list(FEATURE_KINDS), help="feature kinds to run")
     add_encoder_arguments(
@@ -134,10 +132,6 @@ def _add_baselines(sub: argparse._SubParsersAction) -> None:
         "encoder:<file stem, folder for encoder.safetensors, or the kind>)")
     p.add_argument("--reducers", type=comma_list(REDUCERS), help="reducers to run")
     p.add_argument("--clusterers", type=comma_list(CLUSTERERS), help="clusterers to run")
-    p.add_argument("--seed", type=int, help="random seed for k-means, PCA and t-SNE")
-    p.add_argument("--cache-dir", help="feature cache folder (default ~/.cache/audioclust)")
-    p.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_baselines)
 
 
@@ -149,7 +143,7 @@ def _baselines(args: argparse.Namespace) -> int:
         {
             "features": args.features,
             "encoders": tuple(map(str, args.encoder)) if args.encoder else None,
-            "cache_dir": "" if args.no_cache else args.cache_dir,
+            "cache_dir": cache_dir_from(args),
             "grid": {k: v for k, v in grid_over.items() if v is not None},
         },
         section="baselines",
@@ -235,61 +229,6 @@ def _baselines(args: argparse.Namespace) -> int:
     return 0
 
 
-@dataclass(frozen=True)
-class ProbeResult:
-    """Linear-probe accuracy per fold, with its mean and (population) std over folds."""
-
-    folds: tuple[float, ...]
-
-    @property
-    def mean(self) -> float:
-        return float(np.mean(self.folds))
-
-    @property
-    def std(self) -> float:
-        return float(np.std(self.folds))
-
-    def to_dict(self) -> dict:
-        return {"mean": round(self.mean, 4), "std": round(self.std, 4),
-                "folds": [round(a, 4) for a in self.folds]}
-
-
-def check_folds(y: np.ndarray, folds: int) -> None:
-    """Stratified k-fold needs every class in every fold."""
-    smallest = int(np.bincount(y[y >= 0]).min(initial=len(y)))
-    if folds < 2 or folds > smallest:
-        raise UserError(f"--folds {folds}: need 2 <= folds <= the smallest class's size "
-                        f"({smallest} clips)")
-
-
-def linear_probe(
-    x: np.ndarray,
-    y: np.ndarray,
-    folds: int = 5,
-    seed: int = 0,
-    max_iter: int = PROBE_MAX_ITER,
-    log: Callable[[str], None] | None = None,
-) -> ProbeResult:
-    """Accuracy of logistic regression on frozen embeddings, stratified ``folds``-fold CV.
-
-    The EVAR protocol as the research notes used it: features standardised on each fold's
-    training part only (test clips must not leak into the scaling), default L2 strength,
-    mean and std over folds.
-    """
-    check_folds(y, folds)
-    splits = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed).split(x, y)
-    accs: list[float] = []
-    for i, (train, test) in enumerate(splits, start=1):
-        model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=max_iter))
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", ConvergenceWarning)
-            model.fit(x[train], y[train])
-        if log and any(issubclass(w.category, ConvergenceWarning) for w in caught):
-            log(f"linear probe fold {i}: not converged in {max_iter} iterations")
-        accs.append(float(model.score(x[test], y[test])))
-    return ProbeResult(tuple(accs))
-
-
 def _add_encoder(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "encoder",
@@ -306,24 +245,17 @@ def _add_encoder(sub: argparse._SubParsersAction) -> None:
             "mean +- std). Embeddings are cached on disk, keyed on the encoder's content."
         ),
         formatter_class=HelpFormatter,
+        parents=[data_options(labels=True),
+                 output_options(out=Path("runs/encoder-eval"), what="report",
+                                json_help="the results"),
+                 seed_options("seed of the random encoder, k-means, PCA, t-SNE and the fold "
+                              "split", default=0),
+                 cache_options("embedding")],
     )
     add_encoder_arguments(p, "--encoder", "--checkpoint", dest="encoder",
                           help="the encoder to evaluate")
-    p.add_argument("--data", required=True, type=Path, help="folder of audio clips")
-    p.add_argument(
-        "--labels",
-        required=True,
-        help="where labels come from: folder, digit, speaker (FSDD names) or csv:FILE",
-    )
-    p.add_argument("--out", type=Path, default=Path("runs/encoder-eval"), help="report folder")
-    p.add_argument("--json", action="store_true", help="print the results as JSON on stdout")
     p.add_argument("--folds", type=int, default=5, help="linear-probe cross-validation folds")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random encoder, k-means, "
-                   "PCA, t-SNE and the fold split")
     p.add_argument("--batch-size", type=int, default=64, help="clips per forward pass")
-    p.add_argument("--cache-dir", help="embedding cache folder (default ~/.cache/audioclust)")
-    p.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_encoder)
 
 
@@ -334,7 +266,7 @@ def _encoder(args: argparse.Namespace) -> int:
     # Decode audio at the rate the encoder takes.
     dataset = _labelled_dataset(args, enc.sample_rate)
     y = dataset.targets
-    check_folds(y, args.folds)  # before minutes of embedding, not after
+    check_folds(y, args.folds, "--folds")  # before minutes of embedding, not after
     log = _logger(args)
     log(f"{len(dataset)} clips, {len(dataset.class_names)} classes ({args.labels}); "
         f"{enc.description['name']} encoder from {args.encoder}")
@@ -355,7 +287,7 @@ def _encoder(args: argparse.Namespace) -> int:
             dataset,
             enc,
             random_init=random_init,
-            cache_dir="" if args.no_cache else args.cache_dir,
+            cache_dir=cache_dir_from(args),
             progress=not args.quiet,
             batch_size=args.batch_size,
             on_cache=lambda p, hit, v=variant: log(
@@ -475,23 +407,16 @@ def _add_head(sub: argparse._SubParsersAction) -> None:
             "head-eval.md, a confusion matrix and a 2-D (t-SNE) map of the selected head."
         ),
         formatter_class=HelpFormatter,
+        parents=[data_options(labels=True),
+                 output_options(out=Path("runs/head-eval"), what="report",
+                                json_help="the results"),
+                 seed_options("seed of k-means and t-SNE", default=0),
+                 cache_options("embedding")],
     )
     p.add_argument("--head", required=True, type=Path,
                    help="head checkpoint (head.safetensors from `audioclust-train head`)")
     add_encoder_arguments(p, help="the encoder the head was trained on")
-    p.add_argument("--data", required=True, type=Path, help="folder of audio clips")
-    p.add_argument(
-        "--labels",
-        required=True,
-        help="where labels come from: folder, digit, speaker (FSDD names) or csv:FILE",
-    )
-    p.add_argument("--out", type=Path, default=Path("runs/head-eval"), help="report folder")
-    p.add_argument("--json", action="store_true", help="print the results as JSON on stdout")
-    p.add_argument("--seed", type=int, default=0, help="seed of k-means and t-SNE")
     p.add_argument("--batch-size", type=int, default=64, help="clips per forward pass")
-    p.add_argument("--cache-dir", help="embedding cache folder (default ~/.cache/audioclust)")
-    p.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_head)
 
 
@@ -530,7 +455,7 @@ def _head(args: argparse.Namespace) -> int:
         f"{meta['method']} head, {config.n_heads} heads x {config.n_clusters} clusters")
 
     x = embed_dataset(
-        dataset, enc, cache_dir="" if args.no_cache else args.cache_dir,
+        dataset, enc, cache_dir=cache_dir_from(args),
         progress=not args.quiet, batch_size=args.batch_size,
         on_cache=lambda p, hit: log(("embeddings from cache " if hit else
                                      "embeddings cached in ") + str(p)))

@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 from audioclust.models.checkpoint import file_sha256
 from audioclust.models.embedder import read_embedder_metadata
 from audioclust.models.encoder_spec import WaveformEncoder, open_encoder
+from audioclust.models.errors import ConfigError, ModelError
 from audioclust.models.files import atomic_savez, default_cache_dir
 from audioclust.models.frontend import FrontendConfig, LogMelFrontend
 from audioclust.training.datasets import AudioFolder
@@ -63,7 +64,7 @@ def clip_features(logmel: np.ndarray, kind: FeatureKind, n_mfcc: int = 20) -> np
         db = logmel * (10.0 / np.log(10.0))
         m = dct(db, type=2, axis=0, norm="ortho")[:n_mfcc]
     else:
-        raise ValueError(f"unknown feature kind {kind!r}; known: {FEATURE_KINDS}")
+        raise ConfigError(f"unknown feature kind {kind!r}; known: {FEATURE_KINDS}")
     return np.concatenate([m.mean(axis=1), m.std(axis=1)]).astype(np.float32)
 
 
@@ -110,7 +111,7 @@ def _cached(
 def _frontend_for(dataset: AudioFolder, frontend: FrontendConfig | None) -> FrontendConfig:
     frontend = frontend or FrontendConfig(sample_rate=dataset.sample_rate)
     if frontend.sample_rate != dataset.sample_rate:
-        raise ValueError(
+        raise ConfigError(
             f"frontend expects {frontend.sample_rate} Hz, dataset yields {dataset.sample_rate} Hz"
         )
     return frontend
@@ -195,13 +196,13 @@ def logmel_bank(
 def embedder_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """An embedder checkpoint's metadata (encoder, encoder_config, frontend, info) and the
     file's ``sha256``. Anything that is not a readable embedder checkpoint raises a
-    one-line FileNotFoundError or ValueError naming the file."""
+    one-line FileNotFoundError or ModelError naming the file."""
     p = Path(path)
     try:
         meta = read_embedder_metadata(p)
     except (KeyError, json.JSONDecodeError) as exc:
         # The format tag is right but a field is missing or garbled: a damaged file.
-        raise ValueError(f"{p}: damaged embedder checkpoint metadata ({exc!r})") from exc
+        raise ModelError(p, f"damaged embedder checkpoint metadata ({exc!r})") from exc
     return {**meta, "sha256": file_sha256(p)}
 
 
@@ -220,12 +221,12 @@ def embed_dataset(
 
     Cached like :func:`extract`; the key adds the encoder's identity (``sha256``) and
     ``random_init``. A missing or unusable encoder raises a one-line error naming it
-    (FileNotFoundError or ValueError), before any audio is decoded.
+    (FileNotFoundError or a UserError), before any audio is decoded.
     """
     enc = open_encoder(encoder)
     if enc.sample_rate != dataset.sample_rate:
-        raise ValueError(f"{enc.spec}: the encoder takes {enc.sample_rate} Hz, the dataset "
-                         f"yields {dataset.sample_rate} Hz")
+        raise ConfigError(f"{enc.spec}: the encoder takes {enc.sample_rate} Hz, the dataset "
+                          f"yields {dataset.sample_rate} Hz")
     frontend = (enc.embedder.frontend.config if enc.embedder is not None
                 else FrontendConfig(sample_rate=dataset.sample_rate))
     model = enc if random_init is None else enc.random_init(int(random_init))

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from audioclust.models.errors import ConfigError, DataError
+
 __all__ = ["KMeans"]
 
 
@@ -105,11 +107,11 @@ class KMeans:
     def fit(self, x: np.ndarray, y=None) -> KMeans:
         x = np.asarray(x, dtype=np.float64)
         if x.ndim != 2:
-            raise ValueError(f"expected a 2-D array (n_samples, n_features), got {x.shape}")
+            raise DataError(f"expected a 2-D array (n_samples, n_features), got {x.shape}")
         if not 1 <= self.n_clusters <= x.shape[0]:
-            raise ValueError(f"n_clusters={self.n_clusters} must be in [1, {x.shape[0]}]")
+            raise ConfigError(f"n_clusters={self.n_clusters} must be in [1, {x.shape[0]}]")
         if not np.isfinite(x).all():
-            raise ValueError("input contains NaN or infinite values")
+            raise DataError("input contains NaN or infinite values")
         rng = np.random.default_rng(self.random_state)
         x_sq = (x * x).sum(1)
         best = None

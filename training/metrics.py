@@ -13,6 +13,8 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 from scipy.special import comb
 
+from audioclust.models.errors import DataError
+
 __all__ = [
     "ClusteringScores",
     "accuracy",
@@ -30,9 +32,9 @@ def contingency(labels_true, labels_pred) -> np.ndarray:
     t = np.asarray(labels_true).ravel()
     p = np.asarray(labels_pred).ravel()
     if t.shape != p.shape:
-        raise ValueError(f"label arrays differ in length: {t.shape[0]} vs {p.shape[0]}")
+        raise DataError(f"label arrays differ in length: {t.shape[0]} vs {p.shape[0]}")
     if t.size == 0:
-        raise ValueError("no labels to score")
+        raise DataError("no labels to score")
     _, ti = np.unique(t, return_inverse=True)
     _, pi = np.unique(p, return_inverse=True)
     table = np.zeros((ti.max() + 1, pi.max() + 1), dtype=np.int64)

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from audioclust.models.errors import DataError
 from audioclust.stream.openset import MAJORITY, belongs_fraction, cluster_summary
 
 __all__ = ["auto_clusters", "choose_n_clusters", "heads_space", "plot_n_clusters"]
@@ -66,11 +67,11 @@ def auto_clusters(
 
     x = np.asarray(embeddings, dtype=np.float64)
     if x.ndim != 2 or not np.isfinite(x).all():
-        raise ValueError("choosing K needs a finite (n, d) array of embeddings")
+        raise DataError("choosing K needs a finite (n, d) array of embeddings")
     n = x.shape[0]
     k_max = min(k_max, n // 2)
     if k_min < 2 or k_max < k_min:
-        raise ValueError(f"cannot choose K in [{k_min}, {k_max}] for {n} clips")
+        raise DataError(f"cannot choose K in [{k_min}, {k_max}] for {n} clips")
     z = heads_space(x)
     rows = np.arange(n)
     if n > fit_points:

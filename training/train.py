@@ -43,8 +43,16 @@ from audioclust.models.cli import HelpFormatter, UserError, run_command
 from audioclust.models.config import build_config
 from audioclust.models.encoder_spec import add_encoder_arguments
 from audioclust.models.encoders import ENCODERS
+from audioclust.models.errors import ConfigError
 from audioclust.training.datasets import AudioFolder
 from audioclust.training.nclusters import choose_n_clusters, plot_n_clusters
+from audioclust.training.options import (
+    cache_dir_from,
+    cache_options,
+    data_options,
+    output_options,
+    seed_options,
+)
 from audioclust.training.ssl.trainer import SSLConfig, initial_embedder, train_ssl
 
 PROG = "audioclust-train"
@@ -61,12 +69,13 @@ def _add_ssl(sub: argparse._SubParsersAction) -> None:
             "Settings come from the defaults, then --config (its [ssl] table), then flags."
         ),
         formatter_class=HelpFormatter,
+        parents=[data_options(labels=False),
+                 output_options(out=None, what="run", json_help="a summary"),
+                 seed_options("random seed (default 0)"),
+                 cache_options("log-mel", can_disable=False)],
     )
     p.add_argument("--method", choices=("byola", "msn", "slicer"), help="SSL method "
                    "(default byola)")
-    p.add_argument("--data", required=True, type=Path, help="folder of audio clips (any labels "
-                   "are ignored)")
-    p.add_argument("--out", required=True, type=Path, help="run folder")
     p.add_argument("--epochs", type=int, help="passes over the data (default 30)")
     p.add_argument("--config", type=Path, help="TOML/YAML file with an [ssl] table")
     p.add_argument("--encoder", choices=sorted(ENCODERS), help="architecture (default: "
@@ -78,13 +87,9 @@ def _add_ssl(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, help="clips per step and process")
     p.add_argument("--lr", type=float, help="peak learning rate (default: the method's)")
     p.add_argument("--crop-frames", type=int, help="training crop length in frames (10 ms)")
-    p.add_argument("--seed", type=int, help="random seed")
     p.add_argument("--checkpoint-every", type=int, help="epochs between checkpoints")
     p.add_argument("--threads", type=int, help="torch threads per process (0: default)")
-    p.add_argument("--cache-dir", help="log-mel cache folder")
     p.add_argument("--resume", action="store_true", help="continue from OUT/state.safetensors")
-    p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_ssl)
 
 
@@ -177,11 +182,11 @@ class HeadRun:
 
     def __post_init__(self) -> None:
         if self.method not in HEAD_METHODS:
-            raise ValueError(f"unknown method {self.method!r}; known: {', '.join(HEAD_METHODS)}")
+            raise ConfigError(f"unknown method {self.method!r}; known: {', '.join(HEAD_METHODS)}")
         if self.k_max < 2 or self.threads < 0 or self.batch_size < 1:
-            raise ValueError("k_max >= 2, threads >= 0 and batch_size >= 1 needed")
+            raise ConfigError("k_max >= 2, threads >= 0 and batch_size >= 1 needed")
         if self.epochs is not None and self.epochs < 1:
-            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
+            raise ConfigError(f"epochs must be >= 1, got {self.epochs}")
 
 
 def parse_clusters(value: int | str | None) -> int | None:
@@ -222,10 +227,7 @@ def _method_settings(cls: type, run: HeadRun) -> Any:
     table = dict(getattr(run, run.method))
     if run.epochs is not None:
         table["epochs"] = run.epochs
-    try:
-        return settings_from_table(cls.Settings, table, f"[head.{run.method}]")
-    except ValueError as exc:
-        raise UserError(str(exc)) from exc
+    return settings_from_table(cls.Settings, table, f"[head.{run.method}]")
 
 
 def _finetune_settings(run: HeadRun) -> Any:
@@ -240,11 +242,8 @@ def _finetune_settings(run: HeadRun) -> Any:
     from audioclust.training.heads import settings_from_table
     from audioclust.training.heads.spice_finetune import SPICEFineTuneSettings
 
-    try:
-        return settings_from_table(SPICEFineTuneSettings, run.spice_finetune,
-                                   "[head.spice_finetune]")
-    except ValueError as exc:
-        raise UserError(str(exc)) from exc
+    return settings_from_table(SPICEFineTuneSettings, run.spice_finetune,
+                               "[head.spice_finetune]")
 
 
 def _fit_spice(estimator: Any, x: np.ndarray, tune: Any, encoder: Any, dataset: AudioFolder,
@@ -310,17 +309,17 @@ def _add_head(sub: argparse._SubParsersAction) -> None:
             "[head.temi], [head.deepcluster], [head.spice]), then flags."
         ),
         formatter_class=HelpFormatter,
+        parents=[data_options(labels=False),
+                 output_options(out=None, what="run", json_help="a summary"),
+                 seed_options("random seed (default 0)"),
+                 cache_options("embedding")],
     )
     p.add_argument("--method", choices=HEAD_METHODS, help="clustering method (default temi)")
     add_encoder_arguments(p, help="the frozen encoder (a checkpoint from `audioclust-train "
                           "ssl`, or a pretrained model)")
-    p.add_argument("--data", required=True, type=Path, help="folder of audio clips (labels "
-                   "are ignored)")
     p.add_argument("--clusters", metavar="K|auto", help="number of clusters (>= 2), or auto")
-    p.add_argument("--out", required=True, type=Path, help="run folder")
     p.add_argument("--config", type=Path, help="TOML/YAML file with a [head] table")
     p.add_argument("--epochs", type=int, help="training epochs (default: the method's)")
-    p.add_argument("--seed", type=int, help="random seed (default 0)")
     p.add_argument("--fine-tune", action="store_true", default=None,
                    help="SPICE only: also tune the encoder with the head (SPICE's stage 3, "
                    "views from augmented crops of the audio); writes OUT/encoder.safetensors")
@@ -328,10 +327,6 @@ def _add_head(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, help="CPU threads, 0 = library defaults (default 1: "
                    "the heads are small, and on a shared machine extra threads mostly wait)")
     p.add_argument("--batch-size", type=int, help="clips per encoder forward pass (default 64)")
-    p.add_argument("--cache-dir", help="embedding cache folder (default ~/.cache/audioclust)")
-    p.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
-    p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_head)
 
 
@@ -355,7 +350,7 @@ def _head(args: argparse.Namespace) -> int:
          "epochs": args.epochs, "seed": args.seed, "threads": args.threads,
          "fine_tune": args.fine_tune,
          "batch_size": args.batch_size,
-         "cache_dir": "" if args.no_cache else args.cache_dir},
+         "cache_dir": cache_dir_from(args)},
         section="head",
     )
     k_given = parse_clusters(run.clusters)

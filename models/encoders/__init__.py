@@ -20,6 +20,8 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import nn
 
+from audioclust.models.errors import ConfigError
+
 from ..config import build_config
 from .aisfx import Aisfx, AisfxConfig
 from .audiontt import AudioNTT, AudioNTTConfig
@@ -66,7 +68,7 @@ def _entry(name: str) -> tuple[type[nn.Module], type]:
     try:
         return ENCODERS[name]
     except KeyError:
-        raise ValueError(f"unknown encoder {name!r}; known: {sorted(ENCODERS)}") from None
+        raise ConfigError(f"unknown encoder {name!r}; known: {sorted(ENCODERS)}") from None
 
 
 def encoder_config(name: str, config: Mapping[str, Any] | None = None) -> Any:

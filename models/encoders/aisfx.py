@@ -26,6 +26,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from audioclust.models.errors import ConfigError
+
 from .audiontt import check_logmel, frame_mask
 from .cnn14 import ConvBlock
 
@@ -43,11 +45,11 @@ class AisfxConfig:
 
     def __post_init__(self) -> None:
         if self.n_mels < 8 or self.channels < 1:
-            raise ValueError(f"n_mels must be >= 8 and channels >= 1, got {self.n_mels}, "
-                             f"{self.channels}")
+            raise ConfigError(f"n_mels must be >= 8 and channels >= 1, got {self.n_mels}, "
+                              f"{self.channels}")
         if self.block_frames < 8 or not 1 <= self.block_hop <= self.block_frames:
-            raise ValueError(f"need block_frames >= 8 and 1 <= block_hop <= block_frames, "
-                             f"got {self.block_frames}, {self.block_hop}")
+            raise ConfigError(f"need block_frames >= 8 and 1 <= block_hop <= block_frames, "
+                              f"got {self.block_frames}, {self.block_hop}")
 
     def to_dict(self) -> dict:
         return asdict(self)

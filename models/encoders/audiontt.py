@@ -28,6 +28,8 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from audioclust.models.errors import ConfigError
+
 __all__ = ["MIN_FRAMES", "AudioNTT", "AudioNTTConfig", "check_logmel", "frame_mask"]
 
 _NUM_BLOCKS = 3
@@ -50,18 +52,18 @@ class AudioNTTConfig:
 
     def __post_init__(self) -> None:
         if self.flatten not in ("channel_band", "band_channel"):
-            raise ValueError(f"flatten must be channel_band or band_channel, got "
-                             f"{self.flatten!r}")
+            raise ConfigError(f"flatten must be channel_band or band_channel, got "
+                              f"{self.flatten!r}")
         if self.n_mels < _REDUCTION or self.n_mels % _REDUCTION:
-            raise ValueError(
+            raise ConfigError(
                 f"n_mels must be a positive multiple of {_REDUCTION}, got {self.n_mels}"
             )
         if self.channels <= 0 or self.embed_dim <= 0:
-            raise ValueError("channels and embed_dim must be positive")
+            raise ConfigError("channels and embed_dim must be positive")
         if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
         if not 0.0 < self.bn_momentum <= 1.0 or self.bn_eps <= 0:
-            raise ValueError("bn_momentum must be in (0, 1] and bn_eps positive")
+            raise ConfigError("bn_momentum must be in (0, 1] and bn_eps positive")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -93,10 +95,10 @@ def check_logmel(x: torch.Tensor, lengths: torch.Tensor | None, n_mels: int, min
     if lengths is not None:
         if lengths.shape != (x.shape[0],):
             raise ValueError(f"lengths must have shape ({x.shape[0]},), got "
-                             f"{tuple(lengths.shape)}")
+                              f"{tuple(lengths.shape)}")
         if bool((lengths < min_frames).any()) or bool((lengths > x.shape[-1]).any()):
             raise ValueError(f"every length must be in [{min_frames}, {x.shape[-1]}], "
-                             f"got {lengths.tolist()}")
+                              f"got {lengths.tolist()}")
 
 
 class MaskedBatchNorm2d(nn.BatchNorm2d):

@@ -28,6 +28,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from audioclust.models.errors import ConfigError
+
 from .audiontt import check_logmel, frame_mask
 
 __all__ = ["Cnn14", "Cnn14Config", "ConvBlock"]
@@ -45,8 +47,8 @@ class Cnn14Config:
 
     def __post_init__(self) -> None:
         if self.n_mels < MIN_FRAMES or self.channels < 1:
-            raise ValueError(f"n_mels must be >= {MIN_FRAMES} and channels >= 1, got "
-                             f"{self.n_mels}, {self.channels}")
+            raise ConfigError(f"n_mels must be >= {MIN_FRAMES} and channels >= 1, got "
+                              f"{self.n_mels}, {self.channels}")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -34,6 +34,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from audioclust.models.errors import ConfigError, DataError
+
 __all__ = ["ViT", "ViTConfig"]
 
 
@@ -56,20 +58,20 @@ class ViTConfig:
 
     def __post_init__(self) -> None:
         if min(self.patch_freq, self.patch_time, self.width, self.depth, self.heads) <= 0:
-            raise ValueError("patch sizes, width, depth and heads must be positive")
+            raise ConfigError("patch sizes, width, depth and heads must be positive")
         if self.n_mels <= 0 or self.n_mels % self.patch_freq:
-            raise ValueError(
+            raise ConfigError(
                 f"n_mels ({self.n_mels}) must be a positive multiple of patch_freq "
                 f"({self.patch_freq})"
             )
         if self.width % self.heads:
-            raise ValueError(f"width ({self.width}) must be divisible by heads ({self.heads})")
+            raise ConfigError(f"width ({self.width}) must be divisible by heads ({self.heads})")
         if self.max_frames < self.patch_time:
-            raise ValueError(f"max_frames ({self.max_frames}) < patch_time ({self.patch_time})")
+            raise ConfigError(f"max_frames ({self.max_frames}) < patch_time ({self.patch_time})")
         if self.mlp_ratio <= 0 or self.layer_norm_eps <= 0:
-            raise ValueError("mlp_ratio and layer_norm_eps must be positive")
+            raise ConfigError("mlp_ratio and layer_norm_eps must be positive")
         if not (0.0 <= self.dropout < 1.0 and 0.0 <= self.attention_dropout < 1.0):
-            raise ValueError("dropout rates must be in [0, 1)")
+            raise ConfigError("dropout rates must be in [0, 1)")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -161,7 +163,7 @@ class ViT(nn.Module):
             raise ValueError(f"ViT needs at least {self.min_frames} frames, got {x.shape[-1]}")
         if x.shape[-1] // c.patch_time > self.max_time_patches:
             usable = self.max_time_patches * c.patch_time
-            raise ValueError(
+            raise DataError(
                 f"ViT positions cover at most {usable} frames ({self.max_time_patches} time "
                 f"patches of {c.patch_time}), got {x.shape[-1]}; raise max_frames"
             )
@@ -213,7 +215,7 @@ class ViT(nn.Module):
         sample with ``n`` valid tokens keeps ``max(1, round((1 - mask_ratio) * n))``.
         """
         if not 0.0 <= mask_ratio < 1.0:
-            raise ValueError(f"mask_ratio must be in [0, 1), got {mask_ratio}")
+            raise ConfigError(f"mask_ratio must be in [0, 1), got {mask_ratio}")
         b, n, d = tokens.shape
         gen_device = generator.device if generator is not None else tokens.device
         noise = torch.rand(b, n, generator=generator, device=gen_device).to(tokens.device)

@@ -26,6 +26,8 @@ from safetensors.torch import load_file
 from torch import nn
 from torch.nn import functional as F
 
+from audioclust.models.errors import ConfigError
+
 from ..checkpoint import file_sha256, read_checked_metadata, write_safetensors
 
 __all__ = [
@@ -56,11 +58,11 @@ class HeadConfig:
 
     def __post_init__(self) -> None:
         if min(self.in_dim, self.n_clusters, self.n_heads, self.hidden_dim) < 1:
-            raise ValueError(f"in_dim, n_clusters, n_heads, hidden_dim must be >= 1: {self}")
+            raise ConfigError(f"in_dim, n_clusters, n_heads, hidden_dim must be >= 1: {self}")
         if self.n_clusters < 2:
-            raise ValueError(f"need at least 2 clusters, got {self.n_clusters}")
+            raise ConfigError(f"need at least 2 clusters, got {self.n_clusters}")
         if self.n_layers < 0:
-            raise ValueError(f"n_layers must be >= 0, got {self.n_layers}")
+            raise ConfigError(f"n_layers must be >= 0, got {self.n_layers}")
 
 
 def _mlp(c: HeadConfig) -> nn.Sequential:

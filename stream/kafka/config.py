@@ -103,21 +103,21 @@ class KafkaConfig:
 
     def __post_init__(self) -> None:
         if not self.bootstrap or not self.topic or not self.group:
-            raise ValueError("kafka: bootstrap, topic and group must not be empty")
+            raise ConfigError("kafka: bootstrap, topic and group must not be empty")
         if self.dead_letter_topic is None:
             self.dead_letter_topic = f"{self.topic}.dlq"
         if self.dead_letter_topic == self.topic:
-            raise ValueError("kafka: the dead-letter topic must differ from the topic")
+            raise ConfigError("kafka: the dead-letter topic must differ from the topic")
         if self.state_topic is None:
             self.state_topic = f"{self.group}.state"
         if self.state_topic in (self.topic, self.dead_letter_topic):
-            raise ValueError("kafka: the state topic must differ from the topic and the "
-                             "dead-letter topic")
+            raise ConfigError("kafka: the state topic must differ from the topic and the "
+                              "dead-letter topic")
         if self.cluster_topic is None:
             self.cluster_topic = f"{self.group}.clusters"
         if self.cluster_topic in (self.topic, self.dead_letter_topic, self.state_topic):
-            raise ValueError("kafka: the cluster topic must differ from the topic, the "
-                             "dead-letter topic and the state topic")
+            raise ConfigError("kafka: the cluster topic must differ from the topic, the "
+                              "dead-letter topic and the state topic")
         for name, lo, hi in [("max_in_flight", 1, 10_000_000), ("max_poll_records", 1, 100_000),
                              ("max_message_bytes", 1, 1 << 30),
                              ("dead_letter_max_bytes", 1, 1 << 30),
@@ -131,17 +131,17 @@ class KafkaConfig:
                              ("state_restore_timeout_s", 0.001, 86_400)]:
             in_range(f"kafka.{name}", getattr(self, name), lo, hi)
         if self.auto_offset_reset not in ("earliest", "latest"):
-            raise ValueError(f"kafka: auto_offset_reset must be earliest or latest, got "
-                             f"{self.auto_offset_reset!r}")
+            raise ConfigError(f"kafka: auto_offset_reset must be earliest or latest, got "
+                               f"{self.auto_offset_reset!r}")
         if not self.backoff_min_s <= self.backoff_max_s:
-            raise ValueError("kafka: need backoff_min_s <= backoff_max_s")
+            raise ConfigError("kafka: need backoff_min_s <= backoff_max_s")
         check_bootstrap(self.bootstrap)
         client_options(self.client, "consumer")  # unknown keys fail here, not at connect
         # under client, a setting of ours would reach kafka-python past our own checks
         mine = sorted(set(self.client) & {f.name for f in dataclasses.fields(self)})
         if mine:
-            raise ValueError(f"kafka.client.{mine[0]}: a [kafka] setting of its own; set it "
-                             "in [kafka], not under client")
+            raise ConfigError(f"kafka.client.{mine[0]}: a [kafka] setting of its own; set it "
+                              "in [kafka], not under client")
         self._check_clients()
 
     def _check_clients(self) -> None:
@@ -149,8 +149,8 @@ class KafkaConfig:
         with the values the source gives them: found at start, whatever the source, not
         at the first connect (where it looked like a broker out of reach)."""
         if not self.heartbeat_interval_ms < self.session_timeout_ms:
-            raise ValueError(f"kafka: heartbeat_interval_ms ({self.heartbeat_interval_ms}) "
-                             f"must be less than session_timeout_ms ({self.session_timeout_ms})")
+            raise ConfigError(f"kafka: heartbeat_interval_ms ({self.heartbeat_interval_ms}) "
+                              f"must be less than session_timeout_ms ({self.session_timeout_ms})")
         opts = {**KafkaProducer.DEFAULT_CONFIG, **KafkaConsumer.DEFAULT_CONFIG,
                 "fetch_max_wait_ms": FETCH_MAX_WAIT_MS, "linger_ms": LINGER_MS, **self.client}
         names = ("fetch_max_wait_ms", "request_timeout_ms", "connections_max_idle_ms",
@@ -158,15 +158,15 @@ class KafkaConfig:
         for name in names:
             value = opts[name]
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise ValueError(f"kafka.{name}: expected a whole number of ms >= 0, got "
-                                 f"{str(value)[:60]!r}")
+                raise ConfigError(f"kafka.{name}: expected a whole number of ms >= 0, got "
+                                  f"{str(value)[:60]!r}")
         fetch, request, idle, linger, delivery = (opts[n] for n in names)
         if not fetch < request < idle:
-            raise ValueError(f"kafka: need fetch_max_wait_ms ({fetch}) < request_timeout_ms "
-                             f"({request}) < connections_max_idle_ms ({idle})")
+            raise ConfigError(f"kafka: need fetch_max_wait_ms ({fetch}) < request_timeout_ms "
+                              f"({request}) < connections_max_idle_ms ({idle})")
         if delivery < linger + request:
-            raise ValueError(f"kafka: delivery_timeout_ms ({delivery}) must be at least "
-                             f"linger_ms + request_timeout_ms ({linger} + {request})")
+            raise ConfigError(f"kafka: delivery_timeout_ms ({delivery}) must be at least "
+                              f"linger_ms + request_timeout_ms ({linger} + {request})")
 
     def backoff(self) -> Backoff:
         """A fresh :class:`Backoff` between ``backoff_min_s`` and ``backoff_max_s``."""
@@ -199,20 +199,20 @@ class KafkaConfig:
         unknown = sorted(set(values) - known)
         if unknown:
             raise ConfigError(f"kafka: unknown setting {unknown[0]!r} (known: "
-                              f"{', '.join(sorted(known))})")
+                               f"{', '.join(sorted(known))})")
         return config_from_dict(cls, values, "kafka")
 
 
 def check_bootstrap(bootstrap: str) -> None:
-    """ValueError unless kafka-python reads ``bootstrap`` as a list of host[:port]."""
+    """ConfigError unless kafka-python reads ``bootstrap`` as a list of host[:port]."""
     for entry in bootstrap.split(","):
         try:
             host, port, _ = collect_hosts([entry], randomize=False)[0]
         except ValueError:
             host, port = "", 0
         if not host or not 0 < port < 65536:
-            raise ValueError(f"kafka.bootstrap: {entry.strip()[:60]!r} in {bootstrap[:100]!r} "
-                             "is not HOST[:PORT] (a list is comma-separated; IPv6 as [ADDR]:PORT)")
+            raise ConfigError(f"kafka.bootstrap: {entry.strip()[:60]!r} in {bootstrap[:100]!r} "
+                              "is not HOST[:PORT] (a list is comma-separated; IPv6 as [ADDR]:PORT)")
 
 
 # Settings we set ourselves: a passthrough must not silently undo at-least-once.
@@ -232,7 +232,7 @@ def client_options(client: Mapping[str, Any], kind: str) -> dict[str, Any]:
         default = {**KafkaProducer.DEFAULT_CONFIG, **KafkaConsumer.DEFAULT_CONFIG}[key]
         if not _fits(value, default):
             raise ConfigError(f"kafka.{key}: expected {type(default).__name__} like the "
-                              f"default {default!r}, got {str(value)[:60]!r}")
+                               f"default {default!r}, got {str(value)[:60]!r}")
     keys = consumer_keys if kind == "consumer" else producer_keys
     return {k: v for k, v in client.items() if k in keys}
 

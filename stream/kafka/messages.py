@@ -35,6 +35,7 @@ import numpy as np
 import soundfile as sf
 
 from audioclust.models.audio import AudioError, decode_audio, resample, to_mono_float
+from audioclust.models.errors import ConfigError
 from audioclust.stream.sources import MAX_STREAM_ID_BYTES, check_stream_id
 
 __all__ = [
@@ -117,7 +118,7 @@ class AudioMessage:
 def _headers(stream: str, seq: int, extra: Mapping[str, object]) -> list[tuple[str, bytes]]:
     problem = check_stream_id(stream)
     if problem:
-        raise ValueError(problem)
+        raise ConfigError(problem)
     if seq < 0:
         raise ValueError(f"seq must be >= 0, got {seq}")
     out = [("stream-id", stream.encode()), ("seq", str(int(seq)).encode())]
@@ -138,7 +139,7 @@ def encode_pcm(samples: np.ndarray, *, stream: str, seq: int, sample_rate: int,
     ``offset`` is the first frame's index on the stream clock at ``sample_rate``.
     """
     if dtype not in _DTYPES:
-        raise ValueError(f"dtype must be int16 or float32, got {dtype!r}")
+        raise ConfigError(f"dtype must be int16 or float32, got {dtype!r}")
     x = np.asarray(samples, dtype=np.float32)
     channels = 1 if x.ndim == 1 else x.shape[1]
     if dtype == "int16":
@@ -160,7 +161,7 @@ def encode_container(samples: np.ndarray, *, stream: str, seq: int, sample_rate:
                      end_of_stream: bool = False) -> EncodedMessage:
     """WAV (16-bit PCM) or FLAC message; the container carries rate and channels."""
     if fmt not in ("wav", "flac"):
-        raise ValueError(f"container must be wav or flac, got {fmt!r}")
+        raise ConfigError(f"container must be wav or flac, got {fmt!r}")
     buf = io.BytesIO()
     sf.write(buf, np.asarray(samples, dtype=np.float32), int(sample_rate),
              format=fmt.upper(), subtype="PCM_16")

@@ -17,6 +17,7 @@ import numpy as np
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
 
+from audioclust.models.errors import ConfigError
 from audioclust.stream.kafka.config import LINGER_MS, KafkaConfig, client_options, quiet_kafka_logs
 from audioclust.stream.sinks import Sink, SinkError
 
@@ -44,7 +45,7 @@ class KafkaSink(Sink):
 
     def __init__(self, topic: str, config: KafkaConfig, delivery_timeout_s: float = 120.0):
         if not topic:
-            raise ValueError("kafka sink: the topic must not be empty")
+            raise ConfigError("kafka sink: the topic must not be empty")
         quiet_kafka_logs()
         self.topic = topic
         self.delivery_timeout_s = delivery_timeout_s

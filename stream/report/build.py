@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from audioclust.models.audio import AudioError, find_audio_files
+from audioclust.models.errors import ConfigError
 from audioclust.stream.report.page import (
     NOVEL,
     NOVEL_COLOUR,
@@ -59,9 +60,9 @@ class ReportConfig:
 
     def __post_init__(self) -> None:
         if self.snippets < 0 or self.max_clusters < 0 or self.max_streams < 0:
-            raise ValueError("snippets, max_clusters and max_streams must be >= 0")
+            raise ConfigError("snippets, max_clusters and max_streams must be >= 0")
         if not self.snippet_seconds > 0 or self.timeline_bins < 1:
-            raise ValueError("snippet_seconds must be > 0 and timeline_bins >= 1")
+            raise ConfigError("snippet_seconds must be > 0 and timeline_bins >= 1")
 
 
 @dataclass

@@ -46,6 +46,7 @@ import numpy as np
 import torch
 
 from audioclust.models.config import build_config
+from audioclust.models.errors import ConfigError
 from audioclust.models.heads import ClusterHead
 
 __all__ = [
@@ -80,8 +81,8 @@ def settings_from_table(cls: type[S], table: Mapping[str, Any], where: str) -> S
     known = sorted(f.name for f in dataclasses.fields(cls))
     unknown = sorted(set(table) - set(known))
     if unknown:
-        raise ValueError(f"{where}: unknown setting(s) {unknown}; {cls.__name__} takes "
-                         f"{known}")
+        raise ConfigError(f"{where}: unknown setting(s) {unknown}; {cls.__name__} takes "
+                          f"{known}")
     return build_config(cls, overrides=dict(table))
 
 
@@ -277,7 +278,7 @@ class HeadEstimator(HeadPredictor):
         **overrides: Any,
     ):
         if n_clusters < 2:
-            raise ValueError(f"n_clusters: need at least 2 clusters, got {n_clusters}")
+            raise ConfigError(f"n_clusters: need at least 2 clusters, got {n_clusters}")
         if settings is None:
             settings = self.Settings()
         elif not isinstance(settings, self.Settings):

@@ -7,8 +7,8 @@ that learns is the clustering head's MLP; each *round* (``epochs``) is:
 
 1. features: round 0 clusters the head's input (standardised with the floored std,
    L2-normalised: spherical k-means); later rounds cluster the head's penultimate
-   activations, L2-normalised (not PCA-whitened: whitening gave noise directions the
-   weight of real ones, docs/heads.md);
+   activations, L2-normalised (not PCA-whitened, which gives noise directions the
+   weight of real ones: docs/heads.md);
 2. k-means (:class:`~audioclust.training.kmeans.KMeans`, ``kmeans_n_init`` restarts,
    empty clusters re-seeded by splitting a non-empty one) gives pseudo-labels;
 3. the last layer is re-initialised (cluster indices are arbitrary from one round to the
@@ -32,9 +32,8 @@ the partition most consistent with the neighbourhoods, among the heads using the
 clusters) and the add-one smoothed prior are the shared end of a fit.
 
 Defaults: 4 heads of width 256, AdamW at 1e-3, one round, k-means with 10 restarts per
-head: on frozen embeddings, re-clustering the features of an MLP trained on the previous
-round's labels mostly re-found those labels plus drift, and 15 rounds scored below one
-on GM notes and FSDD digits (docs/heads.md).
+head (docs/heads.md records why one round: on frozen embeddings later rounds mostly
+re-find the previous round's labels).
 """
 
 from __future__ import annotations
@@ -49,6 +48,7 @@ import torch
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
+from audioclust.models.errors import ConfigError, DataError
 from audioclust.models.heads import ClusterHead, HeadConfig, init_linear
 from audioclust.training.heads.base import (
     HeadEstimator,
@@ -105,8 +105,8 @@ class DeepClusterSettings(HeadSettings):
         if (min(self.n_heads, self.epochs, self.kmeans_n_init) < 1
                 or (self.batch_size is not None and self.batch_size < 2)
                 or (self.passes is not None and self.passes <= 0)):
-            raise ValueError("n_heads, epochs, kmeans_n_init >= 1, passes > 0 and "
-                             "batch_size >= 2 needed")
+            raise ConfigError("n_heads, epochs, kmeans_n_init >= 1, passes > 0 and "
+                              "batch_size >= 2 needed")
 
 
 class DeepCluster(HeadEstimator):
@@ -139,8 +139,8 @@ class DeepCluster(HeadEstimator):
         x_np = np.asarray(embeddings, dtype=np.float32)
         n = x_np.shape[0]
         if x_np.ndim != 2 or n < self.n_clusters:
-            raise ValueError(f"need (n >= n_clusters = {self.n_clusters}, d) embeddings, got "
-                             f"shape {x_np.shape}")
+            raise DataError(f"need (n >= n_clusters = {self.n_clusters}, d) embeddings, got "
+                            f"shape {x_np.shape}")
         gen = self._generator()
         rng = np.random.default_rng(self.seed)
         x = torch.from_numpy(x_np)

@@ -28,6 +28,8 @@ from typing import Literal
 import faiss
 import numpy as np
 
+from audioclust.models.errors import ConfigError, DataError
+
 __all__ = ["INDEX_KINDS", "build_index", "knn", "l2_normalize"]
 
 IndexKind = Literal["auto", "flat", "ivf", "hnsw"]
@@ -72,7 +74,7 @@ def build_index(
         index = faiss.IndexHNSWFlat(d, hnsw_m, faiss.METRIC_INNER_PRODUCT)
         index.hnsw.efSearch = ef_search
     else:
-        raise ValueError(f"unknown index kind {kind!r}; known: {INDEX_KINDS}")
+        raise ConfigError(f"unknown index kind {kind!r}; known: {INDEX_KINDS}")
     index.add(x)
     return index
 
@@ -120,12 +122,12 @@ def knn(
     """
     x = np.asarray(embeddings)
     if x.ndim != 2:
-        raise ValueError(f"expected (n, d) embeddings, got shape {x.shape}")
+        raise DataError(f"expected (n, d) embeddings, got shape {x.shape}")
     n = x.shape[0]
     if not 1 <= k < n:
-        raise ValueError(f"k must be in [1, {n - 1}] for {n} points, got {k}")
+        raise ConfigError(f"k must be in [1, {n - 1}] for {n} points, got {k}")
     if not np.isfinite(x).all():
-        raise ValueError("embeddings contain NaN or infinite values")
+        raise DataError("embeddings contain NaN or infinite values")
     xn = l2_normalize(x)
     idx_kind: IndexKind = index
     if index == "auto":

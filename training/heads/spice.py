@@ -45,6 +45,7 @@ import torch
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
+from audioclust.models.errors import ConfigError, DataError
 from audioclust.models.heads import ClusterHead, HeadConfig
 from audioclust.training.heads.base import (
     HeadEstimator,
@@ -139,7 +140,7 @@ class SPICEViews:
 
     def __post_init__(self) -> None:
         if not self.weak or not self.strong:
-            raise ValueError("SPICEViews needs at least one weak and one strong set")
+            raise DataError("SPICEViews needs at least one weak and one strong set")
 
 
 @dataclass(frozen=True)
@@ -172,11 +173,11 @@ class SPICESettings(HeadSettings):
     def __post_init__(self) -> None:
         for name in ("n_heads", "epochs", "batch_size", "sub_batch", "repeats"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0.0 < self.center_ratio <= 1.0:
-            raise ValueError(f"center_ratio must be in (0, 1], got {self.center_ratio}")
+            raise ConfigError(f"center_ratio must be in (0, 1], got {self.center_ratio}")
         if self.k_neighbors is not None and self.k_neighbors < 1:
-            raise ValueError(f"k_neighbors must be >= 1, got {self.k_neighbors}")
+            raise ConfigError(f"k_neighbors must be >= 1, got {self.k_neighbors}")
 
 
 #: EM rounds (E-step + M-step on M points) of a default run: 30 epochs of a data set that
@@ -231,15 +232,15 @@ class SPICE(HeadEstimator):
         t_start = time.perf_counter()
         x = torch.as_tensor(np.asarray(embeddings, dtype=np.float32))
         if x.ndim != 2:
-            raise ValueError(f"need (n, d) embeddings, got shape {tuple(x.shape)}")
+            raise DataError(f"need (n, d) embeddings, got shape {tuple(x.shape)}")
         n = x.shape[0]
         if n < 2 * self.n_clusters:
-            raise ValueError(f"{n} clips are too few for {self.n_clusters} clusters")
+            raise DataError(f"{n} clips are too few for {self.n_clusters} clusters")
         if views is not None:
             for v in (*views.weak, *views.strong):
                 if tuple(v.shape) != tuple(x.shape):
-                    raise ValueError(f"views must be {tuple(x.shape)} like the embeddings, "
-                                     f"got {tuple(v.shape)}")
+                    raise DataError(f"views must be {tuple(x.shape)} like the embeddings, "
+                                    f"got {tuple(v.shape)}")
         c = self.settings
         heads = ClusterHead(HeadConfig(
             in_dim=x.shape[1], n_clusters=self.n_clusters, n_heads=c.n_heads,

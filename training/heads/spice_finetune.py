@@ -41,6 +41,7 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from audioclust.models.embedder import Embedder, load_embedder
+from audioclust.models.errors import ConfigError
 from audioclust.models.heads import ClusterHead, HeadConfig
 from audioclust.training.augment import SpecAugment
 from audioclust.training.crops import CropDataset
@@ -83,13 +84,13 @@ class SPICEFineTuneSettings(HeadSettings):
     def __post_init__(self) -> None:
         for name in ("n_view_sets", "n_neighbors", "batch_size", "mu"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.epochs < 0:
-            raise ValueError(f"epochs must be >= 0, got {self.epochs}")
+            raise ConfigError(f"epochs must be >= 0, got {self.epochs}")
         if not 0.0 <= self.reliable_ratio < 1.0 or not 0.0 < self.tau <= 1.0:
-            raise ValueError("reliable_ratio must be in [0, 1) and tau in (0, 1]")
+            raise ConfigError("reliable_ratio must be in [0, 1) and tau in (0, 1]")
         if self.crop_frames < 8:
-            raise ValueError(f"crop_frames must be >= 8, got {self.crop_frames}")
+            raise ConfigError(f"crop_frames must be >= 8, got {self.crop_frames}")
 
 
 # --- data helpers ------------------------------------------------------------------------
@@ -279,8 +280,8 @@ class SPICEFineTuner(HeadPredictor):
             embedder, bank = _resolve(embedder, data, self.cache_dir, self.progress)
             n = len(bank)
             if self.settings.n_neighbors >= n:
-                raise ValueError(f"n_neighbors={self.settings.n_neighbors} needs more than "
-                                 "that many clips")
+                raise ConfigError(f"n_neighbors={self.settings.n_neighbors} needs more than "
+                                  "that many clips")
             torch.manual_seed(self.seed)
             self._fit(embedder, bank, head)
         return self

@@ -48,6 +48,7 @@ import torch
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
+from audioclust.models.errors import ConfigError, DataError
 from audioclust.models.heads import ClusterHead, HeadConfig
 from audioclust.training.ema import ema_update
 from audioclust.training.heads.base import (
@@ -147,19 +148,19 @@ class TEMISettings(HeadSettings):
 
     def __post_init__(self) -> None:
         if not 0.5 < self.beta <= 1.0:
-            raise ValueError(f"beta must be in (0.5, 1], got {self.beta}")
+            raise ConfigError(f"beta must be in (0.5, 1], got {self.beta}")
         for name in ("prior_momentum", "teacher_momentum"):
             m = getattr(self, name)
             if not 0.0 <= m < 1.0:
-                raise ValueError(f"{name} must be in [0, 1), got {m}")
+                raise ConfigError(f"{name} must be in [0, 1), got {m}")
         if min(self.student_temp, self.teacher_temp, self.teacher_temp_start) <= 0:
-            raise ValueError("temperatures must be positive")
+            raise ConfigError("temperatures must be positive")
         given = [v for v in (self.epochs, self.k_neighbors) if v is not None]
         if min([self.n_heads, *given]) < 1 or (self.batch_size is not None
                                               and self.batch_size < 2):
-            raise ValueError("n_heads, k_neighbors, epochs >= 1 and batch_size >= 2 needed")
+            raise ConfigError("n_heads, k_neighbors, epochs >= 1 and batch_size >= 2 needed")
         if not (0.0 <= self.warmup < 1.0 and 0.0 <= self.teacher_temp_warmup < 1.0):
-            raise ValueError("warmup and teacher_temp_warmup are fractions of the run, in [0, 1)")
+            raise ConfigError("warmup and teacher_temp_warmup are fractions of the run, in [0, 1)")
 
 
 class TEMI(HeadEstimator):
@@ -211,7 +212,7 @@ class TEMI(HeadEstimator):
         c = self.settings
         x_np = np.asarray(embeddings, dtype=np.float32)
         if x_np.ndim != 2 or x_np.shape[0] < 3:
-            raise ValueError(f"need (n >= 3, d) embeddings, got shape {x_np.shape}")
+            raise DataError(f"need (n >= 3, d) embeddings, got shape {x_np.shape}")
         n = x_np.shape[0]
         gen = self._generator()
         x = torch.from_numpy(x_np)
@@ -233,7 +234,7 @@ class TEMI(HeadEstimator):
             knn_seconds = 0.0
         nbrs = torch.as_tensor(np.asarray(neighbors), dtype=torch.long)
         if nbrs.ndim != 2 or nbrs.shape[0] != n:
-            raise ValueError(f"neighbors must be (n, k) with n = {n}, got {tuple(nbrs.shape)}")
+            raise DataError(f"neighbors must be (n, k) with n = {n}, got {tuple(nbrs.shape)}")
         if c.init == "kmeans":
             history0 = kmeans_warm_start(student, x, self.seed, c.init_steps,
                                          batch_for(n), c.lr, np.random.default_rng(self.seed),

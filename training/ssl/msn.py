@@ -60,6 +60,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from audioclust.models.encoders import ViT
+from audioclust.models.errors import ConfigError
 from audioclust.training.augment import MixupBYOLA, RandomLinearFader, RandomResizedCrop
 from audioclust.training.ema import ema_update
 from audioclust.training.ssl.trainer import SSLMethod
@@ -155,7 +156,7 @@ class MSN(SSLMethod):
         lr_gamma: float = 0.1,
     ):
         if not isinstance(encoder, ViT):
-            raise ValueError(
+            raise ConfigError(
                 f"MSN masks patch tokens and needs the ViT encoder, got "
                 f"{type(encoder).__name__}; use --encoder vit (encoder = \"vit\")"
             )
@@ -165,16 +166,16 @@ class MSN(SSLMethod):
             # Half the crop, whole patches only: a smaller view, as MSN's focal crops.
             anchor_frames = max(patch_time, (crop_frames // 2) // patch_time * patch_time)
         if anchor_frames < patch_time:
-            raise ValueError(f"anchor_frames ({anchor_frames}) < the ViT's patch_time "
-                             f"({patch_time})")
+            raise ConfigError(f"anchor_frames ({anchor_frames}) < the ViT's patch_time "
+                              f"({patch_time})")
         if anchor_views < 1 or num_prototypes < 2:
-            raise ValueError("anchor_views >= 1 and num_prototypes >= 2 needed")
+            raise ConfigError("anchor_views >= 1 and num_prototypes >= 2 needed")
         if not 0.0 <= mask_ratio < 1.0:
-            raise ValueError(f"mask_ratio must be in [0, 1), got {mask_ratio}")
+            raise ConfigError(f"mask_ratio must be in [0, 1), got {mask_ratio}")
         if not 0.0 < target_temperature <= temperature:
-            raise ValueError("need 0 < target_temperature <= temperature (targets sharpen)")
+            raise ConfigError("need 0 < target_temperature <= temperature (targets sharpen)")
         if sorted(lr_milestones) != list(lr_milestones) or not 0.0 < lr_gamma <= 1.0:
-            raise ValueError("lr_milestones must be sorted and lr_gamma in (0, 1]")
+            raise ConfigError("lr_milestones must be sorted and lr_gamma in (0, 1]")
         d = int(encoder.embed_dim)
         self.projector = projection_head(d, hidden_dim, projection_dim)
         self.prototypes = nn.Parameter(torch.randn(num_prototypes, projection_dim) * 0.02)

@@ -45,6 +45,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from audioclust.models.errors import ConfigError
 from audioclust.training.augment import KMix, RandomLinearFader, RandomResizedCrop
 from audioclust.training.ema import cosine_momentum, ema_update
 from audioclust.training.ssl.byola import mlp
@@ -100,9 +101,9 @@ class SLICER(SSLMethod):
     ):
         super().__init__(encoder, generator)
         if num_clusters < 2:
-            raise ValueError(f"num_clusters must be >= 2, got {num_clusters}")
+            raise ConfigError(f"num_clusters must be >= 2, got {num_clusters}")
         if min(instance_temperature, cluster_temperature) <= 0:
-            raise ValueError("temperatures must be positive")
+            raise ConfigError("temperatures must be positive")
         d = int(encoder.embed_dim)
         self.instance_head = mlp(d, hidden_dim, projection_dim)
         self.cluster_head = mlp(d, hidden_dim, num_clusters)

@@ -39,6 +39,7 @@ from tqdm.auto import tqdm
 
 from audioclust.models.embedder import Embedder, save_embedder
 from audioclust.models.encoders import build_encoder, encoder_name
+from audioclust.models.errors import ConfigError, DataError
 from audioclust.models.frontend import FrontendConfig
 from audioclust.training.crops import CropDataset
 from audioclust.training.datasets import AudioFolder
@@ -81,9 +82,9 @@ class SSLConfig:
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 2 or self.checkpoint_every < 1:
-            raise ValueError("epochs >= 1, batch_size >= 2 and checkpoint_every >= 1 needed")
+            raise ConfigError("epochs >= 1, batch_size >= 2 and checkpoint_every >= 1 needed")
         if self.crop_frames < 8:
-            raise ValueError(f"crop_frames must be >= 8, got {self.crop_frames}")
+            raise ConfigError(f"crop_frames must be >= 8, got {self.crop_frames}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -205,15 +206,15 @@ def initial_embedder(config: SSLConfig, data: AudioFolder) -> Embedder:
     start = trainable_copy(open_encoder(config.init), "audioclust-train ssl --init")
     name = encoder_name(start.encoder)
     if config.method == "msn" and name != "vit":
-        raise ValueError(f"--init {config.init}: MSN masks the ViT's patch tokens and this is "
-                         f"a {name} encoder; use --method byola or slicer")
+        raise ConfigError(f"--init {config.init}: MSN masks the ViT's patch tokens and this is "
+                          f"a {name} encoder; use --method byola or slicer")
     if start.frontend.config.sample_rate != data.sample_rate:
-        raise ValueError(f"--init {config.init}: the encoder takes "
-                         f"{start.frontend.config.sample_rate} Hz, the data is decoded at "
-                         f"{data.sample_rate} Hz")
+        raise ConfigError(f"--init {config.init}: the encoder takes "
+                          f"{start.frontend.config.sample_rate} Hz, the data is decoded at "
+                          f"{data.sample_rate} Hz")
     if config.crop_frames < start.encoder.min_frames:
-        raise ValueError(f"--crop-frames {config.crop_frames}: {name} needs at least "
-                         f"{start.encoder.min_frames}")
+        raise ConfigError(f"--crop-frames {config.crop_frames}: {name} needs at least "
+                          f"{start.encoder.min_frames}")
     return start
 
 
@@ -231,7 +232,7 @@ def build_method(config: SSLConfig, encoder: nn.Module, generator: torch.Generat
         from audioclust.training.ssl.slicer import SLICER
 
         return SLICER(encoder, generator, config.crop_frames, **config.slicer)
-    raise ValueError(f"unknown method {config.method!r}; known: byola, msn, slicer")
+    raise ConfigError(f"unknown method {config.method!r}; known: byola, msn, slicer")
 
 
 def train_ssl(
@@ -242,7 +243,20 @@ def train_ssl(
     progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> TrainResult:
-    """Train ``config.method`` on ``data``; write checkpoints and reports to ``out``."""
+    """Train ``config.method`` on ``data``; write checkpoints and reports to ``out``.
+
+    Seeds and ``config.threads`` hold for the run only: the caller's torch RNG (CPU) and
+    thread count are as before when it returns."""
+    threads = torch.get_num_threads()
+    try:
+        with torch.random.fork_rng(devices=[]):
+            return _train_ssl(config, data, out, resume, progress, log)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train_ssl(config: SSLConfig, data: AudioFolder, out: str | os.PathLike, resume: bool,
+               progress: bool, log: Callable[[str], None]) -> TrainResult:
     rank, world, local_rank = _dist_info()
     distributed = world > 1
     device = _device(local_rank)
@@ -271,8 +285,8 @@ def train_ssl(
                  else (float(start.norm_mean), float(start.norm_std)))
     dataset = CropDataset(bank, config.crop_frames, mean, std, config.seed)
     if len(dataset) < config.batch_size * world:
-        raise ValueError(f"{len(dataset)} clips are fewer than one batch of "
-                         f"{config.batch_size} x {world} processes")
+        raise DataError(f"{len(dataset)} clips are fewer than one batch of "
+                        f"{config.batch_size} x {world} processes")
 
     torch.manual_seed(config.seed)
     encoder = (build_encoder(config.encoder, config.encoder_config) if start is None
