@@ -197,9 +197,15 @@ class StreamSpace:
         if arrays["mean"].shape != self.mean.shape:
             raise ValueError(f"state holds {arrays['mean'].shape[0]}-d stream statistics, the "
                              f"model gives {self.mean.shape[0]}-d embeddings")
-        self.count = int(arrays["count"])
-        self.mean = arrays["mean"].astype(np.float64)
-        self.m2 = arrays["m2"].astype(np.float64)
+        mean, m2 = arrays["mean"], arrays["m2"]
+        count = np.asarray(arrays["count"])
+        if (m2.shape != mean.shape or count.size != 1 or not np.isfinite(mean).all()
+                or not np.isfinite(m2).all() or (m2 < 0).any() or not count.item() >= 0):
+            raise ValueError("state's stream statistics do not fit together or are not "
+                             "finite")
+        self.count = int(count.item())
+        self.mean = mean.astype(np.float64)
+        self.m2 = m2.astype(np.float64)
 
 
 # --- the online clusterer ------------------------------------------------------------------------
@@ -477,6 +483,9 @@ class OpenSetClusterer:
         if size > self.config.max_clusters:
             raise ValueError(f"state holds {size} clusters, more than max_clusters "
                              f"{self.config.max_clusters}")
+        if any(arrays[n].shape[:1] != (size,) or not np.isfinite(arrays[n]).all()
+               for n in self._ARRAYS):
+            raise ValueError("state's open-set clusters do not fit together or are not finite")
         for name in self._ARRAYS:
             getattr(self, name)[:size] = arrays[name]
         self.size = size

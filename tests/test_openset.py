@@ -140,6 +140,30 @@ def test_state_round_trip_continues_identically():
         b.load_state({"centroids": arrays["centroids"]}, scalars)
     with pytest.raises(ValueError, match="-d ones"):
         OpenSetClusterer(7, 0.5, 0.8).load_state(arrays, scalars)
+    for name, bad in [("centroids", np.nan), ("sim_var", np.inf), ("counts", None)]:
+        broken = dict(arrays)
+        if bad is None:  # one row short
+            broken[name] = arrays[name][:-1]
+        else:
+            broken[name] = arrays[name].astype(np.float64).copy()
+            broken[name].flat[0] = bad
+        with pytest.raises(ValueError, match="do not fit together or are not finite"):
+            OpenSetClusterer(x.shape[1], 0.5, 0.8, OpenSetConfig(max_clusters=8)).load_state(
+                broken, scalars)
+
+
+def test_a_damaged_stream_space_state_is_refused():
+    space = StreamSpace(np.zeros(4), np.ones(4))
+    for v in np.random.default_rng(0).normal(size=(5, 4)):
+        space.learn_transform(v)
+    good = space.state()
+    for name, value in [("mean", np.full(4, np.nan)), ("m2", np.ones(3)),
+                        ("m2", -np.ones(4)), ("count", np.array(-1))]:
+        with pytest.raises(ValueError, match="do not fit together or are not finite"):
+            StreamSpace(np.zeros(4), np.ones(4)).load_state({**good, name: value})
+    fresh = StreamSpace(np.zeros(4), np.ones(4))
+    fresh.load_state(good)
+    assert fresh.count == space.count
 
 
 def test_bad_settings():
