@@ -47,8 +47,11 @@ def test_portaudio_sees_the_replay_device(recording, tmp_path):
     assert proc.returncode == 0 and proc.stdout.strip() == "acreplay", proc.stderr
 
 
-def test_mic_replay_gives_the_same_assignments_as_file_mode(stream_model, recording,
+@pytest.mark.parametrize("which", ["stream_model", "headfree_model"])
+def test_mic_replay_gives_the_same_assignments_as_file_mode(which, request, recording,
                                                             tmp_path):
+    """With a head, and head-free (the open-set clusterer sees the windows in order)."""
+    stream_model = request.getfixturevalue(which)
     wav, raw = recording
     seconds = sf.info(wav).duration
     conf = tmp_path / "mic.yaml"
