@@ -39,6 +39,17 @@ def pcm(stream: str, seq: int, n: int = 800, **kw):
     return encode_pcm(x, stream=stream, seq=seq, sample_rate=16000, offset=seq * n, **kw)
 
 
+def two_streams_on_two_partitions(broker, chunks: int) -> None:
+    """Topic ``audio`` with 2 partitions: stream p0 on partition 0, p1 on 1."""
+    broker.create_topic("audio", partitions=2)
+    prod = broker.producer()
+    for i in range(chunks):
+        send(prod, "audio", pcm("p0", i), partition=0)
+        send(prod, "audio", pcm("p1", i), partition=1)
+    prod.flush()
+    prod.close()
+
+
 def drain(source: KafkaSource, n: int, timeout: float = 20.0) -> list:
     out: list = []
     deadline = time.monotonic() + timeout
@@ -241,12 +252,7 @@ def test_pause_does_not_deadlock_when_work_waits_for_more_audio(kafka_broker) ->
 
 def test_rebalance_flushes_commits_and_forgets_the_revoked_streams(kafka_broker) -> None:
     b = kafka_broker
-    b.create_topic("audio", partitions=2)
-    prod = b.producer()
-    for i in range(6):
-        send(prod, "audio", pcm("p0", i), partition=0)
-        send(prod, "audio", pcm("p1", i), partition=1)
-    prod.flush()
+    two_streams_on_two_partitions(b, 6)
     calls: list = []
     got: list[Chunk] = []
 
@@ -293,13 +299,7 @@ def test_after_a_broker_restart_the_source_rejoins_at_once(kafka_broker) -> None
     0 ms, so the join's answer came while nobody waited for it and was dropped, and the
     consumer re-joined every few seconds for a minute or more."""
     b = kafka_broker
-    b.create_topic("audio", partitions=2)
-    prod = b.producer()
-    for i in range(4):
-        send(prod, "audio", pcm("p0", i), partition=0)
-        send(prod, "audio", pcm("p1", i), partition=1)
-    prod.flush()
-    prod.close()
+    two_streams_on_two_partitions(b, 4)
     forgotten: list = []
     hooks = PipelineHooks(flush=lambda: None, forget=forgotten.append)
     a = KafkaSource(config(b), 16000)
