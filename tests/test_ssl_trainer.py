@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -18,7 +19,8 @@ from audioclust.models.embedder import embed_clips, load_embedder, read_embedder
 from audioclust.training.crops import CropDataset
 from audioclust.training.datasets import AudioFolder
 from audioclust.training.features import LogMelBank
-from audioclust.training.ssl.trainer import SSLConfig, train_ssl
+from audioclust.training.ssl.trainer import SSLConfig, TrainResult, train_ssl
+from audioclust.training.train import write_ssl
 
 TINY = {"embed_dim": 32, "channels": 8}
 
@@ -164,6 +166,20 @@ def test_cli_json_and_errors(tiny_data, tmp_path):
     bad.write_text("[ssl]\nepochs = 0\n")
     proc = _cli("ssl", "--data", tiny_data, "--out", tmp_path / "x", "--config", bad)
     assert proc.returncode == 1 and "epochs" in proc.stderr.splitlines()[-1]
+
+
+def test_write_ssl_writes_the_summary_from_the_result_alone(tmp_path):
+    result = TrainResult(encoder_path=tmp_path / "encoder.safetensors", epochs_run=2,
+                         seconds=3.14159, clips_per_second=12.345, final_loss=0.5)
+    stream, lines = io.StringIO(), []
+    write_ssl(result, as_json=True, log=lines.append, stream=stream)
+    assert json.loads(stream.getvalue()) == {
+        "encoder": str(tmp_path / "encoder.safetensors"), "epochs_run": 2, "seconds": 3.1,
+        "clips_per_second": 12.3, "final_loss": 0.5}
+    assert lines == []
+    write_ssl(result, log=lines.append, stream=stream)
+    assert lines == [f"done in 3.1 s (12.3 clips/s); encoder: {result.encoder_path}"]
+    assert stream.getvalue().count("\n") == 1  # without --json nothing more on stdout
 
 
 def test_torchrun_two_processes(tiny_data, tmp_path):

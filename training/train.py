@@ -23,6 +23,10 @@ see them): the K after which k-means starts cutting a cluster whose halves mostl
 within each other's radius, the same notion of distinct clusters the stream's open-set
 clusterer creates and merges by. The criterion of every K is kept in ``history.json``
 and drawn in ``n_clusters.png``.
+
+Each command builds its settings, calls the library function (``train_ssl``, ``train_head``:
+they write the models and return a report) and hands the report to its writer
+(``write_ssl``, ``write_head_training``: report files, the summary on stdout).
 """
 
 from __future__ import annotations
@@ -33,9 +37,10 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import numpy as np
 
@@ -53,7 +58,12 @@ from audioclust.training.options import (
     output_options,
     seed_options,
 )
-from audioclust.training.ssl.trainer import SSLConfig, initial_embedder, train_ssl
+from audioclust.training.ssl.trainer import (
+    SSLConfig,
+    TrainResult,
+    initial_embedder,
+    train_ssl,
+)
 
 PROG = "audioclust-train"
 
@@ -128,19 +138,20 @@ def _ssl(args: argparse.Namespace) -> int:
     result = train_ssl(config, data, args.out, resume=args.resume, progress=not args.quiet,
                        log=log)
     if rank == 0:
-        summary = {
-            "encoder": str(result.encoder_path),
-            "epochs_run": result.epochs_run,
-            "seconds": round(result.seconds, 1),
-            "clips_per_second": round(result.clips_per_second, 1),
-            "final_loss": result.final_loss,
-        }
-        if args.json:
-            print(json.dumps(summary))
-        else:
-            log(f"done in {summary['seconds']} s ({summary['clips_per_second']} clips/s); "
-                f"encoder: {result.encoder_path}")
+        write_ssl(result, as_json=args.json, log=log)
     return 0
+
+
+def write_ssl(result: TrainResult, *, as_json: bool = False,
+              log: Callable[[str], None] = lambda s: None, stream: TextIO | None = None) -> None:
+    """The run's summary: ``--json``'s object on ``stream`` (default stdout), else a line
+    to ``log``. (``train_ssl`` writes the encoder, checkpoints and curves itself.)"""
+    summary = result.to_dict()
+    if as_json:
+        print(json.dumps(summary), file=sys.stdout if stream is None else stream)
+    else:
+        log(f"done in {summary['seconds']} s ({summary['clips_per_second']} clips/s); "
+            f"encoder: {result.encoder_path}")
 
 
 # --- clustering heads -------------------------------------------------------------------
@@ -330,7 +341,74 @@ def _add_head(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_head)
 
 
-def _head(args: argparse.Namespace) -> int:
+@dataclass
+class HeadTraining:
+    """What ``train_head`` trained and wrote: the K it used (with ``--clusters auto``'s
+    criterion), the saved head (and tuned encoder) and the training history."""
+
+    run: HeadRun
+    out: Path
+    clips: int
+    n_clusters: int
+    k_given: int | None
+    auto_k_scores: dict[int, float] | None
+    head_path: Path
+    encoder_path: Path  # the encoder the head takes: the tuned one when SPICE tuned it
+    encoder_sha256: str
+    n_heads: int
+    selected: int
+    history: dict[str, Any]
+    embed_seconds: float
+    fit_seconds: float
+
+    @property
+    def clusters(self) -> str:
+        return "auto" if self.k_given is None else "given"
+
+    def loss_curves(self) -> dict[str, list[float]]:
+        return _loss_curves(self.history)
+
+    def record(self) -> dict[str, Any]:
+        """``history.json``."""
+        return {
+            "run": {**asdict(self.run),
+                    "clusters": self.k_given if self.k_given is not None else "auto"},
+            "encoder": str(self.encoder_path),
+            "encoder_sha256": self.encoder_sha256,
+            "n_clusters": self.n_clusters,
+            "auto_k_scores": self.auto_k_scores,
+            "embed_seconds": round(self.embed_seconds, 2),
+            "fit_seconds": round(self.fit_seconds, 2),
+            "history": self.history,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        """The summary ``--json`` prints."""
+        return {
+            "head": str(self.head_path),
+            "history": str(self.out / "history.json"),
+            "loss_plot": str(self.out / "loss.png") if self.loss_curves() else None,
+            "method": self.run.method,
+            "encoder": str(self.encoder_path),
+            "encoder_sha256": self.encoder_sha256,
+            "n_clusters": self.n_clusters,
+            "clusters": self.clusters,
+            "n_heads": self.n_heads,
+            "selected": self.selected,
+            "head_losses": self.history.get("head_losses"),
+            "cluster_usage": self.history.get("cluster_usage"),
+            "embed_seconds": round(self.embed_seconds, 2),
+            "fit_seconds": round(self.fit_seconds, 2),
+        }
+
+
+def train_head(run: HeadRun, encoder: Any, spec: str | Path, data: str | Path, out: Path, *,
+               log: Callable[[str], None] = lambda s: None,
+               progress: bool = False) -> HeadTraining:
+    """Embed every clip of ``data`` with ``encoder`` (opened from ``spec``), choose K
+    (``run.clusters``, or ``auto``), train ``run.method``'s heads and save them (and a
+    tuned encoder with SPICE's ``fine_tune``) in ``out``; the report files are the
+    writer's (:func:`write_head_training`)."""
     from contextlib import nullcontext
 
     import torch
@@ -338,10 +416,109 @@ def _head(args: argparse.Namespace) -> int:
 
     from audioclust.models.checkpoint import file_sha256
     from audioclust.models.embedder import save_embedder
-    from audioclust.models.encoder_spec import encoder_from_args, trainable_copy
+    from audioclust.models.encoder_spec import trainable_copy
     from audioclust.models.heads import save_head
     from audioclust.training.features import embed_dataset
+
+    k_given = parse_clusters(run.clusters)
+    cls = _estimator_class(run.method)
+    settings = _method_settings(cls, run)
+    tune = _finetune_settings(run)
+    # SPICE's joint stage trains the encoder: a log-mel one (checked before any work)
+    start = None if tune is None else trainable_copy(encoder, "--fine-tune")
+    dataset = AudioFolder(data, sample_rate=encoder.sample_rate)
+    if k_given is not None and k_given > len(dataset):
+        raise UserError(f"--clusters {k_given}: more clusters than the {len(dataset)} clips")
+
+    if run.threads:
+        torch.set_num_threads(run.threads)
+    limits = threadpool_limits(run.threads) if run.threads else nullcontext()
+    with limits:
+        t0 = time.perf_counter()
+        x = embed_dataset(dataset, encoder, cache_dir=run.cache_dir,
+                          progress=progress, batch_size=run.batch_size,
+                          on_cache=lambda p, hit: log(
+                              ("embeddings from cache " if hit else "embeddings cached in ")
+                              + str(p)))
+        embed_seconds = time.perf_counter() - t0
+        log(f"{len(dataset)} clips, {x.shape[1]}-d embeddings ({embed_seconds:.1f} s)")
+        auto_scores = None
+        if k_given is None:
+            t1 = time.perf_counter()
+            k, auto_scores = choose_n_clusters(x, run.k_max, seed=run.seed)
+            log(f"--clusters auto: K = {k} (share {auto_scores[k]:.2f} < 1/2; "
+                f"K = {k + 1} gives {auto_scores.get(k + 1, float('nan')):.2f}; "
+                f"{time.perf_counter() - t1:.1f} s; {out / 'n_clusters.png'})")
+        else:
+            k = k_given
+        log(f"{run.method}: {k} clusters")
+        estimator = cls(k, settings, seed=run.seed, progress=progress, log=log)
+        t2 = time.perf_counter()
+        tuned = None
+        if tune is not None:
+            head, tuned, history = _fit_spice(estimator, x, tune, start, dataset, run,
+                                              log, progress=progress)
+        else:
+            estimator.fit(x)
+            head, history = estimator.head_, estimator.history_
+        fit_seconds = time.perf_counter() - t2
+
+    out.mkdir(parents=True, exist_ok=True)
+    encoder_path, encoder_sha = Path(spec), encoder.sha256
+    if tuned is not None:
+        encoder_path = save_embedder(tuned, out / "encoder.safetensors", info={
+            "tuned_by": run.method, "tuned_from_sha256": encoder.sha256,
+            "tuned_from": str(spec), "base_info": encoder.info})
+        encoder_sha = file_sha256(encoder_path)
+        log(f"{run.method} fine-tuned the encoder: evaluate the head with {encoder_path}")
+    params = estimator.get_params()
+    if tune is not None:
+        params["spice_finetune"] = tune.to_dict()
+    head_path = save_head(head, out / "head.safetensors", run.method, encoder_sha256=encoder_sha,
+                          info={"data": str(data), "clips": len(dataset),
+                                "clusters": "auto" if k_given is None else "given",
+                                "seed": run.seed, "params": params,
+                                "fit_seconds": round(fit_seconds, 2)})
+    return HeadTraining(
+        run=run, out=out, clips=len(dataset), n_clusters=k, k_given=k_given,
+        auto_k_scores=auto_scores, head_path=head_path, encoder_path=encoder_path,
+        encoder_sha256=encoder_sha, n_heads=head.config.n_heads, selected=int(head.selected),
+        history=history, embed_seconds=embed_seconds, fit_seconds=fit_seconds)
+
+
+def write_head_training(report: HeadTraining, *, as_json: bool = False,
+                        log: Callable[[str], None] = lambda s: None,
+                        stream: TextIO | None = None) -> None:
+    """``n_clusters.png`` (with ``--clusters auto``), ``history.json`` and ``loss.png`` in
+    the run's folder; the summary (``--json``) on ``stream`` (default stdout), or a line to
+    ``log``."""
     from audioclust.training.report import plot_curves
+
+    out, k = report.out, report.n_clusters
+    out.mkdir(parents=True, exist_ok=True)
+    if report.auto_k_scores is not None:
+        plot_n_clusters(report.auto_k_scores, k, out / "n_clusters.png",
+                        f"--clusters auto on {report.clips} clips: K = {k}")
+    (out / "history.json").write_text(
+        json.dumps(report.record(), indent=2, default=_json_default))
+    curves = report.loss_curves()
+    if curves:
+        longest = max(len(c) for c in curves.values())
+        plot_curves(curves, out / "loss.png", xlabel="epoch",
+                    title=f"{report.run.method}, K = {k}: training loss",
+                    smooth=max(1, min(5, longest // 10)))
+    else:
+        log(f"no loss curve in {report.run.method}'s history: loss.png not written")
+    if as_json:
+        print(json.dumps(report.to_dict(), default=_json_default),
+              file=sys.stdout if stream is None else stream)
+    else:
+        log(f"done: {report.head_path} (head {report.selected} of {report.n_heads} selected; "
+            f"fit {report.fit_seconds:.1f} s)")
+
+
+def _head(args: argparse.Namespace) -> int:
+    from audioclust.models.encoder_spec import encoder_from_args
 
     run = build_config(
         HeadRun,
@@ -353,114 +530,13 @@ def _head(args: argparse.Namespace) -> int:
          "cache_dir": cache_dir_from(args)},
         section="head",
     )
-    k_given = parse_clusters(run.clusters)
+    parse_clusters(run.clusters)  # a bad --clusters fails before the encoder opens
     log = (lambda s: None) if (args.json and args.quiet) else (
         lambda s: print(s, file=sys.stderr))
     enc = encoder_from_args(args.encoder, args)  # missing or not an encoder: fail first
-    cls = _estimator_class(run.method)
-    settings = _method_settings(cls, run)
-    tune = _finetune_settings(run)
-    # SPICE's joint stage trains the encoder: a log-mel one (checked before any work)
-    start = None if tune is None else trainable_copy(enc, "--fine-tune")
-    dataset = AudioFolder(args.data, sample_rate=enc.sample_rate)
-    if k_given is not None and k_given > len(dataset):
-        raise UserError(f"--clusters {k_given}: more clusters than the {len(dataset)} clips")
-
-    if run.threads:
-        torch.set_num_threads(run.threads)
-    limits = threadpool_limits(run.threads) if run.threads else nullcontext()
-    with limits:
-        t0 = time.perf_counter()
-        x = embed_dataset(dataset, enc, cache_dir=run.cache_dir,
-                          progress=not args.quiet, batch_size=run.batch_size,
-                          on_cache=lambda p, hit: log(
-                              ("embeddings from cache " if hit else "embeddings cached in ")
-                              + str(p)))
-        embed_seconds = time.perf_counter() - t0
-        log(f"{len(dataset)} clips, {x.shape[1]}-d embeddings ({embed_seconds:.1f} s)")
-        auto_scores = None
-        if k_given is None:
-            t1 = time.perf_counter()
-            k, auto_scores = choose_n_clusters(x, run.k_max, seed=run.seed)
-            args.out.mkdir(parents=True, exist_ok=True)
-            plot_n_clusters(auto_scores, k, args.out / "n_clusters.png",
-                            f"--clusters auto on {len(dataset)} clips: K = {k}")
-            log(f"--clusters auto: K = {k} (share {auto_scores[k]:.2f} < 1/2; "
-                f"K = {k + 1} gives {auto_scores.get(k + 1, float('nan')):.2f}; "
-                f"{time.perf_counter() - t1:.1f} s; {args.out / 'n_clusters.png'})")
-        else:
-            k = k_given
-        log(f"{run.method}: {k} clusters")
-        estimator = cls(k, settings, seed=run.seed, progress=not args.quiet, log=log)
-        t2 = time.perf_counter()
-        tuned = None
-        if tune is not None:
-            head, tuned, history = _fit_spice(estimator, x, tune, start, dataset, run,
-                                              log, progress=not args.quiet)
-        else:
-            estimator.fit(x)
-            head, history = estimator.head_, estimator.history_
-        fit_seconds = time.perf_counter() - t2
-
-    out: Path = args.out
-    out.mkdir(parents=True, exist_ok=True)
-    encoder_path, encoder_sha = Path(args.encoder), enc.sha256
-    if tuned is not None:
-        encoder_path = save_embedder(tuned, out / "encoder.safetensors", info={
-            "tuned_by": run.method, "tuned_from_sha256": enc.sha256,
-            "tuned_from": str(args.encoder), "base_info": enc.info})
-        encoder_sha = file_sha256(encoder_path)
-        log(f"{run.method} fine-tuned the encoder: evaluate the head with {encoder_path}")
-    params = estimator.get_params()
-    if tune is not None:
-        params["spice_finetune"] = tune.to_dict()
-    head_path = save_head(head, out / "head.safetensors", run.method, encoder_sha256=encoder_sha,
-                          info={"data": str(args.data), "clips": len(dataset),
-                                "clusters": "auto" if k_given is None else "given",
-                                "seed": run.seed, "params": params,
-                                "fit_seconds": round(fit_seconds, 2)})
-    record = {
-        "run": {**asdict(run), "clusters": k_given if k_given is not None else "auto"},
-        "encoder": str(encoder_path),
-        "encoder_sha256": encoder_sha,
-        "n_clusters": k,
-        "auto_k_scores": auto_scores,
-        "embed_seconds": round(embed_seconds, 2),
-        "fit_seconds": round(fit_seconds, 2),
-        "history": history,
-    }
-    (out / "history.json").write_text(json.dumps(record, indent=2, default=_json_default))
-    curves = _loss_curves(history)
-    loss_png = None
-    if curves:
-        longest = max(len(c) for c in curves.values())
-        loss_png = plot_curves(curves, out / "loss.png", xlabel="epoch",
-                               title=f"{run.method}, K = {k}: training loss",
-                               smooth=max(1, min(5, longest // 10)))
-    else:
-        log(f"no loss curve in {run.method}'s history: loss.png not written")
-
-    summary = {
-        "head": str(head_path),
-        "history": str(out / "history.json"),
-        "loss_plot": None if loss_png is None else str(loss_png),
-        "method": run.method,
-        "encoder": str(encoder_path),
-        "encoder_sha256": encoder_sha,
-        "n_clusters": k,
-        "clusters": "auto" if k_given is None else "given",
-        "n_heads": head.config.n_heads,
-        "selected": int(head.selected),
-        "head_losses": history.get("head_losses"),
-        "cluster_usage": history.get("cluster_usage"),
-        "embed_seconds": round(embed_seconds, 2),
-        "fit_seconds": round(fit_seconds, 2),
-    }
-    if args.json:
-        print(json.dumps(summary, default=_json_default))
-    else:
-        log(f"done: {head_path} (head {summary['selected']} of {summary['n_heads']} selected; "
-            f"fit {fit_seconds:.1f} s)")
+    report = train_head(run, enc, args.encoder, args.data, args.out, log=log,
+                        progress=not args.quiet)
+    write_head_training(report, as_json=args.json, log=log)
     return 0
 
 

@@ -121,11 +121,23 @@ class SSLMethod(nn.Module):
 
 @dataclass
 class TrainResult:
+    """What ``train_ssl`` trained: the encoder it wrote and how the run went."""
+
     encoder_path: Path
     epochs_run: int
     seconds: float
     clips_per_second: float
     final_loss: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """The summary ``audioclust-train ssl --json`` prints."""
+        return {
+            "encoder": str(self.encoder_path),
+            "epochs_run": self.epochs_run,
+            "seconds": round(self.seconds, 1),
+            "clips_per_second": round(self.clips_per_second, 1),
+            "final_loss": self.final_loss,
+        }
 
 
 def _dist_info() -> tuple[int, int, int]:
