@@ -379,6 +379,7 @@ class Assigner:
         model_id: str = "",
         reference: NoveltyReference | None = None,
         openset: OpenSetConfig | None = None,
+        registry: Registry | None = None,
     ):
         self.train_prior = np.asarray(train_prior, dtype=np.float64)
         self.dim = dim
@@ -388,7 +389,7 @@ class Assigner:
         self.openset = openset or OpenSetConfig()
         #: The fleet's cluster registry (Kafka mode), handed to every new stream; None:
         #: each stream's discovered clusters have ids of its own.
-        self.registry: Registry | None = None
+        self.registry = registry
         #: Least recently used first; at most ``config.max_streams``.
         self.streams: dict[str, Any] = {}
         #: States dropped so far to stay within ``config.max_streams``.

@@ -126,12 +126,14 @@ class HeadFreeAssigner(Assigner):
     """:class:`Assigner` whose streams are :class:`HeadFreeStream` objects."""
 
     def __init__(self, reference: NoveltyReference | None, openset: OpenSetConfig | None = None,
-                 assign: AssignConfig | None = None, model_id: str = ""):
+                 assign: AssignConfig | None = None, model_id: str = "",
+                 registry: Registry | None = None):
         if reference is None:
             raise DataError("a head-free model needs a novelty reference (its clusters' scale "
                             "comes from the training audio): re-export it with "
                             "audioclust-export --data DIR")
-        super().__init__(np.full(2, 0.5), reference.dim, assign, model_id, reference, openset)
+        super().__init__(np.full(2, 0.5), reference.dim, assign, model_id, reference, openset,
+                         registry)
         HeadFreeStream(reference, openset, assign)  # a reference without a scale fails here
 
     _has_head = False

@@ -106,14 +106,10 @@ def build_assigner(model: OnnxModel, config: StreamConfig,
     if info.n_clusters == 0:
         from audioclust.stream.headfree import HeadFreeAssigner
 
-        assigner: Assigner = HeadFreeAssigner(info.reference, config.openset, config.assign,
-                                              model_id=info.weights_sha256)
-    else:
-        assigner = Assigner(info.prior, info.embedding_dim, config.assign,
-                            model_id=info.weights_sha256, reference=info.reference,
-                            openset=config.openset)
-    assigner.registry = registry
-    return assigner
+        return HeadFreeAssigner(info.reference, config.openset, config.assign,
+                                model_id=info.weights_sha256, registry=registry)
+    return Assigner(info.prior, info.embedding_dim, config.assign, model_id=info.weights_sha256,
+                    reference=info.reference, openset=config.openset, registry=registry)
 
 
 @dataclass

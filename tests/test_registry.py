@@ -175,12 +175,7 @@ def test_two_instances_give_a_sound_both_hear_one_id(kafka_broker, world):
     model = "f" * 64
     clients = [KafkaClusterRegistry(config, ref, model) for _ in range(3)]
     try:
-        fleet = []
-        for client in clients[:2]:
-            assigner = HeadFreeAssigner(ref)
-            assigner.registry = client
-            fleet.append(assigner)
-        a, b = fleet
+        a, b = (HeadFreeAssigner(ref, registry=client) for client in clients[:2])
         wa, xa = scene(sound, 6, 21)
         wb, xb = scene(sound, 7, 22)
         x = main_id([a.process("a-1", z).cluster for z in wa], xa)
@@ -193,8 +188,7 @@ def test_two_instances_give_a_sound_both_hear_one_id(kafka_broker, world):
         assert s8 == main_id([j for _, j in both], mb) >= REGISTERED_BASE
         assert s8 not in (x, y)
         # a third instance replays the log: the same clusters under the same ids
-        c = HeadFreeAssigner(ref)
-        c.registry = clients[2]
+        c = HeadFreeAssigner(ref, registry=clients[2])
         wc, mc = scene(sound, 8, 25, n=3)
         assert np.asarray([c.process("c-1", z).cluster for z in wc])[mc][0] == s8
         deadline = time.monotonic() + 20  # the tails read each other's last proposals
